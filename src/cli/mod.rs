@@ -1,0 +1,137 @@
+//! The command line: argument parsing, one module per subcommand, and the one place where errors
+//! become an `error:` line, a `hint:` line and an exit code (conventions.md).
+
+mod load;
+mod output;
+mod run;
+
+use crate::device::DeviceChoice;
+use crate::error::Error;
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit code for errors the user can act on.
+const EXIT_ERROR: u8 = 1;
+/// Exit code for usage errors (clap's own).
+const EXIT_USAGE: u8 = 2;
+/// Exit code after Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
+
+const EXAMPLES: &str = "\
+Examples:
+  bodega run smollm2-135m \"Write a haiku about bread\"
+  echo \"What is 2+2?\" | bodega run smollm2-135m --temperature 0
+  bodega run ./model.gguf --raw \"Once upon a time\" --max-tokens 64";
+
+fn long_version() -> &'static str {
+    Box::leak(
+        format!(
+            "{} (commit {}, backends: {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("BODEGA_GIT_COMMIT"),
+            crate::device::compiled_backends().join(", ")
+        )
+        .into_boxed_str(),
+    )
+}
+
+/// bodega: run and benchmark LLMs locally, fast.
+#[derive(Debug, Parser)]
+#[command(name = "bodega", version = long_version(), after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Compute device: auto, cpu, cuda, cuda:N or metal (auto = the best one compiled in and present).
+    /// Example: --device cpu
+    #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceChoice,
+    /// Print more: load times and a stats line after each reply. Example: -v
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Print nothing on stderr but errors. Example: -q
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// CPU threads for the model (default: all cores). Example: --threads 4
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a reply to one prompt (from the argument or piped stdin) and stream it to stdout.
+    #[command(after_help = run::EXAMPLES)]
+    Run(run::RunArgs),
+}
+
+/// A mistake in how the command was called (exit code 2, like clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The user pressed Ctrl-C; what was finished has been printed (exit code 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Parses the command line, runs the subcommand and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    if let Some(n) = cli.global.threads {
+        // candle's CPU kernels size their work by the same variable rayon reads.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global();
+    }
+    let result = match cli.command {
+        Command::Run(args) => run::run(args, &cli.global),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+fn init_logging(global: &GlobalArgs) {
+    let level = if global.verbose { "bodega=debug" } else if global.quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BODEGA_LOG").unwrap_or_else(|_| level.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+}
+
+/// Prints one `error:` line (and a `hint:` when there is a next step) and picks the exit code.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<Interrupted>().is_some() {
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    if let Some(usage) = e.downcast_ref::<UsageError>() {
+        eprintln!("error: {usage}\n\nFor more information, try '--help'.");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let message = format!("{e:#}").replace('\n', " ");
+    eprintln!("error: {message}");
+    if let Some(hint) = e.downcast_ref::<Error>().and_then(hint) {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(EXIT_ERROR)
+}
+
+/// The next step for errors that have one.
+fn hint(e: &Error) -> Option<String> {
+    match e {
+        Error::ModelNotFound { available, .. } => Some(format!(
+            "did you mean {}? Models: a path to a .gguf file, or one of: {}",
+            available[0],
+            crate::hub::ALIASES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        )),
+        Error::ModelNotInstalled { .. } => Some("install the demo models with scripts/fetch-test-models.sh".into()),
+        Error::PromptTooLong { .. } => Some("shorten the prompt, or raise --ctx-size up to the model's trained context".into()),
+        Error::UnsupportedArchitecture(_) => Some("bodega runs llama, mistral, qwen2 and qwen3 GGUF files".into()),
+        _ => None,
+    }
+}

@@ -1,0 +1,217 @@
+//! `bodega run`: one prompt in, one streamed reply out — made for shell scripts.
+
+use super::load::load;
+use super::output::Stdout;
+use super::{GlobalArgs, Interrupted, UsageError};
+use crate::engine::{Completion, Event, FinishReason, Request, RequestHandle, SamplingParams, StopConditions};
+use crate::tokenizer::Message;
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+use std::io::{IsTerminal, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) const EXAMPLES: &str = "\
+Examples:
+  bodega run smollm2-135m \"Name three fruits\"
+  echo \"Summarise: $(cat notes.txt)\" | bodega run smollm2-135m --max-tokens 200
+  bodega run smollm2-135m --temperature 0 --json \"2+2=\" | jq .text
+  bodega run model.gguf --raw \"def fib(n):\" --stop \"\\n\\n\"";
+
+/// Flags of `bodega run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The model: a path to a .gguf file, or a demo alias (smollm2-135m, gemma3-270m).
+    /// Example: smollm2-135m
+    model: String,
+    /// The prompt. Without it, the prompt is read from stdin (when stdin is not a terminal).
+    /// Example: "Write a haiku about bread"
+    prompt: Option<String>,
+    /// A system message to put before the prompt (chat models). Example: --system "Answer in French."
+    #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
+    system: Option<String>,
+    /// Send the prompt as is, without the chat template. Example: --raw
+    #[arg(long)]
+    raw: bool,
+    /// Stop after N generated tokens (default: until end of turn or the context end). Example: --max-tokens 128
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<usize>,
+    /// Sampling temperature; 0 = greedy, the same reply every time. Example: --temperature 0
+    #[arg(long, default_value_t = 0.8, value_name = "T")]
+    temperature: f32,
+    /// Sample among the K most likely tokens only (0 = off). Example: --top-k 40
+    #[arg(long, default_value_t = 40, value_name = "K")]
+    top_k: usize,
+    /// Sample from the smallest set of tokens whose probability adds up to P (1 = off). Example: --top-p 0.9
+    #[arg(long, default_value_t = 0.95, value_name = "P")]
+    top_p: f32,
+    /// Drop tokens less likely than P × the likeliest one's probability (0 = off). Example: --min-p 0.05
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    min_p: f32,
+    /// Penalise tokens seen in the last 64 (1 = off). Example: --repeat-penalty 1.1
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    repeat_penalty: f32,
+    /// Seed for sampling: the same seed gives the same reply (default: random). Example: --seed 42
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// End the reply before this text (repeatable). Example: --stop "\n\n"
+    #[arg(long, value_name = "STRING")]
+    stop: Vec<String>,
+    /// Print one JSON object (text, token ids, finish_reason, usage, timings) instead of streaming.
+    /// Example: --json
+    #[arg(long)]
+    json: bool,
+    /// Most tokens of context (prompt + reply), at most the model's trained length. Example: --ctx-size 4096
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    ctx_size: Option<u32>,
+}
+
+impl RunArgs {
+    fn sampling(&self) -> anyhow::Result<SamplingParams> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(UsageError(format!("--temperature must be 0 or more, not {}", self.temperature)).into());
+        }
+        if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
+            return Err(UsageError("--top-p and --min-p must be between 0 and 1".into()).into());
+        }
+        if !(self.repeat_penalty > 0.0) {
+            return Err(UsageError("--repeat-penalty must be more than 0".into()).into());
+        }
+        Ok(SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed: self.seed.unwrap_or_else(rand::random),
+        })
+    }
+}
+
+/// The `--json` object (conventions.md keys).
+#[derive(Debug, Serialize)]
+struct JsonReply<'a> {
+    text: &'a str,
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    finish_reason: FinishReason,
+    usage: crate::engine::Usage,
+    timings: crate::engine::Timings,
+}
+
+/// Runs `bodega run`.
+pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let sampling = args.sampling()?;
+    let prompt = read_prompt(args.prompt.as_deref())?;
+    let loaded = load(&args.model, args.ctx_size.map(|n| n as usize), global)?;
+    let prompt_ids = if args.raw {
+        loaded.tokenizer.encode_raw(&prompt)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system.as_str()));
+        }
+        messages.push(Message::new("user", prompt.as_str()));
+        loaded.tokenizer.encode_chat(&messages)?.1
+    };
+    let request = Request {
+        prompt_ids: prompt_ids.clone(),
+        sampling,
+        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop.clone(), ignore_eos: false },
+    };
+    let interrupted = interrupt_flag();
+    let handle = loaded.engine.submit(request)?;
+    let mut stdout = Stdout::new();
+    let mut text = String::new();
+    let completion = stream(&handle, &interrupted, |piece| {
+        text.push_str(piece);
+        if args.json {
+            Ok(true)
+        } else {
+            stdout.write(piece)
+        }
+    })?;
+    if args.json {
+        let reply = JsonReply {
+            text: &text,
+            prompt_ids: &prompt_ids,
+            generated_ids: &completion.generated_ids,
+            finish_reason: completion.finish_reason,
+            usage: completion.usage,
+            timings: completion.timings,
+        };
+        stdout.write(&(serde_json::to_string(&reply)? + "\n"))?;
+    } else {
+        stdout.finish_line()?;
+    }
+    if global.verbose {
+        let (u, t) = (completion.usage, completion.timings);
+        eprintln!(
+            "prompt: {} tokens, {:.1} tok/s | TTFT {:.0} ms | generated: {} tokens, {:.1} tok/s | {}",
+            u.prompt_tokens,
+            t.prefill_tok_s,
+            t.ttft_ms,
+            u.completion_tokens,
+            t.decode_tok_s,
+            serde_json::to_value(completion.finish_reason)?.as_str().unwrap_or_default()
+        );
+    }
+    if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}
+
+/// The prompt from the argument, else from piped stdin.
+fn read_prompt(arg: Option<&str>) -> anyhow::Result<String> {
+    if let Some(p) = arg {
+        return Ok(p.to_string());
+    }
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(UsageError("no prompt: give one as an argument or pipe it on stdin".into()).into());
+    }
+    let mut bytes = Vec::new();
+    stdin.read_to_end(&mut bytes).context("reading stdin")?;
+    match String::from_utf8(bytes) {
+        Ok(text) if text.trim().is_empty() => bail!("the prompt on stdin is empty"),
+        Ok(text) => Ok(text.strip_suffix('\n').unwrap_or(&text).to_string()),
+        Err(e) => bail!("stdin is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+    }
+}
+
+/// A flag that Ctrl-C sets (the first press cancels; the process then exits with 130).
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let setter = flag.clone();
+    let _ = ctrlc::set_handler(move || setter.store(true, Ordering::Relaxed));
+    flag
+}
+
+/// Feeds the reply's text to `on_text` until `Done`; cancels when interrupted or when `on_text`
+/// says the reader is gone.
+fn stream(
+    handle: &RequestHandle,
+    interrupted: &AtomicBool,
+    mut on_text: impl FnMut(&str) -> std::io::Result<bool>,
+) -> anyhow::Result<Completion> {
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            handle.cancel();
+        }
+        match handle.recv_timeout(Duration::from_millis(50)) {
+            Err(()) => continue,
+            Ok(None) => bail!(crate::Error::EngineStopped),
+            Ok(Some(Event::Token { text, .. })) => {
+                if !on_text(&text)? {
+                    handle.cancel();
+                }
+            }
+            Ok(Some(Event::Done(completion))) => return Ok(completion),
+            Ok(Some(Event::Error(message))) => bail!(message),
+        }
+    }
+}

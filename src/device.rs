@@ -1,0 +1,55 @@
+//! Which compute device runs the model. `auto` takes the best backend compiled into this build that
+//! is present on the machine.
+
+use crate::error::{Error, Result};
+use candle_core::Device;
+use std::str::FromStr;
+
+/// The user's `--device` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The best available.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// NVIDIA GPU number N.
+    Cuda(usize),
+    /// The Apple GPU.
+    Metal,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "metal" => Ok(Self::Metal),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("'{other}' is not a device (auto, cpu, cuda, cuda:N, metal)")),
+        }
+    }
+}
+
+/// The backends this build can run on.
+pub fn compiled_backends() -> &'static [&'static str] {
+    &["cpu"]
+}
+
+/// Opens the chosen device.
+pub fn select(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(_) | DeviceChoice::Metal => Err(Error::InvalidRequest(format!(
+            "this build of bodega has no {} backend (compiled in: {})",
+            if matches!(choice, DeviceChoice::Metal) { "Metal" } else { "CUDA" },
+            compiled_backends().join(", ")
+        ))),
+    }
+}

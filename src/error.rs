@@ -1,0 +1,76 @@
+//! The library's error type: every failure a user can cause or meet, each with a message that names
+//! the offending thing, so that the CLI can print one line and the server can map it to a status code.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong below the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model reference that is neither a file nor a known alias.
+    #[error("no model named '{name}'")]
+    ModelNotFound {
+        /// What the user typed.
+        name: String,
+        /// Names that would have worked (aliases, close matches).
+        available: Vec<String>,
+    },
+    /// An alias whose file the fetch script has not installed yet.
+    #[error("model '{alias}' is not installed (expected {})", path.display())]
+    ModelNotInstalled {
+        /// The alias.
+        alias: String,
+        /// Where the fetch script puts it.
+        path: PathBuf,
+    },
+    /// The file is not a GGUF file or is damaged.
+    #[error("{}: {reason}", path.display())]
+    BadGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A GGUF whose `general.architecture` bodega has no implementation for.
+    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3)")]
+    UnsupportedArchitecture(String),
+    /// A tensor stored in a type bodega cannot multiply with.
+    #[error("unsupported weight type {0} (bodega reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, F16, BF16, F32)")]
+    UnsupportedWeightType(String),
+    /// The GGUF metadata lacks a key or has one of the wrong type.
+    #[error("model metadata: {0}")]
+    Metadata(String),
+    /// Building or running the tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be rendered.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// A prompt that cannot fit in the context window.
+    #[error("prompt is {prompt_tokens} tokens but the context holds {context} (see --ctx-size)")]
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+        /// Tokens the context holds.
+        context: usize,
+    },
+    /// An invalid request or setting (a value out of range, a device not compiled in).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The engine thread is gone (it panicked or was shut down).
+    #[error("the engine has stopped")]
+    EngineStopped,
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Reading a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand used across the library.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,261 @@
+//! The Llama family in one implementation: Llama 2/3.x, SmolLM, Mistral, Qwen2 (biases on Q/K/V) and
+//! Qwen3 (RMS norms on Q and K per head). The variants differ only in the flags of [`Variant`]; the
+//! block is written once.
+
+use super::load::gguf::GgufFile;
+use super::rope::{Rope, RopeConfig, RopeStyle};
+use super::{Model, ModelInfo, StepInput};
+use crate::error::{Error, Result};
+use crate::ops::{self, PagedKvCache};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use std::sync::Arc;
+
+/// What distinguishes one member of the family from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// Prefix of the architecture's metadata keys (`llama.block_count`, ...).
+    arch: &'static str,
+    /// Q, K and V projections carry a bias (Qwen2).
+    qkv_bias: bool,
+    /// Per-head RMS norm on queries and keys before RoPE (Qwen3).
+    qk_norm: bool,
+    /// How RoPE pairs dimensions in this file's layout.
+    rope_style: RopeStyle,
+}
+
+impl Variant {
+    /// The variant for a `general.architecture` value, if bodega implements it.
+    pub fn from_architecture(arch: &str) -> Option<Self> {
+        let (arch, qkv_bias, qk_norm, rope_style) = match arch {
+            "llama" => ("llama", false, false, RopeStyle::Interleaved),
+            "mistral" => ("mistral", false, false, RopeStyle::Interleaved),
+            "qwen2" => ("qwen2", true, false, RopeStyle::Halves),
+            "qwen3" => ("qwen3", false, true, RopeStyle::Halves),
+            _ => return None,
+        };
+        Some(Self { arch, qkv_bias, qk_norm, rope_style })
+    }
+}
+
+/// A projection: quantized (or dense) weights and an optional bias.
+#[derive(Debug)]
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded Llama-family model.
+#[derive(Debug)]
+pub struct Llama {
+    info: ModelInfo,
+    embedding: Arc<QTensor>,
+    blocks: Vec<Block>,
+    output_norm: Tensor,
+    output: QMatMul,
+    rope: Rope,
+    eps: f64,
+    scale: f32,
+}
+
+impl Llama {
+    /// Reads the weights and hyper-parameters from a GGUF file.
+    pub fn from_gguf(file: &mut GgufFile, variant: Variant, device: &Device) -> Result<Self> {
+        let key = |k: &str| format!("{}.{k}", variant.arch);
+        let hidden = file.usize(&key("embedding_length"))?;
+        let num_layers = file.usize(&key("block_count"))?;
+        let num_heads = file.usize(&key("attention.head_count"))?;
+        let num_kv_heads = file.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
+        let head_dim = file.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden / num_heads.max(1));
+        let context_length = file.usize(&key("context_length"))?;
+        let eps = file.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f64;
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 || head_dim % 2 != 0 {
+            return Err(Error::Metadata(format!(
+                "inconsistent attention shape: {num_heads} heads, {num_kv_heads} KV heads, head size {head_dim}"
+            )));
+        }
+        let rope = rope_config(file, &key, head_dim, context_length, variant.rope_style, device)?;
+
+        let embedding = Arc::new(file.tensor("token_embd.weight", device)?);
+        let vocab_size = embedding.shape().dims2()?.0;
+        let output = if file.has_tensor("output.weight") {
+            QMatMul::from_qtensor(file.tensor("output.weight", device)?)?
+        } else {
+            QMatMul::from_arc(embedding.clone())?
+        };
+        let mut weight_bytes = embedding.storage_size_in_bytes();
+        let mut blocks = Vec::with_capacity(num_layers);
+        for i in 0..num_layers {
+            let mut loader = BlockLoader { file, device, prefix: format!("blk.{i}"), bytes: 0 };
+            let block = Block {
+                attn_norm: loader.dense("attn_norm.weight")?,
+                q: loader.linear("attn_q", variant.qkv_bias)?,
+                k: loader.linear("attn_k", variant.qkv_bias)?,
+                v: loader.linear("attn_v", variant.qkv_bias)?,
+                o: loader.linear("attn_output", false)?,
+                q_norm: variant.qk_norm.then(|| loader.dense("attn_q_norm.weight")).transpose()?,
+                k_norm: variant.qk_norm.then(|| loader.dense("attn_k_norm.weight")).transpose()?,
+                ffn_norm: loader.dense("ffn_norm.weight")?,
+                gate: loader.linear("ffn_gate", false)?,
+                up: loader.linear("ffn_up", false)?,
+                down: loader.linear("ffn_down", false)?,
+            };
+            weight_bytes += loader.bytes;
+            blocks.push(block);
+        }
+        let output_norm = file.tensor("output_norm.weight", device)?.dequantize(device)?;
+        let info = ModelInfo {
+            architecture: variant.arch.to_string(),
+            name: file.string("general.name").ok().map(str::to_string),
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            context_length,
+            weight_bytes,
+        };
+        Ok(Self {
+            info,
+            embedding,
+            blocks,
+            output_norm,
+            output,
+            rope: Rope::new(&rope, device)?,
+            eps,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        })
+    }
+
+    fn attention(&self, block: &Block, x: &Tensor, input: &StepInput, cache: (&Tensor, &Tensor)) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let (h, kvh, d) = (self.info.num_heads, self.info.num_kv_heads, self.info.head_dim);
+        let mut q = block.q.forward(x)?.reshape((t, h, d))?;
+        let mut k = block.k.forward(x)?.reshape((t, kvh, d))?;
+        let v = block.v.forward(x)?.reshape((t, kvh, d))?;
+        if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+            q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, self.eps as f32)?;
+            k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, self.eps as f32)?;
+        }
+        let q = self.rope.apply(&q, &input.positions)?;
+        let k = self.rope.apply(&k, &input.positions)?;
+        ops::kv_write(&k, &v, &input.attention.slot_mapping, cache.0, cache.1)?;
+        let out = ops::paged_attention(&q, cache.0, cache.1, &input.attention, self.scale, 0)?;
+        block.o.forward(&out.reshape((t, h * d))?)
+    }
+
+    fn feed_forward(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&block.gate.forward(x)?)?;
+        block.down.forward(&(gate * block.up.forward(x)?)?)
+    }
+}
+
+impl Model for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn forward(&self, input: &StepInput, cache: &PagedKvCache) -> Result<Tensor> {
+        let mut x = self.embedding.embedding(&input.token_ids)?;
+        let eps = self.eps as f32;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
+            x = (x + self.attention(block, &h, input, cache.layer(i))?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
+            x = (x + self.feed_forward(block, &h)?)?;
+        }
+        let x = x.index_select(&input.logits_rows, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.output_norm, eps)?;
+        Ok(self.output.forward(&x)?)
+    }
+}
+
+/// Reads the tensors of one block, adding up their sizes.
+struct BlockLoader<'a> {
+    file: &'a mut GgufFile,
+    device: &'a Device,
+    prefix: String,
+    bytes: usize,
+}
+
+impl BlockLoader<'_> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        let t = self.file.tensor(&format!("{}.{name}", self.prefix), self.device)?;
+        self.bytes += t.storage_size_in_bytes();
+        Ok(t)
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Tensor> {
+        Ok(self.qtensor(name)?.dequantize(self.device)?)
+    }
+
+    fn linear(&mut self, name: &str, bias: bool) -> Result<Linear> {
+        let weight = QMatMul::from_qtensor(self.qtensor(&format!("{name}.weight"))?)?;
+        let bias = bias.then(|| self.dense(&format!("{name}.bias"))).transpose()?;
+        Ok(Linear { weight, bias })
+    }
+}
+
+/// RoPE settings from the metadata: θ base, linear scaling, Llama 3 frequency factors.
+fn rope_config(
+    file: &mut GgufFile,
+    key: &dyn Fn(&str) -> String,
+    head_dim: usize,
+    context_length: usize,
+    style: RopeStyle,
+    device: &Device,
+) -> Result<RopeConfig> {
+    let dim = file.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+    if dim != head_dim {
+        return Err(Error::Metadata(format!("partial rotary embeddings ({dim} of {head_dim}) are not supported")));
+    }
+    let scaling = file.string(&key("rope.scaling.type")).unwrap_or("none").to_string();
+    let factor = file.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0);
+    let linear_factor = match scaling.as_str() {
+        "none" => 1.0,
+        "linear" => factor,
+        other => return Err(Error::Metadata(format!("RoPE scaling '{other}' is not supported"))),
+    };
+    let freq_factors = if file.has_tensor("rope_freqs.weight") {
+        let t = file.tensor("rope_freqs.weight", device)?.dequantize(&Device::Cpu)?;
+        Some(t.flatten_all()?.to_vec1::<f32>()?)
+    } else {
+        None
+    };
+    if freq_factors.as_ref().is_some_and(|f| f.len() != dim / 2) {
+        return Err(Error::Metadata("rope_freqs.weight does not match the head size".into()));
+    }
+    Ok(RopeConfig {
+        dim,
+        base: file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+        linear_factor,
+        freq_factors,
+        max_positions: context_length,
+        style,
+    })
+}

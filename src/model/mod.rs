@@ -1,0 +1,67 @@
+//! Model architectures behind one trait: a forward pass over a whole step (many sequences' decode
+//! tokens and prefill chunks at once), described by explicit batch metadata built by the runner, with
+//! keys and values kept in the paged cache. Logits come back only for the rows that need a token.
+
+mod llama;
+pub mod load;
+mod rope;
+
+use crate::error::{Error, Result};
+use crate::ops::{AttentionMetadata, PagedKvCache};
+use candle_core::{Device, Tensor};
+use load::gguf::GgufFile;
+
+/// One forward pass's input: the step flattened into tensors.
+#[derive(Debug)]
+pub struct StepInput {
+    /// `[T]` u32: the tokens fed this step, sequence after sequence.
+    pub token_ids: Tensor,
+    /// `[T]` u32: each token's position in its sequence.
+    pub positions: Tensor,
+    /// Where each sequence's keys and values live, and which of its tokens are queries.
+    pub attention: AttentionMetadata,
+    /// `[R]` u32: the rows of the step whose logits are needed (one per sequence that samples).
+    pub logits_rows: Tensor,
+}
+
+/// What the rest of bodega needs to know about a loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// `general.architecture` as the file names it.
+    pub architecture: String,
+    /// `general.name`, when the file has one.
+    pub name: Option<String>,
+    /// Transformer blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Rows of the output layer.
+    pub vocab_size: usize,
+    /// The context the model was trained for.
+    pub context_length: usize,
+    /// Bytes the weights take in memory.
+    pub weight_bytes: usize,
+}
+
+/// A language model that can run one engine step.
+pub trait Model: Send {
+    /// Shapes and sizes of the loaded model.
+    fn info(&self) -> &ModelInfo;
+
+    /// Runs the step: writes its keys and values into `cache` and returns `[R, vocab]` f32 logits
+    /// for `input.logits_rows`.
+    fn forward(&self, input: &StepInput, cache: &PagedKvCache) -> Result<Tensor>;
+}
+
+/// Builds the model a GGUF file describes, on `device`.
+pub fn from_gguf(file: &mut GgufFile, device: &Device) -> Result<Box<dyn Model>> {
+    let arch = file.architecture()?.to_string();
+    match llama::Variant::from_architecture(&arch) {
+        Some(variant) => Ok(Box::new(llama::Llama::from_gguf(file, variant, device)?)),
+        None => Err(Error::UnsupportedArchitecture(arch)),
+    }
+}

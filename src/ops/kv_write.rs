@@ -1,0 +1,51 @@
+//! `kv_write`: scatters a step's new keys and values into their cache slots, in place.
+
+use super::cpu;
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
+
+/// Writes `k` and `v` (`[T, num_kv_heads, head_dim]`) into the slots `slot_mapping[t]` of
+/// `k_cache` and `v_cache` (`[num_blocks, block_size, num_kv_heads, head_dim]`).
+pub fn kv_write(
+    k: &Tensor,
+    v: &Tensor,
+    slot_mapping: &[u32],
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+) -> Result<()> {
+    let op = KvWrite { slot_mapping };
+    k_cache.inplace_op2(&k.contiguous()?, &op)?;
+    v_cache.inplace_op2(&v.contiguous()?, &op)
+}
+
+/// The in-place op, one struct per backend dispatch.
+struct KvWrite<'a> {
+    slot_mapping: &'a [u32],
+}
+
+impl InplaceOp2 for KvWrite<'_> {
+    fn name(&self) -> &'static str {
+        "kv-write"
+    }
+
+    fn cpu_fwd(&self, cache: &mut CpuStorage, cache_l: &Layout, src: &CpuStorage, src_l: &Layout) -> Result<()> {
+        let (_, block_size, kv_heads, head_dim) = cache_l.shape().dims4()?;
+        let row_len = kv_heads * head_dim;
+        let (tokens, src_heads, src_dim) = src_l.shape().dims3()?;
+        if src_heads * src_dim != row_len || tokens != self.slot_mapping.len() {
+            candle_core::bail!("kv-write: source {:?} does not fit cache {:?}", src_l.shape(), cache_l.shape());
+        }
+        let slots = cache_l.shape().elem_count() / row_len;
+        if self.slot_mapping.iter().any(|&s| s as usize >= slots) {
+            candle_core::bail!("kv-write: slot out of range ({slots} slots of {block_size} tokens each block)");
+        }
+        match (cache, src) {
+            (CpuStorage::F32(cache), CpuStorage::F32(src)) => {
+                let src = &src[src_l.start_offset()..src_l.start_offset() + tokens * row_len];
+                let cache = &mut cache[cache_l.start_offset()..];
+                cpu::kv_write(src, self.slot_mapping, cache, row_len);
+                Ok(())
+            }
+            _ => candle_core::bail!("kv-write: the CPU cache holds f32 keys and values"),
+        }
+    }
+}

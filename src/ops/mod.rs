@@ -1,0 +1,77 @@
+//! The engine's custom operations, one dispatch point each: `kv_write` puts a step's keys and values
+//! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks.
+//! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
+//! reference implementation that every other backend is tested against, and the CPU production path.
+
+pub mod cpu;
+mod kv_cache;
+mod kv_write;
+mod paged_attention;
+
+pub use kv_cache::PagedKvCache;
+pub use kv_write::kv_write;
+pub use paged_attention::paged_attention;
+
+/// Where each sequence of a step sits in the paged cache: built once per step by the runner and
+/// shared by every layer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttentionMetadata {
+    /// For each of the step's T tokens, the cache slot (`block * block_size + offset`) it writes.
+    pub slot_mapping: Vec<u32>,
+    /// `[B, max_blocks]` row-major: the physical blocks of each sequence, in order (padding unused).
+    pub block_tables: Vec<u32>,
+    /// Columns of `block_tables`.
+    pub max_blocks: usize,
+    /// `[B + 1]`: sequence b's queries are rows `cu_query_lens[b]..cu_query_lens[b + 1]` of the step.
+    pub cu_query_lens: Vec<u32>,
+    /// `[B]`: tokens of sequence b in the cache after this step's writes (its queries are the last ones).
+    pub context_lens: Vec<u32>,
+}
+
+impl AttentionMetadata {
+    /// Number of sequences in the step.
+    pub fn num_seqs(&self) -> usize {
+        self.context_lens.len()
+    }
+
+    /// Number of query tokens in the step.
+    pub fn num_tokens(&self) -> usize {
+        self.slot_mapping.len()
+    }
+
+    /// The block table row of sequence `b`.
+    pub fn block_table(&self, b: usize) -> &[u32] {
+        &self.block_tables[b * self.max_blocks..(b + 1) * self.max_blocks]
+    }
+
+    /// Checks the invariants every kernel relies on, so that a runner bug is an error, not an
+    /// out-of-bounds read inside a kernel.
+    pub fn validate(&self, block_size: usize, num_blocks: usize) -> candle_core::Result<()> {
+        let b = self.num_seqs();
+        if self.cu_query_lens.len() != b + 1 || self.block_tables.len() != b * self.max_blocks {
+            candle_core::bail!("attention metadata: inconsistent batch sizes");
+        }
+        if self.cu_query_lens[b] as usize != self.num_tokens() {
+            candle_core::bail!("attention metadata: query lengths do not add up to the step");
+        }
+        for s in 0..b {
+            let q_len = self.cu_query_lens[s + 1].checked_sub(self.cu_query_lens[s]);
+            let ctx = self.context_lens[s] as usize;
+            match q_len {
+                Some(q) if (q as usize) <= ctx => {}
+                _ => candle_core::bail!("attention metadata: sequence {s} has bad query length"),
+            }
+            if ctx.div_ceil(block_size) > self.max_blocks {
+                candle_core::bail!("attention metadata: sequence {s} outgrows its block table");
+            }
+            let used = ctx.div_ceil(block_size);
+            if self.block_table(s)[..used].iter().any(|&blk| blk as usize >= num_blocks) {
+                candle_core::bail!("attention metadata: sequence {s} names a block out of range");
+            }
+        }
+        if self.slot_mapping.iter().any(|&s| s as usize >= num_blocks * block_size) {
+            candle_core::bail!("attention metadata: slot out of range");
+        }
+        Ok(())
+    }
+}
