@@ -176,9 +176,9 @@ fn value_to_usize(v: &Value) -> Option<usize> {
 
 /// Maps the parser's message for a header it could not read to one a user understands.
 fn header_error(message: &str, path: &Path) -> Error {
-    if let Some(code) = message.strip_prefix("unknown dtype for tensor ") {
-        let code = code.trim();
-        return Error::UnsupportedWeightType(ggml_type_name(code.parse().unwrap_or(u32::MAX)));
+    if let Some(rest) = message.strip_prefix("unknown dtype for tensor ") {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        return Error::UnsupportedWeightType(ggml_type_name(digits.parse().unwrap_or(u32::MAX)));
     }
     let reason = if message.contains("failed to fill whole buffer") || message.contains("remaining") {
         format!("truncated or damaged GGUF header ({message})")
