@@ -26,7 +26,17 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 
 /// Reference: query i of a sequence at position p attends keys max(0, p-window+1)..=p.
 #[allow(clippy::too_many_arguments)]
-fn dense(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, d: usize, ctx: usize, q_len: usize, window: usize) -> Vec<f32> {
+fn dense(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    ctx: usize,
+    q_len: usize,
+    window: usize,
+) -> Vec<f32> {
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f64).sqrt();
     let mut out = vec![0f32; q_len * heads * d];
@@ -37,13 +47,21 @@ fn dense(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, d: usiz
             let g = h / group;
             let qv = &q[(i * heads + h) * d..][..d];
             let scores: Vec<f64> = (first..=p)
-                .map(|j| (0..d).map(|x| qv[x] as f64 * k[(j * kv_heads + g) * d + x] as f64).sum::<f64>() * scale)
+                .map(|j| {
+                    (0..d)
+                        .map(|x| qv[x] as f64 * k[(j * kv_heads + g) * d + x] as f64)
+                        .sum::<f64>()
+                        * scale
+                })
                 .collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let sum: f64 = w.iter().sum();
             for x in 0..d {
-                let acc: f64 = (first..=p).zip(&w).map(|(j, wj)| wj * v[(j * kv_heads + g) * d + x] as f64).sum();
+                let acc: f64 = (first..=p)
+                    .zip(&w)
+                    .map(|(j, wj)| wj * v[(j * kv_heads + g) * d + x] as f64)
+                    .sum();
                 out[(i * heads + h) * d + x] = (acc / sum) as f32;
             }
         }
@@ -61,7 +79,10 @@ fn check(case: &Case, seed: u64) {
     // Blocks handed out in a random order, so that tables are not contiguous.
     let mut free: Vec<u32> = (0..num_blocks as u32).collect();
     free.shuffle(&mut rng);
-    let mut meta = AttentionMetadata { cu_query_lens: vec![0], ..Default::default() };
+    let mut meta = AttentionMetadata {
+        cu_query_lens: vec![0],
+        ..Default::default()
+    };
     meta.max_blocks = case.seqs.iter().map(|(ctx, _)| ctx.div_ceil(BLOCK)).max().unwrap();
     let (mut q_all, mut expected) = (Vec::new(), Vec::new());
     for &(ctx, q_len) in &case.seqs {
@@ -69,7 +90,9 @@ fn check(case: &Case, seed: u64) {
         let keys = random(&mut rng, ctx * kvh * d);
         let values = random(&mut rng, ctx * kvh * d);
         // The cached prefix is written first (as earlier steps would), then this step's tokens.
-        let slots: Vec<u32> = (0..ctx).map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32).collect();
+        let slots: Vec<u32> = (0..ctx)
+            .map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+            .collect();
         let kt = Tensor::from_vec(keys.clone(), (ctx, kvh, d), &Device::Cpu).unwrap();
         let vt = Tensor::from_vec(values.clone(), (ctx, kvh, d), &Device::Cpu).unwrap();
         kv_write(&kt, &vt, &slots, kc, vc).unwrap();
@@ -78,8 +101,10 @@ fn check(case: &Case, seed: u64) {
         q_all.extend(q);
         meta.slot_mapping.extend(&slots[ctx - q_len..]);
         meta.block_tables.extend(&table);
-        meta.block_tables.resize(meta.block_tables.len() + meta.max_blocks - table.len(), 0);
-        meta.cu_query_lens.push(meta.cu_query_lens.last().unwrap() + q_len as u32);
+        meta.block_tables
+            .resize(meta.block_tables.len() + meta.max_blocks - table.len(), 0);
+        meta.cu_query_lens
+            .push(meta.cu_query_lens.last().unwrap() + q_len as u32);
         meta.context_lens.push(ctx as u32);
     }
     let t = meta.num_tokens();
@@ -90,7 +115,12 @@ fn check(case: &Case, seed: u64) {
         (n + ((g - e) as f64).powi(2), dd + (*e as f64).powi(2))
     });
     let rel = (num / den).sqrt();
-    assert!(rel < 1e-5, "relative error {rel} for heads {h}/{kvh}, dim {d}, seqs {:?}, window {}", case.seqs, case.window);
+    assert!(
+        rel < 1e-5,
+        "relative error {rel} for heads {h}/{kvh}, dim {d}, seqs {:?}, window {}",
+        case.seqs,
+        case.window
+    );
 }
 
 #[test]
@@ -98,7 +128,16 @@ fn decode_matches_dense_attention_for_every_gqa_ratio_and_head_size() {
     for (i, &(h, kvh)) in [(4, 4), (8, 4), (9, 3), (8, 2), (16, 2)].iter().enumerate() {
         for d in [64, 128] {
             let seqs = vec![(1, 1), (15, 1), (16, 1), (17, 1), (300, 1), (2048, 1)];
-            check(&Case { heads: h, kv_heads: kvh, dim: d, seqs, window: 0 }, i as u64 * 10 + d as u64);
+            check(
+                &Case {
+                    heads: h,
+                    kv_heads: kvh,
+                    dim: d,
+                    seqs,
+                    window: 0,
+                },
+                i as u64 * 10 + d as u64,
+            );
         }
     }
 }
@@ -109,7 +148,16 @@ fn prefill_chunks_match_dense_causal_attention() {
         for d in [64, 128] {
             // Whole prompts, chunks after a cached prefix, and decodes, mixed in one call.
             let seqs = vec![(7, 7), (61, 61), (100, 39), (33, 1), (520, 17), (16, 16)];
-            check(&Case { heads: h, kv_heads: kvh, dim: d, seqs, window: 0 }, 100 + i as u64 * 10 + d as u64);
+            check(
+                &Case {
+                    heads: h,
+                    kv_heads: kvh,
+                    dim: d,
+                    seqs,
+                    window: 0,
+                },
+                100 + i as u64 * 10 + d as u64,
+            );
         }
     }
 }
@@ -118,6 +166,15 @@ fn prefill_chunks_match_dense_causal_attention() {
 fn sliding_window_limits_what_each_query_sees() {
     for window in [1, 5, 16, 40] {
         let seqs = vec![(70, 1), (90, 30), (10, 10)];
-        check(&Case { heads: 8, kv_heads: 2, dim: 64, seqs, window }, window as u64);
+        check(
+            &Case {
+                heads: 8,
+                kv_heads: 2,
+                dim: 64,
+                seqs,
+                window,
+            },
+            window as u64,
+        );
     }
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use std::io::{IsTerminal, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +77,7 @@ impl RunArgs {
         if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
             return Err(UsageError("--top-p and --min-p must be between 0 and 1".into()).into());
         }
-        if !(self.repeat_penalty > 0.0) {
+        if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
             return Err(UsageError("--repeat-penalty must be more than 0".into()).into());
         }
         Ok(SamplingParams {
@@ -120,7 +121,11 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let request = Request {
         prompt_ids: prompt_ids.clone(),
         sampling,
-        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop.clone(), ignore_eos: false },
+        stop: StopConditions {
+            max_tokens: args.max_tokens,
+            stop_strings: args.stop.clone(),
+            ignore_eos: false,
+        },
     };
     let interrupted = interrupt_flag();
     let handle = loaded.engine.submit(request)?;
@@ -156,7 +161,9 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             t.ttft_ms,
             u.completion_tokens,
             t.decode_tok_s,
-            serde_json::to_value(completion.finish_reason)?.as_str().unwrap_or_default()
+            serde_json::to_value(completion.finish_reason)?
+                .as_str()
+                .unwrap_or_default()
         );
     }
     if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
@@ -179,7 +186,10 @@ fn read_prompt(arg: Option<&str>) -> anyhow::Result<String> {
     match String::from_utf8(bytes) {
         Ok(text) if text.trim().is_empty() => bail!("the prompt on stdin is empty"),
         Ok(text) => Ok(text.strip_suffix('\n').unwrap_or(&text).to_string()),
-        Err(e) => bail!("stdin is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        Err(e) => bail!(
+            "stdin is not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
     }
 }
 
@@ -203,15 +213,15 @@ fn stream(
             handle.cancel();
         }
         match handle.recv_timeout(Duration::from_millis(50)) {
-            Err(()) => continue,
-            Ok(None) => bail!(crate::Error::EngineStopped),
-            Ok(Some(Event::Token { text, .. })) => {
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => bail!(crate::Error::EngineStopped),
+            Ok(Event::Token { text, .. }) => {
                 if !on_text(&text)? {
                     handle.cancel();
                 }
             }
-            Ok(Some(Event::Done(completion))) => return Ok(completion),
-            Ok(Some(Event::Error(message))) => bail!(message),
+            Ok(Event::Done(completion)) => return Ok(completion),
+            Ok(Event::Error(message)) => bail!(message),
         }
     }
 }

@@ -39,7 +39,12 @@ pub struct Engine {
 
 impl Engine {
     /// Allocates the KV cache and starts the step loop.
-    pub fn start(model: Box<dyn Model>, tokenizer: Arc<Tokenizer>, device: Device, config: EngineConfig) -> Result<Self> {
+    pub fn start(
+        model: Box<dyn Model>,
+        tokenizer: Arc<Tokenizer>,
+        device: Device,
+        config: EngineConfig,
+    ) -> Result<Self> {
         let info = model.info().clone();
         let context_length = config.context_length.min(info.context_length).max(1);
         let num_blocks = context_length.div_ceil(config.block_size);
@@ -58,7 +63,12 @@ impl Engine {
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
-        Ok(Self { commands, thread: Some(thread), info, context_length })
+        Ok(Self {
+            commands,
+            thread: Some(thread),
+            info,
+            context_length,
+        })
     }
 
     /// Queues a request. Fails at once if it can never run (empty, or longer than the context).
@@ -67,16 +77,31 @@ impl Engine {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }
         if request.prompt_ids.len() >= self.context_length {
-            return Err(Error::PromptTooLong { prompt_tokens: request.prompt_ids.len(), context: self.context_length });
+            return Err(Error::PromptTooLong {
+                prompt_tokens: request.prompt_ids.len(),
+                context: self.context_length,
+            });
         }
         if let Some(bad) = request.prompt_ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
-            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary")));
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
         }
         let (events, receiver) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = worker::Job { request, events, cancel: cancel.clone(), submitted: Instant::now() };
-        self.commands.send(worker::Command::Submit(job)).map_err(|_| Error::EngineStopped)?;
-        Ok(RequestHandle { events: receiver, cancel })
+        let job = worker::Job {
+            request,
+            events,
+            cancel: cancel.clone(),
+            submitted: Instant::now(),
+        };
+        self.commands
+            .send(worker::Command::Submit(job))
+            .map_err(|_| Error::EngineStopped)?;
+        Ok(RequestHandle {
+            events: receiver,
+            cancel,
+        })
     }
 
     /// The loaded model's shapes.
@@ -111,13 +136,10 @@ impl RequestHandle {
         self.events.recv().ok()
     }
 
-    /// The next event if one arrives within `timeout`; `Ok(None)` after the last one.
-    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Option<Event>, ()> {
-        match self.events.recv_timeout(timeout) {
-            Ok(event) => Ok(Some(event)),
-            Err(RecvTimeoutError::Timeout) => Err(()),
-            Err(RecvTimeoutError::Disconnected) => Ok(None),
-        }
+    /// The next event if one arrives within `timeout` (`Disconnected` after the last one), so that
+    /// a front end can check for Ctrl-C between tokens.
+    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
     }
 
     /// Asks the engine to stop this request; it ends with `FinishReason::Cancelled` within a step.

@@ -17,7 +17,11 @@ impl Sampler {
     /// A sampler whose draws depend only on `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
-        Self { params, rng, candidates: Vec::new() }
+        Self {
+            params,
+            rng,
+            candidates: Vec::new(),
+        }
     }
 
     /// Picks the next token from `logits`, given the sequence's tokens so far (`history`).
@@ -30,7 +34,11 @@ impl Sampler {
             seen.dedup();
             for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -51,10 +59,13 @@ impl Sampler {
         let mut keep = c.len();
         if p.top_p < 1.0 {
             let mut cum = 0.0;
-            keep = probs.iter().position(|&q| {
-                cum += q;
-                cum >= p.top_p
-            }).map_or(keep, |i| i + 1);
+            keep = probs
+                .iter()
+                .position(|&q| {
+                    cum += q;
+                    cum >= p.top_p
+                })
+                .map_or(keep, |i| i + 1);
         }
         if p.min_p > 0.0 {
             let floor = probs[0] * p.min_p;
@@ -96,7 +107,11 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32) -> SamplingParams {
-        SamplingParams { temperature, seed: 7, ..SamplingParams::default() }
+        SamplingParams {
+            temperature,
+            seed: 7,
+            ..SamplingParams::default()
+        }
     }
 
     #[test]
@@ -118,7 +133,10 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplingParams { top_k: 1, ..params(5.0) });
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            ..params(5.0)
+        });
         for _ in 0..10 {
             assert_eq!(s.sample(&mut [0.0, 1.0, 0.5], &[]), 1);
         }
@@ -126,7 +144,12 @@ mod tests {
 
     #[test]
     fn min_p_drops_unlikely_tokens() {
-        let mut s = Sampler::new(SamplingParams { min_p: 0.5, top_k: 0, top_p: 1.0, ..params(1.0) });
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            top_k: 0,
+            top_p: 1.0,
+            ..params(1.0)
+        });
         for _ in 0..50 {
             assert_ne!(s.sample(&mut [5.0, 4.9, 0.0, 0.0], &[]), 2);
         }
@@ -134,7 +157,10 @@ mod tests {
 
     #[test]
     fn repeat_penalty_changes_the_greedy_choice() {
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..params(0.0) });
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            ..params(0.0)
+        });
         assert_eq!(s.sample(&mut [1.0, 1.5], &[1]), 0);
     }
 }

@@ -58,18 +58,29 @@ pub fn resolve(reference: &str) -> Result<PathBuf> {
         return if file.is_file() {
             Ok(file)
         } else {
-            Err(Error::ModelNotInstalled { alias: alias.name.to_string(), path: file })
+            Err(Error::ModelNotInstalled {
+                alias: alias.name.to_string(),
+                path: file,
+            })
         };
     }
     if path.exists() {
-        return Err(Error::InvalidRequest(format!("{reference} is a folder; bodega runs .gguf files")));
+        return Err(Error::InvalidRequest(format!(
+            "{reference} is a folder; bodega runs .gguf files"
+        )));
     }
     if reference.ends_with(".gguf") || reference.contains(std::path::MAIN_SEPARATOR) {
-        return Err(Error::Io { path: path.to_path_buf(), source: std::io::ErrorKind::NotFound.into() });
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
     }
     let mut available: Vec<String> = ALIASES.iter().map(|a| a.name.to_string()).collect();
     available.sort_by_key(|name| strsim::levenshtein(name, reference));
-    Err(Error::ModelNotFound { name: reference.to_string(), available })
+    Err(Error::ModelNotFound {
+        name: reference.to_string(),
+        available,
+    })
 }
 
 #[cfg(test)]

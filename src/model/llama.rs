@@ -34,7 +34,12 @@ impl Variant {
             "qwen3" => ("qwen3", false, true, RopeStyle::Halves),
             _ => return None,
         };
-        Some(Self { arch, qkv_bias, qk_norm, rope_style })
+        Some(Self {
+            arch,
+            qkv_bias,
+            qk_norm,
+            rope_style,
+        })
     }
 }
 
@@ -91,7 +96,9 @@ impl Llama {
         let num_layers = file.usize(&key("block_count"))?;
         let num_heads = file.usize(&key("attention.head_count"))?;
         let num_kv_heads = file.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
-        let head_dim = file.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden / num_heads.max(1));
+        let head_dim = file
+            .opt_usize(&key("attention.key_length"))?
+            .unwrap_or(hidden / num_heads.max(1));
         let context_length = file.usize(&key("context_length"))?;
         let eps = file.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f64;
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 || head_dim % 2 != 0 {
@@ -111,15 +118,26 @@ impl Llama {
         let mut weight_bytes = embedding.storage_size_in_bytes();
         let mut blocks = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
-            let mut loader = BlockLoader { file, device, prefix: format!("blk.{i}"), bytes: 0 };
+            let mut loader = BlockLoader {
+                file,
+                device,
+                prefix: format!("blk.{i}"),
+                bytes: 0,
+            };
             let block = Block {
                 attn_norm: loader.dense("attn_norm.weight")?,
                 q: loader.linear("attn_q", variant.qkv_bias)?,
                 k: loader.linear("attn_k", variant.qkv_bias)?,
                 v: loader.linear("attn_v", variant.qkv_bias)?,
                 o: loader.linear("attn_output", false)?,
-                q_norm: variant.qk_norm.then(|| loader.dense("attn_q_norm.weight")).transpose()?,
-                k_norm: variant.qk_norm.then(|| loader.dense("attn_k_norm.weight")).transpose()?,
+                q_norm: variant
+                    .qk_norm
+                    .then(|| loader.dense("attn_q_norm.weight"))
+                    .transpose()?,
+                k_norm: variant
+                    .qk_norm
+                    .then(|| loader.dense("attn_k_norm.weight"))
+                    .transpose()?,
                 ffn_norm: loader.dense("ffn_norm.weight")?,
                 gate: loader.linear("ffn_gate", false)?,
                 up: loader.linear("ffn_up", false)?,
@@ -232,7 +250,9 @@ fn rope_config(
 ) -> Result<RopeConfig> {
     let dim = file.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
     if dim != head_dim {
-        return Err(Error::Metadata(format!("partial rotary embeddings ({dim} of {head_dim}) are not supported")));
+        return Err(Error::Metadata(format!(
+            "partial rotary embeddings ({dim} of {head_dim}) are not supported"
+        )));
     }
     let scaling = file.string(&key("rope.scaling.type")).unwrap_or("none").to_string();
     let factor = file.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0);

@@ -7,9 +7,9 @@ use super::AttentionMetadata;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Head layout of one attention call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadShape {
+/// Shape and settings of one attention call (the same for every layer of a model).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
     /// Query heads.
     pub num_heads: usize,
     /// Key/value heads (`num_heads` is a multiple of it: grouped-query attention).
@@ -18,6 +18,10 @@ pub struct HeadShape {
     pub head_dim: usize,
     /// Tokens per cache block.
     pub block_size: usize,
+    /// Multiplier of the query-key dot products (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+    /// Each query sees at most this many most recent keys (0: all).
+    pub window: usize,
 }
 
 /// Copies row `t` of `src` (`[T, row_len]`) into cache slot `slot_mapping[t]` of `cache`
@@ -37,42 +41,41 @@ pub fn kv_write(src: &[f32], slot_mapping: &[u32], cache: &mut [f32], row_len: u
 /// Work is split over (sequence, KV head) pairs; the query heads of a GQA group share each key read.
 pub fn paged_attention(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    cache: (&[f32], &[f32]),
     meta: &AttentionMetadata,
-    shape: HeadShape,
-    scale: f32,
-    window: usize,
+    params: AttentionParams,
     out: &mut [f32],
 ) {
-    let num_kv_heads = shape.num_kv_heads;
+    let num_kv_heads = params.num_kv_heads;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let tasks = meta.num_seqs() * num_kv_heads;
     (0..tasks).into_par_iter().for_each(|task| {
         let (seq, kv_head) = (task / num_kv_heads, task % num_kv_heads);
-        let rows = meta.cu_query_lens[seq] as usize..meta.cu_query_lens[seq + 1] as usize;
         // SAFETY: task (seq, kv_head) writes only its sequence's rows and its group's heads, which
         // no other task touches; `out` outlives the parallel loop.
         let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.get(), q.len()) };
-        attend_group(q, k_cache, v_cache, meta, shape, scale, window, seq, kv_head, rows, out);
+        attend_group(q, cache, meta, params, (seq, kv_head), out);
     });
 }
 
-#[allow(clippy::too_many_arguments)]
+/// All queries of sequence `seq` for the query heads of one KV head.
 fn attend_group(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    (k_cache, v_cache): (&[f32], &[f32]),
     meta: &AttentionMetadata,
-    shape: HeadShape,
-    scale: f32,
-    window: usize,
-    seq: usize,
-    kv_head: usize,
-    rows: std::ops::Range<usize>,
+    params: AttentionParams,
+    (seq, kv_head): (usize, usize),
     out: &mut [f32],
 ) {
-    let HeadShape { num_heads, num_kv_heads, head_dim: d, block_size } = shape;
+    let AttentionParams {
+        num_heads,
+        num_kv_heads,
+        head_dim: d,
+        block_size,
+        scale,
+        window,
+    } = params;
+    let rows = meta.cu_query_lens[seq] as usize..meta.cu_query_lens[seq + 1] as usize;
     let group = num_heads / num_kv_heads;
     let table = meta.block_table(seq);
     let ctx = meta.context_lens[seq] as usize;
@@ -81,7 +84,11 @@ fn attend_group(
         let mut scratch = scratch.borrow_mut();
         for (i, t) in rows.enumerate() {
             let pos = ctx - q_len + i;
-            let first = if window == 0 { 0 } else { (pos + 1).saturating_sub(window) };
+            let first = if window == 0 {
+                0
+            } else {
+                (pos + 1).saturating_sub(window)
+            };
             let n_keys = pos + 1 - first;
             scratch.clear();
             scratch.resize(group * n_keys, 0.0);
@@ -128,14 +135,7 @@ thread_local! {
 }
 
 /// Element offset of (position, kv head) in a paged cache.
-fn kv_offset(
-    table: &[u32],
-    pos: usize,
-    block_size: usize,
-    num_kv_heads: usize,
-    kv_head: usize,
-    d: usize,
-) -> usize {
+fn kv_offset(table: &[u32], pos: usize, block_size: usize, num_kv_heads: usize, kv_head: usize, d: usize) -> usize {
     let slot = table[pos / block_size] as usize * block_size + pos % block_size;
     (slot * num_kv_heads + kv_head) * d
 }

@@ -5,13 +5,7 @@ use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
 /// Writes `k` and `v` (`[T, num_kv_heads, head_dim]`) into the slots `slot_mapping[t]` of
 /// `k_cache` and `v_cache` (`[num_blocks, block_size, num_kv_heads, head_dim]`).
-pub fn kv_write(
-    k: &Tensor,
-    v: &Tensor,
-    slot_mapping: &[u32],
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-) -> Result<()> {
+pub fn kv_write(k: &Tensor, v: &Tensor, slot_mapping: &[u32], k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
     let op = KvWrite { slot_mapping };
     k_cache.inplace_op2(&k.contiguous()?, &op)?;
     v_cache.inplace_op2(&v.contiguous()?, &op)
@@ -32,7 +26,11 @@ impl InplaceOp2 for KvWrite<'_> {
         let row_len = kv_heads * head_dim;
         let (tokens, src_heads, src_dim) = src_l.shape().dims3()?;
         if src_heads * src_dim != row_len || tokens != self.slot_mapping.len() {
-            candle_core::bail!("kv-write: source {:?} does not fit cache {:?}", src_l.shape(), cache_l.shape());
+            candle_core::bail!(
+                "kv-write: source {:?} does not fit cache {:?}",
+                src_l.shape(),
+                cache_l.shape()
+            );
         }
         let slots = cache_l.shape().elem_count() / row_len;
         if self.slot_mapping.iter().any(|&s| s as usize >= slots) {

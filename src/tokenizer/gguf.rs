@@ -26,7 +26,8 @@ const TYPE_BYTE: usize = 6;
 /// Llama 3's pre-tokenizer split, as in its `tokenizer.json`.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's: Llama 3's with single digits.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer and the ids of the tokens that must never be split or shown.
 pub fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
@@ -38,7 +39,11 @@ pub fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let mut tokenizer = match kind.as_str() {
         "gpt2" => byte_level_bpe(file, &tokens)?,
         "llama" => sentencepiece_bpe(file, &tokens, &types)?,
-        other => return Err(Error::Tokenizer(format!("unsupported tokenizer kind '{other}' (bodega reads gpt2 and llama)"))),
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "unsupported tokenizer kind '{other}' (bodega reads gpt2 and llama)"
+            )))
+        }
     };
     let added: Vec<AddedToken> = tokens
         .iter()
@@ -73,7 +78,9 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
         "qwen2" | "deepseek-r1-qwen" => (Some(QWEN2_SPLIT), Some(NormalizerWrapper::from(NFC)), false),
         "smollm" | "starcoder" | "refact" | "codeshell" | "gpt2" | "default" => (None, None, false),
         other => {
-            tracing::warn!("unknown pre-tokenizer '{other}': using GPT-2's; tokenization may differ from the model's own");
+            tracing::warn!(
+                "unknown pre-tokenizer '{other}': using GPT-2's; tokenization may differ from the model's own"
+            );
             (None, None, false)
         }
     };
@@ -90,8 +97,12 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
         pre_steps.push(Digits::new(true).into());
     }
     if let Some(pattern) = split {
-        let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let split = Split::new(
+            SplitPattern::Regex(pattern.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
         pre_steps.push(split.into());
         pre_steps.push(ByteLevel::new(false, false, false).into());
     } else {
@@ -99,16 +110,22 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
     }
     tokenizer.with_pre_tokenizer(Some(PreSequence::new(pre_steps)));
     if let Some(n) = normalizer {
-        tokenizer.with_normalizer(Some(n)).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer
+            .with_normalizer(Some(n))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
     }
     tokenizer.with_decoder(Some(ByteLevel::default()));
     Ok(tokenizer)
 }
 
 fn sentencepiece_bpe(file: &GgufFile, tokens: &[String], types: &[usize]) -> Result<tokenizers::Tokenizer> {
-    let scores = file.opt_f32s("tokenizer.ggml.scores")?.unwrap_or_else(|| vec![0.0; tokens.len()]);
+    let scores = file
+        .opt_f32s("tokenizer.ggml.scores")?
+        .unwrap_or_else(|| vec![0.0; tokens.len()]);
     if scores.len() != tokens.len() {
-        return Err(Error::Tokenizer("tokenizer.ggml.scores and tokens differ in length".into()));
+        return Err(Error::Tokenizer(
+            "tokenizer.ggml.scores and tokens differ in length".into(),
+        ));
     }
     let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     // A merge (a, b) exists for every normal token that splits into two tokens; merges of tokens with
@@ -144,7 +161,11 @@ fn sentencepiece_bpe(file: &GgufFile, tokens: &[String], types: &[usize]) -> Res
     if space_prefix {
         normalizers.push(Prepend::new("▁".into()).into());
     }
-    normalizers.push(Replace::new(" ", "▁").map_err(|e| Error::Tokenizer(e.to_string()))?.into());
+    normalizers.push(
+        Replace::new(" ", "▁")
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .into(),
+    );
     tokenizer
         .with_normalizer(Some(NormalizerSequence::new(normalizers)))
         .map_err(|e| Error::Tokenizer(e.to_string()))?;

@@ -12,7 +12,9 @@ use std::sync::{Mutex, OnceLock};
 pub fn smollm2_path() -> PathBuf {
     match bodega::hub::resolve("smollm2-135m") {
         Ok(path) => path,
-        Err(e) => panic!("{e}\nThe tests need the demo models: run scripts/fetch-test-models.sh first."),
+        Err(e) => {
+            panic!("{e}\nThe tests need the demo models: run scripts/fetch-test-models.sh first.")
+        }
     }
 }
 
@@ -28,7 +30,10 @@ pub fn smollm2() -> &'static Demo {
         let mut file = GgufFile::open(&smollm2_path()).expect("open the demo model");
         let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
         let model = bodega::model::from_gguf(&mut file, &candle_core::Device::Cpu).expect("model");
-        Demo { model: Mutex::new(model), tokenizer }
+        Demo {
+            model: Mutex::new(model),
+            tokenizer,
+        }
     })
 }
 
@@ -40,5 +45,9 @@ pub fn reference() -> serde_json::Value {
 
 /// A JSON array of integers as token ids.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }

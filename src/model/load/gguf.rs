@@ -20,8 +20,14 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens `path`, parses the header and checks that every tensor's data is present.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io { path: path.to_path_buf(), source };
-        let bad = |reason: String| Error::BadGguf { path: path.to_path_buf(), reason };
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bad = |reason: String| Error::BadGguf {
+            path: path.to_path_buf(),
+            reason,
+        };
         let file = File::open(path).map_err(io_err)?;
         let file_size = file.metadata().map_err(io_err)?.len();
         let mut reader = BufReader::new(file);
@@ -35,7 +41,9 @@ impl GgufFile {
             let elems = info.shape.elem_count();
             let block = info.ggml_dtype.block_size();
             if elems % block != 0 {
-                return Err(bad(format!("tensor '{name}' has {elems} elements, not a multiple of its block size {block}")));
+                return Err(bad(format!(
+                    "tensor '{name}' has {elems} elements, not a multiple of its block size {block}"
+                )));
             }
             let end = content.tensor_data_offset + info.offset + (elems / block * info.ggml_dtype.type_size()) as u64;
             if end > file_size {
@@ -44,7 +52,11 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(Self { path: path.to_path_buf(), content, reader })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
     }
 
     /// The file this was read from.
@@ -77,7 +89,9 @@ impl GgufFile {
 
     /// An optional unsigned integer value.
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key).map(|v| value_to_usize(v).ok_or_else(|| wrong_type(key, "an integer"))).transpose()
+        self.get(key)
+            .map(|v| value_to_usize(v).ok_or_else(|| wrong_type(key, "an integer")))
+            .transpose()
     }
 
     /// An optional float value.
@@ -86,34 +100,48 @@ impl GgufFile {
             .map(|v| match v {
                 Value::F32(x) => Ok(*x),
                 Value::F64(x) => Ok(*x as f32),
-                other => value_to_usize(other).map(|x| x as f32).ok_or_else(|| wrong_type(key, "a number")),
+                other => value_to_usize(other)
+                    .map(|x| x as f32)
+                    .ok_or_else(|| wrong_type(key, "a number")),
             })
             .transpose()
     }
 
     /// An optional boolean value.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key).map(|v| v.to_bool().map_err(|_| wrong_type(key, "a boolean"))).transpose()
+        self.get(key)
+            .map(|v| v.to_bool().map_err(|_| wrong_type(key, "a boolean")))
+            .transpose()
     }
 
     /// An optional array of strings.
     pub fn opt_strings(&self, key: &str) -> Result<Option<Vec<String>>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let arr = v.to_vec().map_err(|_| wrong_type(key, "an array"))?;
         arr.iter()
-            .map(|x| x.to_string().cloned().map_err(|_| wrong_type(key, "an array of strings")))
+            .map(|x| {
+                x.to_string()
+                    .cloned()
+                    .map_err(|_| wrong_type(key, "an array of strings"))
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
 
     /// An optional array of numbers, as f32.
     pub fn opt_f32s(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let arr = v.to_vec().map_err(|_| wrong_type(key, "an array"))?;
         arr.iter()
             .map(|x| match x {
                 Value::F32(f) => Ok(*f),
-                other => value_to_usize(other).map(|i| i as f32).ok_or_else(|| wrong_type(key, "an array of numbers")),
+                other => value_to_usize(other)
+                    .map(|i| i as f32)
+                    .ok_or_else(|| wrong_type(key, "an array of numbers")),
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -121,7 +149,9 @@ impl GgufFile {
 
     /// An optional array of integers.
     pub fn opt_usizes(&self, key: &str) -> Result<Option<Vec<usize>>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let arr = v.to_vec().map_err(|_| wrong_type(key, "an array"))?;
         arr.iter()
             .map(|x| value_to_usize(x).ok_or_else(|| wrong_type(key, "an array of integers")))
@@ -142,7 +172,10 @@ impl GgufFile {
             .get(name)
             .ok_or_else(|| Error::Metadata(format!("tensor '{name}' is missing from {}", self.path.display())))?;
         if matches!(info.ggml_dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
-            return Err(Error::UnsupportedWeightType(format!("{:?} in tensor '{name}'", info.ggml_dtype)));
+            return Err(Error::UnsupportedWeightType(format!(
+                "{:?} in tensor '{name}'",
+                info.ggml_dtype
+            )));
         }
         Ok(self.content.tensor(&mut self.reader, name, device)?)
     }
@@ -185,7 +218,10 @@ fn header_error(message: &str, path: &Path) -> Error {
     } else {
         format!("unreadable GGUF header: {message}")
     };
-    Error::BadGguf { path: path.to_path_buf(), reason }
+    Error::BadGguf {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 /// GGML's names for the weight types candle cannot read, so that the error says what the file has.
