@@ -48,11 +48,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda(_) | DeviceChoice::Metal => Err(Error::InvalidRequest(format!(
             "this build of bodega has no {} backend (compiled in: {})",
-            if matches!(choice, DeviceChoice::Metal) {
-                "Metal"
-            } else {
-                "CUDA"
-            },
+            if matches!(choice, DeviceChoice::Metal) { "Metal" } else { "CUDA" },
             compiled_backends().join(", ")
         ))),
     }

@@ -31,7 +31,7 @@ pub enum Error {
         reason: String,
     },
     /// A GGUF whose `general.architecture` bodega has no implementation for.
-    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3)")]
+    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, gemma3)")]
     UnsupportedArchitecture(String),
     /// A tensor stored in a type bodega cannot multiply with.
     #[error("unsupported weight type {0} (bodega reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, F16, BF16, F32)")]

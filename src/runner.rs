@@ -40,15 +40,13 @@ pub fn build_step(chunks: &[SeqChunk<'_>], block_size: usize, device: &Device) -
             token_ids.push(tok);
             positions.push(pos as u32);
             let block = chunk.block_table[pos / block_size];
-            meta.slot_mapping
-                .push(block * block_size as u32 + (pos % block_size) as u32);
+            meta.slot_mapping.push(block * block_size as u32 + (pos % block_size) as u32);
         }
         if chunk.sample {
             logits_rows.push((token_ids.len() - 1) as u32);
         }
         meta.block_tables.extend_from_slice(chunk.block_table);
-        meta.block_tables
-            .extend(std::iter::repeat_n(0, max_blocks - chunk.block_table.len()));
+        meta.block_tables.extend(std::iter::repeat_n(0, max_blocks - chunk.block_table.len()));
         meta.cu_query_lens.push(token_ids.len() as u32);
         meta.context_lens.push((chunk.start + chunk.tokens.len()) as u32);
     }

@@ -13,13 +13,8 @@ fn bodega() -> Command {
 }
 
 fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = bodega()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        bodega().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -43,10 +38,7 @@ fn assert_clean_error(o: &Output, code: i32, needle: &str) {
     assert!(err.starts_with("error: "), "stderr: {err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(
-        err.lines().all(|l| l.starts_with("error: ") || l.starts_with("hint: ")),
-        "stderr: {err}"
-    );
+    assert!(err.lines().all(|l| l.starts_with("error: ") || l.starts_with("hint: ")), "stderr: {err}");
     assert!(o.stdout.is_empty(), "stdout: {}", stdout(o));
 }
 
@@ -59,35 +51,14 @@ const HAIKU: &str = "Write a haiku about the sea.";
 
 #[test]
 fn greedy_chat_reply_uses_the_template_and_matches_the_reference_start() {
-    let reference = common::reference();
-    let case = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "chat-no-system")
-        .unwrap();
-    let o = run(&[
-        "run",
-        "smollm2-135m",
-        HAIKU,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-        "--json",
-    ]);
+    let case = common::reference_case("chat-no-system");
+    let o = run(&["run", "smollm2-135m", HAIKU, "--temperature", "0", "--max-tokens", "8", "--json"]);
     let v = json(&o);
     assert_eq!(common::ids(&v["prompt_ids"]), common::ids(&case["prompt_ids"]));
     // The first tokens are far from any near-tie in the reference: they must agree.
-    assert_eq!(
-        common::ids(&v["generated_ids"])[..4],
-        common::ids(&case["greedy_ids"])[..4]
-    );
+    assert_eq!(common::ids(&v["generated_ids"])[..4], common::ids(&case["greedy_ids"])[..4]);
     assert_eq!(v["finish_reason"], "length");
-    assert_eq!(
-        v["usage"]["prompt_tokens"],
-        case["prompt_ids"].as_array().unwrap().len()
-    );
+    assert_eq!(v["usage"]["prompt_tokens"], case["prompt_ids"].as_array().unwrap().len());
     assert_eq!(v["usage"]["completion_tokens"], 8);
     assert_eq!(v["usage"]["cached_tokens"], 0);
     for key in ["ttft_ms", "prefill_tok_s", "decode_tok_s", "total_ms"] {
@@ -104,22 +75,12 @@ fn streamed_text_equals_the_json_text_and_stdin_equals_the_argument() {
     let as_json = json(&run(&[&args[..], &[HAIKU, "--json"]].concat()));
     assert_eq!(stdout(&streamed), stdout(&from_stdin));
     assert_eq!(stdout(&streamed), format!("{}\n", as_json["text"].as_str().unwrap()));
-    assert!(
-        stderr(&streamed).is_empty(),
-        "stderr must stay quiet: {}",
-        stderr(&streamed)
-    );
+    assert!(stderr(&streamed).is_empty(), "stderr must stay quiet: {}", stderr(&streamed));
 }
 
 #[test]
 fn raw_mode_skips_the_chat_template() {
-    let reference = common::reference();
-    let case = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "plain-simple")
-        .unwrap();
+    let case = common::reference_case("plain-simple");
     let v = json(&run(&[
         "run",
         "smollm2-135m",
@@ -155,18 +116,7 @@ fn a_stop_string_ends_the_reply_before_it() {
 
 #[test]
 fn the_same_seed_gives_the_same_sampled_reply() {
-    let args = [
-        "run",
-        "smollm2-135m",
-        HAIKU,
-        "--temperature",
-        "1.0",
-        "--seed",
-        "42",
-        "--max-tokens",
-        "12",
-        "--json",
-    ];
+    let args = ["run", "smollm2-135m", HAIKU, "--temperature", "1.0", "--seed", "42", "--max-tokens", "12", "--json"];
     let a = json(&run(&args));
     let b = json(&run(&args));
     assert_eq!(a["generated_ids"], b["generated_ids"]);
@@ -174,22 +124,10 @@ fn the_same_seed_gives_the_same_sampled_reply() {
 
 #[test]
 fn verbose_prints_a_stats_line_on_stderr_only() {
-    let o = run(&[
-        "run",
-        "smollm2-135m",
-        HAIKU,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "4",
-        "-v",
-    ]);
+    let o = run(&["run", "smollm2-135m", HAIKU, "--temperature", "0", "--max-tokens", "4", "-v"]);
     assert!(o.status.success());
     let err = stderr(&o);
-    assert!(
-        err.contains("prompt: ") && err.contains("tok/s") && err.contains("TTFT"),
-        "{err}"
-    );
+    assert!(err.contains("prompt: ") && err.contains("tok/s") && err.contains("TTFT"), "{err}");
     assert!(!stdout(&o).contains("tok/s"));
 }
 
@@ -221,20 +159,12 @@ fn a_closed_stdout_ends_quietly() {
 fn an_unknown_model_name_lists_what_is_available() {
     let o = run(&["run", "smolm2", "hi"]);
     assert_clean_error(&o, 1, "no model named 'smolm2'");
-    assert!(
-        stderr(&o).contains("hint: did you mean smollm2-135m?"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("hint: did you mean smollm2-135m?"), "{}", stderr(&o));
 }
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
-    assert_clean_error(
-        &run(&["run", "/nonexistent/model.gguf", "hi"]),
-        1,
-        "/nonexistent/model.gguf",
-    );
+    assert_clean_error(&run(&["run", "/nonexistent/model.gguf", "hi"]), 1, "/nonexistent/model.gguf");
 }
 
 #[test]
@@ -276,13 +206,7 @@ fn bad_flag_values_are_usage_errors() {
 
 #[test]
 fn version_names_the_commit_and_backends() {
-    let o = Command::new(env!("CARGO_BIN_EXE_bodega"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_bodega")).arg("--version").output().unwrap();
     let out = stdout(&o);
-    assert!(
-        out.starts_with("bodega ") && out.contains("commit ") && out.contains("backends: cpu"),
-        "{out}"
-    );
+    assert!(out.starts_with("bodega ") && out.contains("commit ") && out.contains("backends: cpu"), "{out}");
 }

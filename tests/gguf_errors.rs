@@ -20,19 +20,11 @@ fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
 
 /// A well-formed GGUF with the given architecture and one small F32 tensor.
 fn tiny_gguf(architecture: &str) -> Vec<u8> {
-    let tensor = QTensor::quantize(
-        &Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap(),
-        GgmlDType::F32,
-    )
-    .unwrap();
+    let tensor =
+        QTensor::quantize(&Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
     let arch = Value::String(architecture.to_string());
     let mut out = std::io::Cursor::new(Vec::new());
-    gguf_file::write(
-        &mut out,
-        &[("general.architecture", &arch)],
-        &[("token_embd.weight", &tensor)],
-    )
-    .unwrap();
+    gguf_file::write(&mut out, &[("general.architecture", &arch)], &[("token_embd.weight", &tensor)]).unwrap();
     out.into_inner()
 }
 
@@ -123,8 +115,6 @@ fn an_unknown_architecture_is_named() {
 fn missing_hyperparameters_are_named() {
     let (_dir, path) = temp_file("bare.gguf", &tiny_gguf("llama"));
     let mut file = GgufFile::open(&path).unwrap();
-    let e = bodega::model::from_gguf(&mut file, &Device::Cpu)
-        .err()
-        .expect("a bare file loaded");
+    let e = bodega::model::from_gguf(&mut file, &Device::Cpu).err().expect("a bare file loaded");
     assert!(e.to_string().contains("llama.embedding_length"), "{e}");
 }

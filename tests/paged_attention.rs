@@ -47,21 +47,13 @@ fn dense(
             let g = h / group;
             let qv = &q[(i * heads + h) * d..][..d];
             let scores: Vec<f64> = (first..=p)
-                .map(|j| {
-                    (0..d)
-                        .map(|x| qv[x] as f64 * k[(j * kv_heads + g) * d + x] as f64)
-                        .sum::<f64>()
-                        * scale
-                })
+                .map(|j| (0..d).map(|x| qv[x] as f64 * k[(j * kv_heads + g) * d + x] as f64).sum::<f64>() * scale)
                 .collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let sum: f64 = w.iter().sum();
             for x in 0..d {
-                let acc: f64 = (first..=p)
-                    .zip(&w)
-                    .map(|(j, wj)| wj * v[(j * kv_heads + g) * d + x] as f64)
-                    .sum();
+                let acc: f64 = (first..=p).zip(&w).map(|(j, wj)| wj * v[(j * kv_heads + g) * d + x] as f64).sum();
                 out[(i * heads + h) * d + x] = (acc / sum) as f32;
             }
         }
@@ -79,10 +71,7 @@ fn check(case: &Case, seed: u64) {
     // Blocks handed out in a random order, so that tables are not contiguous.
     let mut free: Vec<u32> = (0..num_blocks as u32).collect();
     free.shuffle(&mut rng);
-    let mut meta = AttentionMetadata {
-        cu_query_lens: vec![0],
-        ..Default::default()
-    };
+    let mut meta = AttentionMetadata { cu_query_lens: vec![0], ..Default::default() };
     meta.max_blocks = case.seqs.iter().map(|(ctx, _)| ctx.div_ceil(BLOCK)).max().unwrap();
     let (mut q_all, mut expected) = (Vec::new(), Vec::new());
     for &(ctx, q_len) in &case.seqs {
@@ -90,9 +79,7 @@ fn check(case: &Case, seed: u64) {
         let keys = random(&mut rng, ctx * kvh * d);
         let values = random(&mut rng, ctx * kvh * d);
         // The cached prefix is written first (as earlier steps would), then this step's tokens.
-        let slots: Vec<u32> = (0..ctx)
-            .map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
-            .collect();
+        let slots: Vec<u32> = (0..ctx).map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32).collect();
         let kt = Tensor::from_vec(keys.clone(), (ctx, kvh, d), &Device::Cpu).unwrap();
         let vt = Tensor::from_vec(values.clone(), (ctx, kvh, d), &Device::Cpu).unwrap();
         kv_write(&kt, &vt, &slots, kc, vc).unwrap();
@@ -101,19 +88,18 @@ fn check(case: &Case, seed: u64) {
         q_all.extend(q);
         meta.slot_mapping.extend(&slots[ctx - q_len..]);
         meta.block_tables.extend(&table);
-        meta.block_tables
-            .resize(meta.block_tables.len() + meta.max_blocks - table.len(), 0);
-        meta.cu_query_lens
-            .push(meta.cu_query_lens.last().unwrap() + q_len as u32);
+        meta.block_tables.resize(meta.block_tables.len() + meta.max_blocks - table.len(), 0);
+        meta.cu_query_lens.push(meta.cu_query_lens.last().unwrap() + q_len as u32);
         meta.context_lens.push(ctx as u32);
     }
     let t = meta.num_tokens();
     let q = Tensor::from_vec(q_all, (t, h, d), &Device::Cpu).unwrap();
     let out = paged_attention(&q, kc, vc, &meta, 1.0 / (d as f32).sqrt(), case.window).unwrap();
     let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
-    let (num, den) = got.iter().zip(&expected).fold((0f64, 0f64), |(n, dd), (g, e)| {
-        (n + ((g - e) as f64).powi(2), dd + (*e as f64).powi(2))
-    });
+    let (num, den) = got
+        .iter()
+        .zip(&expected)
+        .fold((0f64, 0f64), |(n, dd), (g, e)| (n + ((g - e) as f64).powi(2), dd + (*e as f64).powi(2)));
     let rel = (num / den).sqrt();
     assert!(
         rel < 1e-5,
@@ -123,58 +109,32 @@ fn check(case: &Case, seed: u64) {
     );
 }
 
-#[test]
-fn decode_matches_dense_attention_for_every_gqa_ratio_and_head_size() {
-    for (i, &(h, kvh)) in [(4, 4), (8, 4), (9, 3), (8, 2), (16, 2)].iter().enumerate() {
-        for d in [64, 128] {
-            let seqs = vec![(1, 1), (15, 1), (16, 1), (17, 1), (300, 1), (2048, 1)];
-            check(
-                &Case {
-                    heads: h,
-                    kv_heads: kvh,
-                    dim: d,
-                    seqs,
-                    window: 0,
-                },
-                i as u64 * 10 + d as u64,
-            );
+/// Runs `check` for every (heads, kv_heads) pair and head size, with distinct seeds.
+fn check_shapes(pairs: &[(usize, usize)], dims: &[usize], seqs: &[(usize, usize)], window: usize, seed: u64) {
+    for (i, &(heads, kv_heads)) in pairs.iter().enumerate() {
+        for &dim in dims {
+            let case = Case { heads, kv_heads, dim, seqs: seqs.to_vec(), window };
+            check(&case, seed + i as u64 * 1000 + dim as u64);
         }
     }
 }
 
 #[test]
+fn decode_matches_dense_attention_for_every_gqa_ratio_and_head_size() {
+    let seqs = [(1, 1), (15, 1), (16, 1), (17, 1), (300, 1), (2048, 1)];
+    check_shapes(&[(4, 4), (8, 4), (9, 3), (8, 2), (16, 2)], &[64, 128], &seqs, 0, 1);
+}
+
+#[test]
 fn prefill_chunks_match_dense_causal_attention() {
-    for (i, &(h, kvh)) in [(4, 4), (9, 3), (8, 1)].iter().enumerate() {
-        for d in [64, 128] {
-            // Whole prompts, chunks after a cached prefix, and decodes, mixed in one call.
-            let seqs = vec![(7, 7), (61, 61), (100, 39), (33, 1), (520, 17), (16, 16)];
-            check(
-                &Case {
-                    heads: h,
-                    kv_heads: kvh,
-                    dim: d,
-                    seqs,
-                    window: 0,
-                },
-                100 + i as u64 * 10 + d as u64,
-            );
-        }
-    }
+    // Whole prompts, chunks after a cached prefix, and decodes, mixed in one call.
+    let seqs = [(7, 7), (61, 61), (100, 39), (33, 1), (520, 17), (16, 16)];
+    check_shapes(&[(4, 4), (9, 3), (8, 1)], &[64, 128], &seqs, 0, 2);
 }
 
 #[test]
 fn sliding_window_limits_what_each_query_sees() {
     for window in [1, 5, 16, 40] {
-        let seqs = vec![(70, 1), (90, 30), (10, 10)];
-        check(
-            &Case {
-                heads: 8,
-                kv_heads: 2,
-                dim: 64,
-                seqs,
-                window,
-            },
-            window as u64,
-        );
+        check_shapes(&[(8, 2)], &[64], &[(70, 1), (90, 30), (10, 10)], window, window as u64);
     }
 }

@@ -31,19 +31,9 @@ fn tokenization_matches_the_reference_for_every_prompt() {
 #[test]
 fn chat_template_renders_byte_identical_text() {
     let demo = smollm2();
-    for case in reference()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"] == "chat")
-    {
+    for case in reference()["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "chat") {
         let rendered = demo.tokenizer.render_chat(&messages(case), true).unwrap();
-        assert_eq!(
-            rendered,
-            case["text"].as_str().unwrap(),
-            "template text differs for {}",
-            case["name"]
-        );
+        assert_eq!(rendered, case["text"].as_str().unwrap(), "template text differs for {}", case["name"]);
     }
 }
 
@@ -54,23 +44,11 @@ fn teacher_forced_logits(prompt: &[u32], greedy: &[u32]) -> Vec<Vec<f32>> {
     let info = model.info().clone();
     let tokens: Vec<u32> = prompt.iter().chain(&greedy[..greedy.len() - 1]).copied().collect();
     let blocks = tokens.len().div_ceil(16);
-    let cache = PagedKvCache::new(
-        info.num_layers,
-        blocks,
-        16,
-        info.num_kv_heads,
-        info.head_dim,
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let cache =
+        PagedKvCache::new(info.num_layers, blocks, 16, info.num_kv_heads, info.head_dim, DType::F32, &Device::Cpu)
+            .unwrap();
     let table: Vec<u32> = (0..blocks as u32).collect();
-    let chunk = SeqChunk {
-        tokens: &tokens,
-        start: 0,
-        block_table: &table,
-        sample: true,
-    };
+    let chunk = SeqChunk { tokens: &tokens, start: 0, block_table: &table, sample: true };
     let mut input = build_step(&[chunk], 16, &Device::Cpu).unwrap();
     let rows: Vec<u32> = (prompt.len() as u32 - 1..tokens.len() as u32).collect();
     input.logits_rows = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();
@@ -93,11 +71,7 @@ fn teacher_forced_top_tokens_agree_with_the_reference() {
         let prompt = ids(&case["prompt_ids"]);
         let greedy = ids(&case["greedy_ids"]);
         let logits = teacher_forced_logits(&prompt, &greedy);
-        for (i, (row, expected)) in logits
-            .iter()
-            .zip(case["teacher_forced"].as_array().unwrap())
-            .enumerate()
-        {
+        for (i, (row, expected)) in logits.iter().zip(case["teacher_forced"].as_array().unwrap()).enumerate() {
             let ref_top = ids(&expected["top_ids"]);
             let ours = top5(row);
             positions += 1;
@@ -105,22 +79,12 @@ fn teacher_forced_top_tokens_agree_with_the_reference() {
                 top1_equal += 1;
             }
             if !ours.contains(&ref_top[0]) {
-                failures.push(format!(
-                    "{name}[{i}]: reference top-1 {} not in our top-5 {ours:?}",
-                    ref_top[0]
-                ));
+                failures.push(format!("{name}[{i}]: reference top-1 {} not in our top-5 {ours:?}", ref_top[0]));
             }
         }
     }
     let agreement = top1_equal as f64 / positions as f64;
-    eprintln!(
-        "top-1 agreement with transformers: {top1_equal}/{positions} = {:.1}%",
-        agreement * 100.0
-    );
+    eprintln!("top-1 agreement with transformers: {top1_equal}/{positions} = {:.1}%", agreement * 100.0);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(
-        agreement >= 0.95,
-        "top-1 agreement {:.1}% is under 95%",
-        agreement * 100.0
-    );
+    assert!(agreement >= 0.95, "top-1 agreement {:.1}% is under 95%", agreement * 100.0);
 }

@@ -25,15 +25,7 @@ pub fn load(reference: &str, ctx_size: Option<usize>, global: &GlobalArgs) -> an
     let model = crate::model::from_gguf(&mut file, &device)?;
     let info = model.info().clone();
     let context_length = ctx_size.unwrap_or(info.context_length).min(info.context_length);
-    let engine = Engine::start(
-        model,
-        tokenizer.clone(),
-        device,
-        EngineConfig {
-            block_size: 16,
-            context_length,
-        },
-    )?;
+    let engine = Engine::start(model, tokenizer.clone(), device, EngineConfig { block_size: 16, context_length })?;
     tracing::info!(
         "loaded {} ({}, {} layers, {:.0} MiB of weights, context {}) in {:.2}s",
         path.display(),

@@ -107,11 +107,7 @@ fn init_logging(global: &GlobalArgs) {
         "warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BODEGA_LOG").unwrap_or_else(|_| level.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
 }
 
 /// Prints one `error:` line (and a `hint:` when there is a next step) and picks the exit code.
@@ -137,17 +133,15 @@ fn hint(e: &Error) -> Option<String> {
         Error::ModelNotFound { available, .. } => Some(format!(
             "did you mean {}? Models: a path to a .gguf file, or one of: {}",
             available[0],
-            crate::hub::ALIASES
-                .iter()
-                .map(|a| a.name)
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::hub::ALIASES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
         )),
         Error::ModelNotInstalled { .. } => Some("install the demo models with scripts/fetch-test-models.sh".into()),
         Error::PromptTooLong { .. } => {
             Some("shorten the prompt, or raise --ctx-size up to the model's trained context".into())
         }
-        Error::UnsupportedArchitecture(_) => Some("bodega runs llama, mistral, qwen2 and qwen3 GGUF files".into()),
+        Error::UnsupportedArchitecture(_) => {
+            Some("bodega runs llama, mistral, qwen2, qwen3 and gemma3 GGUF files".into())
+        }
         _ => None,
     }
 }

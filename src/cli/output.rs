@@ -14,12 +14,7 @@ pub struct Stdout {
 impl Stdout {
     /// The process's stdout.
     pub fn new() -> Self {
-        Self {
-            out: io::stdout(),
-            closed: false,
-            ends_with_newline: false,
-            wrote_any: false,
-        }
+        Self { out: io::stdout(), closed: false, ends_with_newline: false, wrote_any: false }
     }
 
     /// Writes and flushes `text`. Returns `Ok(false)` once the reader has gone away.

@@ -121,11 +121,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let request = Request {
         prompt_ids: prompt_ids.clone(),
         sampling,
-        stop: StopConditions {
-            max_tokens: args.max_tokens,
-            stop_strings: args.stop.clone(),
-            ignore_eos: false,
-        },
+        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop.clone(), ignore_eos: false },
     };
     let interrupted = interrupt_flag();
     let handle = loaded.engine.submit(request)?;
@@ -161,9 +157,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             t.ttft_ms,
             u.completion_tokens,
             t.decode_tok_s,
-            serde_json::to_value(completion.finish_reason)?
-                .as_str()
-                .unwrap_or_default()
+            serde_json::to_value(completion.finish_reason)?.as_str().unwrap_or_default()
         );
     }
     if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
@@ -186,10 +180,7 @@ fn read_prompt(arg: Option<&str>) -> anyhow::Result<String> {
     match String::from_utf8(bytes) {
         Ok(text) if text.trim().is_empty() => bail!("the prompt on stdin is empty"),
         Ok(text) => Ok(text.strip_suffix('\n').unwrap_or(&text).to_string()),
-        Err(e) => bail!(
-            "stdin is not valid UTF-8 (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ),
+        Err(e) => bail!("stdin is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
     }
 }
 

@@ -58,10 +58,7 @@ pub enum StopScan {
 impl StopMatcher {
     /// A matcher for these stop strings (empty strings are ignored).
     pub fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-        }
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() }
     }
 
     /// Feeds new text; returns what can be emitted safely.

@@ -63,12 +63,7 @@ impl Engine {
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
-        Ok(Self {
-            commands,
-            thread: Some(thread),
-            info,
-            context_length,
-        })
+        Ok(Self { commands, thread: Some(thread), info, context_length })
     }
 
     /// Queues a request. Fails at once if it can never run (empty, or longer than the context).
@@ -77,31 +72,16 @@ impl Engine {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }
         if request.prompt_ids.len() >= self.context_length {
-            return Err(Error::PromptTooLong {
-                prompt_tokens: request.prompt_ids.len(),
-                context: self.context_length,
-            });
+            return Err(Error::PromptTooLong { prompt_tokens: request.prompt_ids.len(), context: self.context_length });
         }
         if let Some(bad) = request.prompt_ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
-            return Err(Error::InvalidRequest(format!(
-                "token id {bad} is outside the vocabulary"
-            )));
+            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary")));
         }
         let (events, receiver) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = worker::Job {
-            request,
-            events,
-            cancel: cancel.clone(),
-            submitted: Instant::now(),
-        };
-        self.commands
-            .send(worker::Command::Submit(job))
-            .map_err(|_| Error::EngineStopped)?;
-        Ok(RequestHandle {
-            events: receiver,
-            cancel,
-        })
+        let job = worker::Job { request, events, cancel: cancel.clone(), submitted: Instant::now() };
+        self.commands.send(worker::Command::Submit(job)).map_err(|_| Error::EngineStopped)?;
+        Ok(RequestHandle { events: receiver, cancel })
     }
 
     /// The loaded model's shapes.

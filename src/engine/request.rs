@@ -25,15 +25,7 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// llama.cpp's defaults (conventions.md): temperature 0.8, top-k 40, top-p 0.95.
     fn default() -> Self {
-        Self {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            seed: 0,
-        }
+        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
     }
 }
 

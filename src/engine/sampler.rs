@@ -17,11 +17,7 @@ impl Sampler {
     /// A sampler whose draws depend only on `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
-        Self {
-            params,
-            rng,
-            candidates: Vec::new(),
-        }
+        Self { params, rng, candidates: Vec::new() }
     }
 
     /// Picks the next token from `logits`, given the sequence's tokens so far (`history`).
@@ -34,11 +30,7 @@ impl Sampler {
             seen.dedup();
             for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repeat_penalty
-                    } else {
-                        *l * p.repeat_penalty
-                    };
+                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
                 }
             }
         }
@@ -107,11 +99,7 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32) -> SamplingParams {
-        SamplingParams {
-            temperature,
-            seed: 7,
-            ..SamplingParams::default()
-        }
+        SamplingParams { temperature, seed: 7, ..SamplingParams::default() }
     }
 
     #[test]
@@ -133,10 +121,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplingParams {
-            top_k: 1,
-            ..params(5.0)
-        });
+        let mut s = Sampler::new(SamplingParams { top_k: 1, ..params(5.0) });
         for _ in 0..10 {
             assert_eq!(s.sample(&mut [0.0, 1.0, 0.5], &[]), 1);
         }
@@ -144,12 +129,7 @@ mod tests {
 
     #[test]
     fn min_p_drops_unlikely_tokens() {
-        let mut s = Sampler::new(SamplingParams {
-            min_p: 0.5,
-            top_k: 0,
-            top_p: 1.0,
-            ..params(1.0)
-        });
+        let mut s = Sampler::new(SamplingParams { min_p: 0.5, top_k: 0, top_p: 1.0, ..params(1.0) });
         for _ in 0..50 {
             assert_ne!(s.sample(&mut [5.0, 4.9, 0.0, 0.0], &[]), 2);
         }
@@ -157,10 +137,7 @@ mod tests {
 
     #[test]
     fn repeat_penalty_changes_the_greedy_choice() {
-        let mut s = Sampler::new(SamplingParams {
-            repeat_penalty: 2.0,
-            ..params(0.0)
-        });
+        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..params(0.0) });
         assert_eq!(s.sample(&mut [1.0, 1.5], &[1]), 0);
     }
 }

@@ -63,14 +63,7 @@ impl Worker {
         context_length: usize,
     ) -> Self {
         let block_table = (0..cache.num_blocks() as u32).collect();
-        Self {
-            model,
-            tokenizer,
-            cache,
-            device,
-            context_length,
-            block_table,
-        }
+        Self { model, tokenizer, cache, device, context_length, block_table }
     }
 
     /// Serves requests until shut down or every sender is gone.
@@ -83,11 +76,7 @@ impl Worker {
     }
 
     fn serve(&self, job: &Job) -> Result<()> {
-        let Request {
-            prompt_ids,
-            sampling,
-            stop,
-        } = &job.request;
+        let Request { prompt_ids, sampling, stop } = &job.request;
         let room = self.context_length - prompt_ids.len();
         let max_new = stop.max_tokens.unwrap_or(room).min(room);
         let mut sampler = Sampler::new(sampling.clone());
@@ -109,10 +98,7 @@ impl Worker {
             history.push(token);
             first_token_at.get_or_insert_with(Instant::now);
             if !stop.ignore_eos && self.tokenizer.is_stop(token) {
-                job.send(Event::Token {
-                    id: token,
-                    text: String::new(),
-                });
+                job.send(Event::Token { id: token, text: String::new() });
                 break FinishReason::Stop;
             }
             match stops.push(&detok.push(&self.tokenizer, token)?) {
@@ -129,45 +115,21 @@ impl Worker {
         if finish != FinishReason::Stop {
             let rest = detok.flush(&self.tokenizer)? + &stops.finish();
             if !rest.is_empty() {
-                job.send(Event::Token {
-                    id: *history.last().unwrap_or(&0),
-                    text: rest,
-                });
+                job.send(Event::Token { id: *history.last().unwrap_or(&0), text: rest });
             }
         }
         let generated_ids = history[prompt_ids.len()..].to_vec();
         let end = Instant::now();
-        let timings = timings(
-            job.submitted,
-            prompt_ids.len(),
-            prefill_secs,
-            first_token_at,
-            generated_ids.len(),
-            end,
-        );
-        let usage = Usage {
-            prompt_tokens: prompt_ids.len(),
-            completion_tokens: generated_ids.len(),
-            cached_tokens: 0,
-        };
-        job.send(Event::Done(Completion {
-            finish_reason: finish,
-            generated_ids,
-            usage,
-            timings,
-        }));
+        let timings = timings(job.submitted, prompt_ids.len(), prefill_secs, first_token_at, generated_ids.len(), end);
+        let usage = Usage { prompt_tokens: prompt_ids.len(), completion_tokens: generated_ids.len(), cached_tokens: 0 };
+        job.send(Event::Done(Completion { finish_reason: finish, generated_ids, usage, timings }));
         Ok(())
     }
 
     /// Feeds `tokens` at positions `start..` and returns the last token's logits.
     fn step(&self, tokens: &[u32], start: usize) -> Result<Vec<f32>> {
         let blocks = (start + tokens.len()).div_ceil(self.cache.block_size());
-        let chunk = SeqChunk {
-            tokens,
-            start,
-            block_table: &self.block_table[..blocks],
-            sample: true,
-        };
+        let chunk = SeqChunk { tokens, start, block_table: &self.block_table[..blocks], sample: true };
         let mut rows = run_step(self.model.as_ref(), &self.cache, &[chunk], &self.device)?;
         Ok(rows.pop().unwrap_or_default())
     }

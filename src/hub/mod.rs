@@ -22,11 +22,7 @@ pub const ALIASES: &[Alias] = &[
         file: "SmolLM2-135M-Instruct.Q4_1.gguf",
         description: "SmolLM2 135M Instruct, Q4_1 (Llama architecture, chat template)",
     },
-    Alias {
-        name: "gemma3-270m",
-        file: "gemma-3-270m-Q4_K_M.gguf",
-        description: "Gemma 3 270M base, Q4_K_M",
-    },
+    Alias { name: "gemma3-270m", file: "gemma-3-270m-Q4_K_M.gguf", description: "Gemma 3 270M base, Q4_K_M" },
 ];
 
 /// bodega's own data: `BODEGA_HOME`, else the XDG data directory + `/bodega`.
@@ -58,29 +54,18 @@ pub fn resolve(reference: &str) -> Result<PathBuf> {
         return if file.is_file() {
             Ok(file)
         } else {
-            Err(Error::ModelNotInstalled {
-                alias: alias.name.to_string(),
-                path: file,
-            })
+            Err(Error::ModelNotInstalled { alias: alias.name.to_string(), path: file })
         };
     }
     if path.exists() {
-        return Err(Error::InvalidRequest(format!(
-            "{reference} is a folder; bodega runs .gguf files"
-        )));
+        return Err(Error::InvalidRequest(format!("{reference} is a folder; bodega runs .gguf files")));
     }
     if reference.ends_with(".gguf") || reference.contains(std::path::MAIN_SEPARATOR) {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::ErrorKind::NotFound.into(),
-        });
+        return Err(Error::Io { path: path.to_path_buf(), source: std::io::ErrorKind::NotFound.into() });
     }
     let mut available: Vec<String> = ALIASES.iter().map(|a| a.name.to_string()).collect();
     available.sort_by_key(|name| strsim::levenshtein(name, reference));
-    Err(Error::ModelNotFound {
-        name: reference.to_string(),
-        available,
-    })
+    Err(Error::ModelNotFound { name: reference.to_string(), available })
 }
 
 #[cfg(test)]

@@ -55,11 +55,7 @@ impl Rope {
             angles.extend(inv_freq.iter().map(|f| pos * f));
         }
         let angles = Tensor::from_vec(angles, (cfg.max_positions, half), device)?;
-        Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
-            style: cfg.style,
-        })
+        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, style: cfg.style })
     }
 
     /// Rotates `x` (`[T, heads, head_dim]`) by each row's position (`positions`: `[T]` u32).

@@ -67,14 +67,7 @@ fn attend_group(
     (seq, kv_head): (usize, usize),
     out: &mut [f32],
 ) {
-    let AttentionParams {
-        num_heads,
-        num_kv_heads,
-        head_dim: d,
-        block_size,
-        scale,
-        window,
-    } = params;
+    let AttentionParams { num_heads, num_kv_heads, head_dim: d, block_size, scale, window } = params;
     let rows = meta.cu_query_lens[seq] as usize..meta.cu_query_lens[seq + 1] as usize;
     let group = num_heads / num_kv_heads;
     let table = meta.block_table(seq);
@@ -84,11 +77,7 @@ fn attend_group(
         let mut scratch = scratch.borrow_mut();
         for (i, t) in rows.enumerate() {
             let pos = ctx - q_len + i;
-            let first = if window == 0 {
-                0
-            } else {
-                (pos + 1).saturating_sub(window)
-            };
+            let first = if window == 0 { 0 } else { (pos + 1).saturating_sub(window) };
             let n_keys = pos + 1 - first;
             scratch.clear();
             scratch.resize(group * n_keys, 0.0);

@@ -25,18 +25,9 @@ impl PagedKvCache {
     ) -> Result<Self> {
         let shape = (num_blocks, block_size, num_kv_heads, head_dim);
         let layers = (0..num_layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
-                ))
-            })
+            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
             .collect::<Result<_>>()?;
-        Ok(Self {
-            layers,
-            block_size,
-            num_blocks,
-        })
+        Ok(Self { layers, block_size, num_blocks })
     }
 
     /// Bytes one block takes over all layers (keys and values): the unit of the memory budget.

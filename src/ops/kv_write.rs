@@ -26,11 +26,7 @@ impl InplaceOp2 for KvWrite<'_> {
         let row_len = kv_heads * head_dim;
         let (tokens, src_heads, src_dim) = src_l.shape().dims3()?;
         if src_heads * src_dim != row_len || tokens != self.slot_mapping.len() {
-            candle_core::bail!(
-                "kv-write: source {:?} does not fit cache {:?}",
-                src_l.shape(),
-                cache_l.shape()
-            );
+            candle_core::bail!("kv-write: source {:?} does not fit cache {:?}", src_l.shape(), cache_l.shape());
         }
         let slots = cache_l.shape().elem_count() / row_len;
         if self.slot_mapping.iter().any(|&s| s as usize >= slots) {

@@ -65,10 +65,7 @@ impl AttentionMetadata {
                 candle_core::bail!("attention metadata: sequence {s} outgrows its block table");
             }
             let used = ctx.div_ceil(block_size);
-            if self.block_table(s)[..used]
-                .iter()
-                .any(|&blk| blk as usize >= num_blocks)
-            {
+            if self.block_table(s)[..used].iter().any(|&blk| blk as usize >= num_blocks) {
                 candle_core::bail!("attention metadata: sequence {s} names a block out of range");
             }
         }

@@ -43,30 +43,17 @@ impl CustomOp3 for PagedAttention<'_> {
         let (tokens, num_heads, head_dim) = q_l.shape().dims3()?;
         let (num_blocks, block_size, num_kv_heads, kd) = k_l.shape().dims4()?;
         if kd != head_dim || k_l.shape() != v_l.shape() || num_heads % num_kv_heads != 0 {
-            candle_core::bail!(
-                "paged-attention: q {:?} does not match cache {:?}",
-                q_l.shape(),
-                k_l.shape()
-            );
+            candle_core::bail!("paged-attention: q {:?} does not match cache {:?}", q_l.shape(), k_l.shape());
         }
         if tokens != self.meta.num_tokens() {
-            candle_core::bail!(
-                "paged-attention: {tokens} queries but metadata for {}",
-                self.meta.num_tokens()
-            );
+            candle_core::bail!("paged-attention: {tokens} queries but metadata for {}", self.meta.num_tokens());
         }
         self.meta.validate(block_size, num_blocks)?;
         if !(k_l.is_contiguous() && v_l.is_contiguous()) {
             candle_core::bail!("paged-attention: caches must be contiguous");
         }
-        let params = AttentionParams {
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            block_size,
-            scale: self.scale,
-            window: self.window,
-        };
+        let params =
+            AttentionParams { num_heads, num_kv_heads, head_dim, block_size, scale: self.scale, window: self.window };
         match (q, k, v) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
                 let q = &q[q_l.start_offset()..q_l.start_offset() + tokens * num_heads * head_dim];

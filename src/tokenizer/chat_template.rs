@@ -18,10 +18,7 @@ pub struct Message {
 impl Message {
     /// A message with this role and text.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -45,15 +42,10 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
-        env.add_function("strftime_now", |format: String| {
-            chrono::Local::now().format(&format).to_string()
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
+        env.add_function("strftime_now", |format: String| chrono::Local::now().format(&format).to_string());
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
         Ok(Self {
@@ -66,10 +58,7 @@ impl ChatTemplate {
 
     /// Renders the conversation, ending with the assistant's turn opener when `add_generation_prompt`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let template = self.env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
@@ -84,10 +73,7 @@ impl ChatTemplate {
 /// The template's own message for `raise_exception`, else minijinja's description.
 fn describe(e: &minijinja::Error) -> String {
     match e.kind() {
-        ErrorKind::InvalidOperation => e
-            .detail()
-            .unwrap_or("the template refused the conversation")
-            .to_string(),
+        ErrorKind::InvalidOperation => e.detail().unwrap_or("the template refused the conversation").to_string(),
         _ => e.to_string(),
     }
 }

@@ -40,9 +40,7 @@ pub fn build(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
         "gpt2" => byte_level_bpe(file, &tokens)?,
         "llama" => sentencepiece_bpe(file, &tokens, &types)?,
         other => {
-            return Err(Error::Tokenizer(format!(
-                "unsupported tokenizer kind '{other}' (bodega reads gpt2 and llama)"
-            )))
+            return Err(Error::Tokenizer(format!("unsupported tokenizer kind '{other}' (bodega reads gpt2 and llama)")))
         }
     };
     let added: Vec<AddedToken> = tokens
@@ -97,12 +95,8 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
         pre_steps.push(Digits::new(true).into());
     }
     if let Some(pattern) = split {
-        let split = Split::new(
-            SplitPattern::Regex(pattern.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         pre_steps.push(split.into());
         pre_steps.push(ByteLevel::new(false, false, false).into());
     } else {
@@ -110,22 +104,16 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<tokenizers::Toke
     }
     tokenizer.with_pre_tokenizer(Some(PreSequence::new(pre_steps)));
     if let Some(n) = normalizer {
-        tokenizer
-            .with_normalizer(Some(n))
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer.with_normalizer(Some(n)).map_err(|e| Error::Tokenizer(e.to_string()))?;
     }
     tokenizer.with_decoder(Some(ByteLevel::default()));
     Ok(tokenizer)
 }
 
 fn sentencepiece_bpe(file: &GgufFile, tokens: &[String], types: &[usize]) -> Result<tokenizers::Tokenizer> {
-    let scores = file
-        .opt_f32s("tokenizer.ggml.scores")?
-        .unwrap_or_else(|| vec![0.0; tokens.len()]);
+    let scores = file.opt_f32s("tokenizer.ggml.scores")?.unwrap_or_else(|| vec![0.0; tokens.len()]);
     if scores.len() != tokens.len() {
-        return Err(Error::Tokenizer(
-            "tokenizer.ggml.scores and tokens differ in length".into(),
-        ));
+        return Err(Error::Tokenizer("tokenizer.ggml.scores and tokens differ in length".into()));
     }
     let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     // A merge (a, b) exists for every normal token that splits into two tokens; merges of tokens with
@@ -161,11 +149,7 @@ fn sentencepiece_bpe(file: &GgufFile, tokens: &[String], types: &[usize]) -> Res
     if space_prefix {
         normalizers.push(Prepend::new("▁".into()).into());
     }
-    normalizers.push(
-        Replace::new(" ", "▁")
-            .map_err(|e| Error::Tokenizer(e.to_string()))?
-            .into(),
-    );
+    normalizers.push(Replace::new(" ", "▁").map_err(|e| Error::Tokenizer(e.to_string()))?.into());
     tokenizer
         .with_normalizer(Some(NormalizerSequence::new(normalizers)))
         .map_err(|e| Error::Tokenizer(e.to_string()))?;

@@ -28,29 +28,17 @@ impl Tokenizer {
         let id = |key: &str| file.opt_usize(key).map(|v| v.map(|x| x as u32));
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
-        let mut stop_ids: Vec<u32> = [
-            eos,
-            id("tokenizer.ggml.eot_token_id")?,
-            id("tokenizer.ggml.eom_token_id")?,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let mut stop_ids: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id")?, id("tokenizer.ggml.eom_token_id")?]
+            .into_iter()
+            .flatten()
+            .collect();
         stop_ids.dedup();
         let text = |tok: Option<u32>| tok.and_then(|t| inner.id_to_token(t)).unwrap_or_default();
         let template = file.string("tokenizer.chat_template").ok();
         let chat = ChatTemplate::new(template, &text(bos), &text(eos))?;
         let add_bos = file.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false) && bos.is_some();
         let add_eos = file.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false) && eos.is_some();
-        let mut tokenizer = Self {
-            inner,
-            bos,
-            add_bos,
-            add_eos,
-            eos,
-            stop_ids,
-            chat,
-        };
+        let mut tokenizer = Self { inner, bos, add_bos, add_eos, eos, stop_ids, chat };
         if !tokenizer.chat.from_model {
             // ChatML's end of turn stops generation when the vocabulary has it.
             if let Some(im_end) = tokenizer.inner.token_to_id("<|im_end|>") {
@@ -92,19 +80,14 @@ impl Tokenizer {
 
     /// Token ids of `text` without any added special tokens.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens left out. May end in a partial UTF-8 character (shown as
     /// U+FFFD): the incremental detokenizer holds such text back.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Whether generating `id` ends the reply (end of sequence, end of turn).

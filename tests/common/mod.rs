@@ -30,10 +30,7 @@ pub fn smollm2() -> &'static Demo {
         let mut file = GgufFile::open(&smollm2_path()).expect("open the demo model");
         let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
         let model = bodega::model::from_gguf(&mut file, &candle_core::Device::Cpu).expect("model");
-        Demo {
-            model: Mutex::new(model),
-            tokenizer,
-        }
+        Demo { model: Mutex::new(model), tokenizer }
     })
 }
 
@@ -45,9 +42,17 @@ pub fn reference() -> serde_json::Value {
 
 /// A JSON array of integers as token ids.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+/// The fixture case with this name.
+pub fn reference_case(name: &str) -> serde_json::Value {
+    let all = reference();
+    all["cases"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no case {name}"))
 }

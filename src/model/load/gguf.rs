@@ -20,14 +20,8 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens `path`, parses the header and checks that every tensor's data is present.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let bad = |reason: String| Error::BadGguf {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+        let bad = |reason: String| Error::BadGguf { path: path.to_path_buf(), reason };
         let file = File::open(path).map_err(io_err)?;
         let file_size = file.metadata().map_err(io_err)?.len();
         let mut reader = BufReader::new(file);
@@ -52,11 +46,7 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            content,
-            reader,
-        })
+        Ok(Self { path: path.to_path_buf(), content, reader })
     }
 
     /// The file this was read from.
@@ -89,9 +79,7 @@ impl GgufFile {
 
     /// An optional unsigned integer value.
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key)
-            .map(|v| value_to_usize(v).ok_or_else(|| wrong_type(key, "an integer")))
-            .transpose()
+        self.get(key).map(|v| value_to_usize(v).ok_or_else(|| wrong_type(key, "an integer"))).transpose()
     }
 
     /// An optional float value.
@@ -100,62 +88,41 @@ impl GgufFile {
             .map(|v| match v {
                 Value::F32(x) => Ok(*x),
                 Value::F64(x) => Ok(*x as f32),
-                other => value_to_usize(other)
-                    .map(|x| x as f32)
-                    .ok_or_else(|| wrong_type(key, "a number")),
+                other => value_to_usize(other).map(|x| x as f32).ok_or_else(|| wrong_type(key, "a number")),
             })
             .transpose()
     }
 
     /// An optional boolean value.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key)
-            .map(|v| v.to_bool().map_err(|_| wrong_type(key, "a boolean")))
-            .transpose()
+        self.get(key).map(|v| v.to_bool().map_err(|_| wrong_type(key, "a boolean"))).transpose()
     }
 
     /// An optional array of strings.
     pub fn opt_strings(&self, key: &str) -> Result<Option<Vec<String>>> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let arr = v.to_vec().map_err(|_| wrong_type(key, "an array"))?;
-        arr.iter()
-            .map(|x| {
-                x.to_string()
-                    .cloned()
-                    .map_err(|_| wrong_type(key, "an array of strings"))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.opt_array(key, "strings", |x| x.to_string().ok().cloned())
     }
 
     /// An optional array of numbers, as f32.
     pub fn opt_f32s(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let arr = v.to_vec().map_err(|_| wrong_type(key, "an array"))?;
-        arr.iter()
-            .map(|x| match x {
-                Value::F32(f) => Ok(*f),
-                other => value_to_usize(other)
-                    .map(|i| i as f32)
-                    .ok_or_else(|| wrong_type(key, "an array of numbers")),
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.opt_array(key, "numbers", |x| match x {
+            Value::F32(f) => Some(*f),
+            other => value_to_usize(other).map(|i| i as f32),
+        })
     }
 
     /// An optional array of integers.
     pub fn opt_usizes(&self, key: &str) -> Result<Option<Vec<usize>>> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
+        self.opt_array(key, "integers", value_to_usize)
+    }
+
+    /// An optional array whose every element `convert` accepts.
+    fn opt_array<T>(&self, key: &str, what: &str, convert: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
         let arr = v.to_vec().map_err(|_| wrong_type(key, "an array"))?;
         arr.iter()
-            .map(|x| value_to_usize(x).ok_or_else(|| wrong_type(key, "an array of integers")))
-            .collect::<Result<Vec<_>>>()
+            .map(|x| convert(x).ok_or_else(|| wrong_type(key, &format!("an array of {what}"))))
+            .collect::<Result<_>>()
             .map(Some)
     }
 
@@ -172,10 +139,7 @@ impl GgufFile {
             .get(name)
             .ok_or_else(|| Error::Metadata(format!("tensor '{name}' is missing from {}", self.path.display())))?;
         if matches!(info.ggml_dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
-            return Err(Error::UnsupportedWeightType(format!(
-                "{:?} in tensor '{name}'",
-                info.ggml_dtype
-            )));
+            return Err(Error::UnsupportedWeightType(format!("{:?} in tensor '{name}'", info.ggml_dtype)));
         }
         Ok(self.content.tensor(&mut self.reader, name, device)?)
     }
@@ -218,10 +182,7 @@ fn header_error(message: &str, path: &Path) -> Error {
     } else {
         format!("unreadable GGUF header: {message}")
     };
-    Error::BadGguf {
-        path: path.to_path_buf(),
-        reason,
-    }
+    Error::BadGguf { path: path.to_path_buf(), reason }
 }
 
 /// GGML's names for the weight types candle cannot read, so that the error says what the file has.
