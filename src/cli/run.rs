@@ -60,6 +60,9 @@ pub struct RunArgs {
     /// End the reply before this text (repeatable). Example: --stop "\n\n"
     #[arg(long, value_name = "STRING")]
     stop: Vec<String>,
+    /// Keep generating past end-of-turn tokens, up to --max-tokens (for benchmarks). Example: --ignore-eos
+    #[arg(long, requires = "max_tokens")]
+    ignore_eos: bool,
     /// Print one JSON object (text, token ids, finish_reason, usage, timings) instead of streaming.
     /// Example: --json
     #[arg(long)]
@@ -121,7 +124,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let request = Request {
         prompt_ids: prompt_ids.clone(),
         sampling,
-        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop.clone(), ignore_eos: false },
+        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop.clone(), ignore_eos: args.ignore_eos },
     };
     let interrupted = interrupt_flag();
     let handle = loaded.engine.submit(request)?;
