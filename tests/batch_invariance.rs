@@ -40,7 +40,12 @@ fn logits(seqs: &[Seq], chunk: usize) -> Vec<Vec<f32>> {
             .map(|&i| {
                 let s = &seqs[i];
                 let end = (start + chunk).min(s.tokens.len());
-                SeqChunk { tokens: &s.tokens[start..end], start, block_table: &s.table[..end.div_ceil(16)], sample: true }
+                SeqChunk {
+                    tokens: &s.tokens[start..end],
+                    start,
+                    block_table: &s.table[..end.div_ceil(16)],
+                    sample: true,
+                }
             })
             .collect();
         let rows = run_step(model.as_ref(), &cache, &chunks, &Device::Cpu).unwrap();
@@ -53,7 +58,11 @@ fn logits(seqs: &[Seq], chunk: usize) -> Vec<Vec<f32>> {
 }
 
 fn seqs(prompts: &[Vec<u32>]) -> Vec<Seq> {
-    prompts.iter().enumerate().map(|(i, p)| Seq { tokens: p.clone(), table: (i as u32 * 8..i as u32 * 8 + 8).collect() }).collect()
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Seq { tokens: p.clone(), table: (i as u32 * 8..i as u32 * 8 + 8).collect() })
+        .collect()
 }
 
 #[test]

@@ -124,7 +124,11 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let request = Request {
         prompt_ids: prompt_ids.clone(),
         sampling,
-        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop.clone(), ignore_eos: args.ignore_eos },
+        stop: StopConditions {
+            max_tokens: args.max_tokens,
+            stop_strings: args.stop.clone(),
+            ignore_eos: args.ignore_eos,
+        },
     };
     let interrupted = interrupt_flag();
     let handle = loaded.engine.submit(request)?;

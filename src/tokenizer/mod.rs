@@ -52,7 +52,8 @@ impl Tokenizer {
     /// text are recognised as such.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode_plain(text)?;
-        if self.add_bos && ids.first() != self.bos.as_ref() {
+        // As llama.cpp and transformers do: BOS is added even when the text already starts with one.
+        if self.add_bos {
             ids.insert(0, self.bos.unwrap_or_default());
         }
         if self.add_eos {

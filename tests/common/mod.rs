@@ -8,14 +8,17 @@ use bodega::tokenizer::Tokenizer;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-/// The SmolLM2 demo model's file; fails with the way to get it when it is missing.
-pub fn smollm2_path() -> PathBuf {
-    match bodega::hub::resolve("smollm2-135m") {
+/// A demo model's file; fails with the way to get it when it is missing.
+pub fn demo_path(alias: &str) -> PathBuf {
+    match bodega::hub::resolve(alias) {
         Ok(path) => path,
-        Err(e) => {
-            panic!("{e}\nThe tests need the demo models: run scripts/fetch-test-models.sh first.")
-        }
+        Err(e) => panic!("{e}\nThe tests need the demo models: run scripts/fetch-test-models.sh first."),
     }
+}
+
+/// The SmolLM2 demo model's file.
+pub fn smollm2_path() -> PathBuf {
+    demo_path("smollm2-135m")
 }
 
 /// The demo model and its tokenizer, loaded once per test binary.
@@ -26,18 +29,31 @@ pub struct Demo {
 
 pub fn smollm2() -> &'static Demo {
     static DEMO: OnceLock<Demo> = OnceLock::new();
-    DEMO.get_or_init(|| {
-        let mut file = GgufFile::open(&smollm2_path()).expect("open the demo model");
-        let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
-        let model = bodega::model::from_gguf(&mut file, &candle_core::Device::Cpu).expect("model");
-        Demo { model: Mutex::new(model), tokenizer }
-    })
+    DEMO.get_or_init(|| load_demo("smollm2-135m"))
 }
 
-/// The transformers reference fixture.
-pub fn reference() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference-smollm2.json");
+/// The Gemma 3 demo model and its tokenizer, loaded once per test binary.
+pub fn gemma3() -> &'static Demo {
+    static DEMO: OnceLock<Demo> = OnceLock::new();
+    DEMO.get_or_init(|| load_demo("gemma3-270m"))
+}
+
+fn load_demo(alias: &str) -> Demo {
+    let mut file = GgufFile::open(&demo_path(alias)).expect("open the demo model");
+    let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let model = bodega::model::from_gguf(&mut file, &candle_core::Device::Cpu).expect("model");
+    Demo { model: Mutex::new(model), tokenizer }
+}
+
+/// A transformers reference fixture (`smollm2` or `gemma3`).
+pub fn fixture(model: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/reference-{model}.json", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).expect("read fixture")).expect("parse fixture")
+}
+
+/// The SmolLM2 reference fixture.
+pub fn reference() -> serde_json::Value {
+    fixture("smollm2")
 }
 
 /// A JSON array of integers as token ids.

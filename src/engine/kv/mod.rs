@@ -1,0 +1,8 @@
+//! Bookkeeping of the paged KV cache: which blocks are free, which hold which tokens, which may be
+//! shared. No tensors here: the memory itself is `ops::PagedKvCache`.
+
+mod block_pool;
+mod prefix;
+
+pub use block_pool::{BlockId, BlockPool, PoolStats};
+pub use prefix::{block_hash, BlockHash};
