@@ -1,11 +1,55 @@
-//! Model reference → a running engine, with the notices every subcommand prints while loading.
+//! Model reference → a running engine: the engine flags every subcommand shares, and the notices
+//! printed while loading.
 
 use super::GlobalArgs;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::load::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
+use clap::Args;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Engine flags (run, and later chat, serve-lite and bench).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Most tokens of context per sequence (prompt + reply), at most the model's trained length.
+    /// Example: --ctx-size 4096
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
+    ctx_size: Option<u32>,
+    /// Most sequences decoded together in one step. Example: --max-seqs 16
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_seqs: u32,
+    /// Most tokens in one step: decode tokens plus prefill chunks (long prompts are split into chunks
+    /// of at most this size). Example: --max-batched-tokens 256
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batched_tokens: u32,
+    /// Memory for the KV cache, e.g. 512M or 2G (default: a quarter of the memory available after the
+    /// weights load, at most what --max-seqs full-context sequences need). Example: --kv-memory 1G
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    kv_memory: Option<u64>,
+    /// Do not reuse the KV cache of shared prompt prefixes. Example: --no-prefix-cache
+    #[arg(long)]
+    no_prefix_cache: bool,
+}
+
+/// Parses `1024`, `512K`, `512M`, `2G`, `1.5G` (binary multiples; a trailing `B`/`iB` is allowed).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let scale: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("'{s}' is not a size (examples: 512M, 2G)")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("'{s}' is not a size (examples: 512M, 2G)"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("'{s}' must be more than 0"));
+    }
+    Ok((value * scale as f64) as u64)
+}
 
 /// A loaded model ready to serve.
 pub struct Loaded {
@@ -16,7 +60,7 @@ pub struct Loaded {
 }
 
 /// Resolves, opens and loads `reference` on the chosen device, and starts the engine.
-pub fn load(reference: &str, ctx_size: Option<usize>, global: &GlobalArgs) -> anyhow::Result<Loaded> {
+pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> anyhow::Result<Loaded> {
     let started = Instant::now();
     let device = crate::device::select(global.device)?;
     let path = crate::hub::resolve(reference)?;
@@ -24,16 +68,41 @@ pub fn load(reference: &str, ctx_size: Option<usize>, global: &GlobalArgs) -> an
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
     let model = crate::model::from_gguf(&mut file, &device)?;
     let info = model.info().clone();
-    let context_length = ctx_size.unwrap_or(info.context_length).min(info.context_length);
-    let engine = Engine::start(model, tokenizer.clone(), device, EngineConfig { block_size: 16, context_length })?;
+    let config = EngineConfig {
+        context_length: engine_args.ctx_size.map_or(info.context_length, |n| n as usize),
+        max_seqs: engine_args.max_seqs as usize,
+        max_batched_tokens: engine_args.max_batched_tokens as usize,
+        kv_memory: engine_args.kv_memory,
+        prefix_caching: !engine_args.no_prefix_cache,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(model, tokenizer.clone(), device, config)?;
+    let (blocks, block_size) = engine.kv_blocks();
     tracing::info!(
-        "loaded {} ({}, {} layers, {:.0} MiB of weights, context {}) in {:.2}s",
+        "loaded {} ({}, {} layers, {:.0} MiB of weights, context {}, KV cache {} blocks of {}) in {:.2}s",
         path.display(),
         info.architecture,
         info.num_layers,
         info.weight_bytes as f64 / (1 << 20) as f64,
         engine.context_length(),
+        blocks,
+        block_size,
         started.elapsed().as_secs_f64()
     );
     Ok(Loaded { engine, tokenizer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+    }
 }

@@ -1,22 +1,31 @@
 //! The one engine every front end shares. It owns the model, the KV cache and a step-loop thread;
 //! front ends submit tokenized requests and read events from their handle. Nothing async inside:
 //! the loop is plain synchronous code, and channels are the only way in or out.
+//!
+//! Every step is one forward pass over the decode tokens of running sequences and prefill chunks of
+//! waiting ones (`scheduler` has the rule), over a paged KV cache with prefix caching (`kv`).
 
 pub mod detok;
+pub mod kv;
 pub mod request;
 pub mod sampler;
+pub mod scheduler;
 mod worker;
 
-pub use request::{Completion, Event, FinishReason, Request, SamplingParams, StopConditions, Timings, Usage};
+pub use request::{
+    Completion, Event, FinishReason, Request, SamplingParams, StopConditions, Timings, TokenLogprobs, Usage,
+};
 
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelInfo};
 use crate::ops::PagedKvCache;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
+use kv::PoolStats;
+use scheduler::{Scheduler, SchedulerConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,18 +36,75 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Most tokens (prompt and reply) one sequence may hold: the model's trained context, or less.
     pub context_length: usize,
+    /// Most sequences in one step.
+    pub max_seqs: usize,
+    /// Most tokens in one step (decode tokens plus prefill chunks).
+    pub max_batched_tokens: usize,
+    /// Bytes of KV cache; `None`: [`default_kv_memory`].
+    pub kv_memory: Option<u64>,
+    /// Reuse the cached blocks of shared prompt prefixes.
+    pub prefix_caching: bool,
 }
 
-/// A running engine. Dropping it stops the step loop after the current step.
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            context_length: usize::MAX,
+            max_seqs: 64,
+            max_batched_tokens: 512,
+            kv_memory: None,
+            prefix_caching: true,
+        }
+    }
+}
+
+/// The default KV budget: a quarter of the memory available now (after the weights are loaded),
+/// leaving the rest to the OS and other programs (on unified memory the GPU shares the same pool),
+/// and never more than `max_seqs` full-context sequences need.
+pub fn default_kv_memory(needed: u64) -> u64 {
+    let available = available_memory().unwrap_or(4 << 30);
+    (available / 4).min(needed)
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (None where it cannot be read).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A snapshot of the engine for front ends (status lines, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Sequences waiting to start (or to resume after preemption).
+    pub waiting: usize,
+    /// KV blocks: total, used, free, cached.
+    pub blocks: PoolStats,
+    /// Sequences preempted (their blocks taken back, to be recomputed) since the engine started.
+    pub preemptions: u64,
+    /// Steps run since the engine started.
+    pub steps: u64,
+    /// Tokens sampled in the last step divided by its duration.
+    pub tokens_per_s: f64,
+}
+
+/// A running engine. Dropping it cancels what is in flight and stops the step loop.
 pub struct Engine {
     commands: Sender<worker::Command>,
     thread: Option<JoinHandle<()>>,
     info: ModelInfo,
     context_length: usize,
+    block_size: usize,
+    num_blocks: usize,
+    stats: Arc<Mutex<EngineStats>>,
 }
 
 impl Engine {
-    /// Allocates the KV cache and starts the step loop.
+    /// Allocates the KV cache from the memory budget and starts the step loop.
     pub fn start(
         model: Box<dyn Model>,
         tokenizer: Arc<Tokenizer>,
@@ -46,40 +112,74 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Self> {
         let info = model.info().clone();
-        let context_length = config.context_length.min(info.context_length).max(1);
-        let num_blocks = context_length.div_ceil(config.block_size);
-        let cache = PagedKvCache::new(
-            info.num_layers,
+        let bs = config.block_size;
+        if bs == 0 || config.max_seqs == 0 || config.max_batched_tokens == 0 {
+            return Err(Error::InvalidRequest(
+                "block size, --max-seqs and --max-batched-tokens must be positive".into(),
+            ));
+        }
+        let per_block =
+            PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, DType::F32);
+        let context = config.context_length.min(info.context_length).max(2);
+        let needed = (config.max_seqs * context.div_ceil(bs) * per_block) as u64;
+        let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory(needed));
+        let num_blocks = (budget / per_block as u64) as usize;
+        if num_blocks < 2 {
+            return Err(Error::InvalidRequest(format!(
+                "a KV budget of {budget} bytes holds no blocks (one block of {bs} tokens takes {per_block} bytes)"
+            )));
+        }
+        let context_length = context.min(num_blocks * bs);
+        let cache =
+            PagedKvCache::new(info.num_layers, num_blocks, bs, info.num_kv_heads, info.head_dim, DType::F32, &device)?;
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                block_size: bs,
+                max_batched_tokens: config.max_batched_tokens,
+                max_seqs: config.max_seqs,
+            },
             num_blocks,
-            config.block_size,
-            info.num_kv_heads,
-            info.head_dim,
-            DType::F32,
-            &device,
-        )?;
+            config.prefix_caching,
+        );
+        let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (commands, inbox) = mpsc::channel();
-        let worker = worker::Worker::new(model, tokenizer, cache, device, context_length);
+        let worker = worker::Worker::new(model, tokenizer, cache, device, scheduler, stats.clone());
         let thread = std::thread::Builder::new()
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
-        Ok(Self { commands, thread: Some(thread), info, context_length })
+        tracing::debug!("KV cache: {num_blocks} blocks of {bs} tokens ({} MiB)", (num_blocks * per_block) >> 20);
+        Ok(Self { commands, thread: Some(thread), info, context_length, block_size: bs, num_blocks, stats })
     }
 
-    /// Queues a request. Fails at once if it can never run (empty, or longer than the context).
+    /// Queues a request. Fails at once if it can never run: empty, or a prompt plus `max_tokens`
+    /// beyond the context (which is also capped by what the whole KV pool holds).
     pub fn submit(&self, request: Request) -> Result<RequestHandle> {
-        if request.prompt_ids.is_empty() {
+        let prompt = request.prompt_ids.len();
+        if prompt == 0 {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }
-        if request.prompt_ids.len() >= self.context_length {
-            return Err(Error::PromptTooLong { prompt_tokens: request.prompt_ids.len(), context: self.context_length });
+        if prompt >= self.context_length {
+            return Err(Error::PromptTooLong { prompt_tokens: prompt, context: self.context_length });
         }
         if let Some(bad) = request.prompt_ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
             return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary")));
         }
+        let room = self.context_length - prompt;
+        let max_new_tokens = match request.stop.max_tokens {
+            Some(0) => return Err(Error::InvalidRequest("max_tokens must be at least 1".into())),
+            Some(n) if n > room => {
+                return Err(Error::InvalidRequest(format!(
+                    "prompt ({prompt} tokens) plus max_tokens ({n}) exceeds the context of {} tokens",
+                    self.context_length
+                )))
+            }
+            Some(n) => n,
+            None => room,
+        };
         let (events, receiver) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = worker::Job { request, events, cancel: cancel.clone(), submitted: Instant::now() };
+        let job = worker::Job { request, max_new_tokens, events, cancel: cancel.clone(), submitted: Instant::now() };
         self.commands.send(worker::Command::Submit(job)).map_err(|_| Error::EngineStopped)?;
         Ok(RequestHandle { events: receiver, cancel })
     }
@@ -92,6 +192,16 @@ impl Engine {
     /// Most tokens one sequence may hold.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// KV blocks in the pool and tokens per block.
+    pub fn kv_blocks(&self) -> (usize, usize) {
+        (self.num_blocks, self.block_size)
+    }
+
+    /// The engine's state after its last step.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
     }
 }
 
@@ -125,6 +235,19 @@ impl RequestHandle {
     /// Asks the engine to stop this request; it ends with `FinishReason::Cancelled` within a step.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Reads events until `Done` (or an error), returning the completion and the streamed text.
+    pub fn wait(&self) -> Result<(Completion, String)> {
+        let mut text = String::new();
+        while let Some(event) = self.recv() {
+            match event {
+                Event::Token { text: piece, .. } => text.push_str(&piece),
+                Event::Done(completion) => return Ok((completion, text)),
+                Event::Error(message) => return Err(Error::InvalidRequest(message)),
+            }
+        }
+        Err(Error::EngineStopped)
     }
 }
 

@@ -18,6 +18,12 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     /// How many recent tokens (prompt included) the repeat penalty looks at.
     pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token already generated (OpenAI's presence penalty).
+    pub presence_penalty: f32,
+    /// Subtracted once per earlier occurrence in the reply (OpenAI's frequency penalty).
+    pub frequency_penalty: f32,
+    /// Report the chosen token's log-probability and this many alternatives (`None`: off).
+    pub logprobs: Option<usize>,
     /// Seed of this request's random stream: the same seed gives the same reply.
     pub seed: u64,
 }
@@ -25,7 +31,18 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// llama.cpp's defaults (conventions.md): temperature 0.8, top-k 40, top-p 0.95.
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: None,
+            seed: 0,
+        }
     }
 }
 
@@ -100,6 +117,15 @@ pub struct Completion {
     pub timings: Timings,
 }
 
+/// Log-probabilities of the model's distribution (before penalties and temperature) at one position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// What the engine sends back for a request, in order: tokens, then `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -110,6 +136,8 @@ pub enum Event {
         id: u32,
         /// New reply text.
         text: String,
+        /// Log-probabilities, when the request asked for them.
+        logprobs: Option<TokenLogprobs>,
     },
     /// The reply ended.
     Done(Completion),

@@ -1,7 +1,7 @@
 //! Logits → next token for one sequence: repetition penalty, top-k, top-p, min-p, temperature, then
 //! a draw from the request's own seeded random stream (llama.cpp's order), or argmax when greedy.
 
-use super::request::SamplingParams;
+use super::request::{SamplingParams, TokenLogprobs};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -20,9 +20,32 @@ impl Sampler {
         Self { params, rng, candidates: Vec::new() }
     }
 
-    /// Picks the next token from `logits`, given the sequence's tokens so far (`history`).
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    /// Picks the next token from `logits`, given the sequence's tokens so far (`history`, whose
+    /// first `prompt_len` are the prompt), with its log-probabilities when the request wants them.
+    pub fn sample_with_logprobs(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        prompt_len: usize,
+    ) -> (u32, Option<TokenLogprobs>) {
+        let Some(n) = self.params.logprobs else { return (self.sample(logits, history, prompt_len), None) };
+        let raw = logits.to_vec();
+        let token = self.sample(logits, history, prompt_len);
+        (token, Some(logprobs(&raw, token, n)))
+    }
+
+    /// Picks the next token from `logits`, given the sequence's tokens so far.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
         let p = &self.params;
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: Vec<u32> = history[prompt_len.min(history.len())..].to_vec();
+            counts.sort_unstable();
+            for run in counts.chunk_by(|a, b| a == b) {
+                if let Some(l) = logits.get_mut(run[0] as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
+                }
+            }
+        }
         if p.repeat_penalty != 1.0 {
             let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
             let mut seen: Vec<u32> = recent.to_vec();
@@ -76,6 +99,24 @@ impl Sampler {
     }
 }
 
+/// Log-softmax of `logits` at `token`, and the `n` likeliest tokens.
+fn logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let n = n.min(idx.len());
+    if n > 0 && n < idx.len() {
+        idx.select_nth_unstable_by(n - 1, by_logit);
+    }
+    idx.truncate(n);
+    idx.sort_unstable_by(by_logit);
+    TokenLogprobs {
+        logprob: logits[token as usize] - lse,
+        top: idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(),
+    }
+}
+
 /// The index of the largest logit (the lowest index among equals).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -105,7 +146,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_largest_logit() {
         let mut s = Sampler::new(params(0.0));
-        assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0], &[]), 1);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0], &[], 0), 1);
     }
 
     #[test]
@@ -113,7 +154,7 @@ mod tests {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
             let mut s = Sampler::new(SamplingParams { seed, ..params(1.0) });
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..20).map(|_| s.sample(&mut logits.clone(), &[], 0)).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
@@ -123,7 +164,7 @@ mod tests {
     fn top_k_one_is_greedy() {
         let mut s = Sampler::new(SamplingParams { top_k: 1, ..params(5.0) });
         for _ in 0..10 {
-            assert_eq!(s.sample(&mut [0.0, 1.0, 0.5], &[]), 1);
+            assert_eq!(s.sample(&mut [0.0, 1.0, 0.5], &[], 0), 1);
         }
     }
 
@@ -131,13 +172,32 @@ mod tests {
     fn min_p_drops_unlikely_tokens() {
         let mut s = Sampler::new(SamplingParams { min_p: 0.5, top_k: 0, top_p: 1.0, ..params(1.0) });
         for _ in 0..50 {
-            assert_ne!(s.sample(&mut [5.0, 4.9, 0.0, 0.0], &[]), 2);
+            assert_ne!(s.sample(&mut [5.0, 4.9, 0.0, 0.0], &[], 0), 2);
         }
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_only_the_reply() {
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.3, ..params(0.0) });
+        // Token 1 was generated twice (penalty 0.5 + 0.6), token 0 only appears in the prompt.
+        assert_eq!(s.sample(&mut [1.0, 1.8, 0.0], &[0, 1, 1], 1), 0);
+        assert_eq!(s.sample(&mut [1.0, 1.8, 0.0], &[0, 1, 1], 3), 1);
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_alternatives() {
+        let mut s = Sampler::new(SamplingParams { logprobs: Some(2), ..params(0.0) });
+        let (token, lp) = s.sample_with_logprobs(&mut [0.0, 2.0, 1.0], &[], 0);
+        let lp = lp.unwrap();
+        let lse = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
+        assert_eq!(token, 1);
+        assert!((lp.logprob - (2.0 - lse)).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]
     fn repeat_penalty_changes_the_greedy_choice() {
         let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..params(0.0) });
-        assert_eq!(s.sample(&mut [1.0, 1.5], &[1]), 0);
+        assert_eq!(s.sample(&mut [1.0, 1.5], &[1], 0), 0);
     }
 }

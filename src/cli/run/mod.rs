@@ -1,6 +1,8 @@
 //! `bodega run`: one prompt in, one streamed reply out — made for shell scripts.
 
-use super::load::load;
+mod each_line;
+
+use super::load::{load, EngineArgs, Loaded};
 use super::output::Stdout;
 use super::{GlobalArgs, Interrupted, UsageError};
 use crate::engine::{Completion, Event, FinishReason, Request, RequestHandle, SamplingParams, StopConditions};
@@ -54,6 +56,14 @@ pub struct RunArgs {
     /// Penalise tokens seen in the last 64 (1 = off). Example: --repeat-penalty 1.1
     #[arg(long, default_value_t = 1.0, value_name = "X")]
     repeat_penalty: f32,
+    /// Subtract X from the logits of tokens already in the reply (OpenAI's presence penalty).
+    /// Example: --presence-penalty 0.5
+    #[arg(long, default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Subtract X per earlier occurrence in the reply (OpenAI's frequency penalty).
+    /// Example: --frequency-penalty 0.3
+    #[arg(long, default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
+    frequency_penalty: f32,
     /// Seed for sampling: the same seed gives the same reply (default: random). Example: --seed 42
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
@@ -67,9 +77,16 @@ pub struct RunArgs {
     /// Example: --json
     #[arg(long)]
     json: bool,
-    /// Most tokens of context (prompt + reply), at most the model's trained length. Example: --ctx-size 4096
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
-    ctx_size: Option<u32>,
+    /// Treat every line of stdin as its own prompt; all are submitted at once (see --concurrency) and
+    /// the replies printed in input order, each followed by an empty line (or as JSON lines with
+    /// --json). Example: cat prompts.txt | bodega run smollm2-135m --each-line
+    #[arg(long, conflicts_with = "prompt")]
+    each_line: bool,
+    /// With --each-line: at most N prompts in flight at once (default: all). Example: --concurrency 8
+    #[arg(long, value_name = "N", requires = "each_line", value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: Option<u32>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 impl RunArgs {
@@ -79,6 +96,9 @@ impl RunArgs {
         }
         if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
             return Err(UsageError("--top-p and --min-p must be between 0 and 1".into()).into());
+        }
+        if ![self.presence_penalty, self.frequency_penalty].iter().all(|p| (-2.0..=2.0).contains(p)) {
+            return Err(UsageError("--presence-penalty and --frequency-penalty must be between -2 and 2".into()).into());
         }
         if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
             return Err(UsageError("--repeat-penalty must be more than 0".into()).into());
@@ -90,14 +110,19 @@ impl RunArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: 64,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logprobs: None,
             seed: self.seed.unwrap_or_else(rand::random),
         })
     }
 }
 
-/// The `--json` object (conventions.md keys).
+/// The `--json` object (conventions.md keys); `index` only with `--each-line`.
 #[derive(Debug, Serialize)]
 struct JsonReply<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
     text: &'a str,
     prompt_ids: &'a [u32],
     generated_ids: &'a [u32],
@@ -106,32 +131,33 @@ struct JsonReply<'a> {
     timings: crate::engine::Timings,
 }
 
+impl<'a> JsonReply<'a> {
+    fn new(index: Option<usize>, text: &'a str, prompt_ids: &'a [u32], c: &'a Completion) -> Self {
+        Self {
+            index,
+            text,
+            prompt_ids,
+            generated_ids: &c.generated_ids,
+            finish_reason: c.finish_reason,
+            usage: c.usage,
+            timings: c.timings,
+        }
+    }
+}
+
 /// Runs `bodega run`.
 pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let sampling = args.sampling()?;
+    if args.each_line {
+        let lines = read_lines()?;
+        let loaded = load(&args.model, &args.engine, global)?;
+        return each_line::run_lines(&args, &loaded, &sampling, lines);
+    }
     let prompt = read_prompt(args.prompt.as_deref())?;
-    let loaded = load(&args.model, args.ctx_size.map(|n| n as usize), global)?;
-    let prompt_ids = if args.raw {
-        loaded.tokenizer.encode_raw(&prompt)?
-    } else {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(Message::new("system", system.as_str()));
-        }
-        messages.push(Message::new("user", prompt.as_str()));
-        loaded.tokenizer.encode_chat(&messages)?.1
-    };
-    let request = Request {
-        prompt_ids: prompt_ids.clone(),
-        sampling,
-        stop: StopConditions {
-            max_tokens: args.max_tokens,
-            stop_strings: args.stop.clone(),
-            ignore_eos: args.ignore_eos,
-        },
-    };
+    let loaded = load(&args.model, &args.engine, global)?;
+    let prompt_ids = args.encode(&loaded, &prompt)?;
     let interrupted = interrupt_flag();
-    let handle = loaded.engine.submit(request)?;
+    let handle = loaded.engine.submit(args.request(prompt_ids.clone(), &sampling))?;
     let mut stdout = Stdout::new();
     let mut text = String::new();
     let completion = stream(&handle, &interrupted, |piece| {
@@ -143,34 +169,82 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     })?;
     if args.json {
-        let reply = JsonReply {
-            text: &text,
-            prompt_ids: &prompt_ids,
-            generated_ids: &completion.generated_ids,
-            finish_reason: completion.finish_reason,
-            usage: completion.usage,
-            timings: completion.timings,
-        };
-        stdout.write(&(serde_json::to_string(&reply)? + "\n"))?;
+        stdout.write(&(serde_json::to_string(&JsonReply::new(None, &text, &prompt_ids, &completion))? + "\n"))?;
     } else {
         stdout.finish_line()?;
     }
     if global.verbose {
-        let (u, t) = (completion.usage, completion.timings);
-        eprintln!(
-            "prompt: {} tokens, {:.1} tok/s | TTFT {:.0} ms | generated: {} tokens, {:.1} tok/s | {}",
-            u.prompt_tokens,
-            t.prefill_tok_s,
-            t.ttft_ms,
-            u.completion_tokens,
-            t.decode_tok_s,
-            serde_json::to_value(completion.finish_reason)?.as_str().unwrap_or_default()
-        );
+        print_stats(&completion);
     }
     if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
         return Err(Interrupted.into());
     }
     Ok(())
+}
+
+impl RunArgs {
+    /// The prompt's token ids: the chat template applied, unless `--raw`.
+    fn encode(&self, loaded: &Loaded, prompt: &str) -> crate::Result<Vec<u32>> {
+        if self.raw {
+            return loaded.tokenizer.encode_raw(prompt);
+        }
+        let mut messages = Vec::new();
+        if let Some(system) = &self.system {
+            messages.push(Message::new("system", system.as_str()));
+        }
+        messages.push(Message::new("user", prompt));
+        Ok(loaded.tokenizer.encode_chat(&messages)?.1)
+    }
+
+    fn request(&self, prompt_ids: Vec<u32>, sampling: &SamplingParams) -> Request {
+        Request {
+            prompt_ids,
+            sampling: sampling.clone(),
+            stop: StopConditions {
+                max_tokens: self.max_tokens,
+                stop_strings: self.stop.clone(),
+                ignore_eos: self.ignore_eos,
+            },
+        }
+    }
+}
+
+/// The `--verbose` stats line.
+fn print_stats(completion: &Completion) {
+    let (u, t) = (completion.usage, completion.timings);
+    let reason = serde_json::to_value(completion.finish_reason).ok();
+    eprintln!(
+        "prompt: {} tokens ({} cached), {:.1} tok/s | TTFT {:.0} ms | generated: {} tokens, {:.1} tok/s | {}",
+        u.prompt_tokens,
+        u.cached_tokens,
+        t.prefill_tok_s,
+        t.ttft_ms,
+        u.completion_tokens,
+        t.decode_tok_s,
+        reason.as_ref().and_then(|r| r.as_str()).unwrap_or_default()
+    );
+}
+
+/// Stdin's lines for `--each-line`: each line is valid UTF-8 or carries its own error.
+fn read_lines() -> anyhow::Result<Vec<std::result::Result<String, String>>> {
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(UsageError("--each-line reads prompts from stdin: pipe them in".into()).into());
+    }
+    let mut bytes = Vec::new();
+    stdin.read_to_end(&mut bytes).context("reading stdin")?;
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    Ok(lines
+        .into_iter()
+        .map(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            String::from_utf8(l.to_vec())
+                .map_err(|e| format!("not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+        })
+        .collect())
 }
 
 /// The prompt from the argument, else from piped stdin.

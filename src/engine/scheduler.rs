@@ -1,0 +1,355 @@
+//! Chooses each step's work. The rule, in one place:
+//!
+//! Every step is one forward pass with a token budget (`max_batched_tokens`). Running sequences take
+//! it first, oldest first: one token each when decoding, or the next chunk of a prompt still being
+//! prefilled. Waiting sequences get what is left, first come first served, while fewer than
+//! `max_seqs` run: a new sequence first takes the longest run of its prompt's full blocks that the
+//! prefix cache holds, then a chunk of the rest. A sequence that needs a block when none is free
+//! preempts the newest running sequence, which gives back all its blocks and waits at the front of
+//! the queue to be recomputed from its tokens (the same tokens give the same result). Chunked prefill
+//! is nothing more than this budget cap.
+//!
+//! The scheduler knows sequences and blocks, never tensors or requests.
+
+use super::kv::{block_hash, BlockHash, BlockId, BlockPool, PoolStats};
+use std::collections::VecDeque;
+
+/// Identifies a sequence for the life of its request.
+pub type SeqId = u64;
+
+/// Limits of each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Most tokens in one forward pass (decode tokens and prefill chunks together).
+    pub max_batched_tokens: usize,
+    /// Most sequences running at once.
+    pub max_seqs: usize,
+}
+
+/// A sequence's tokens and where their keys and values are.
+#[derive(Debug)]
+pub struct Sequence {
+    /// Its id.
+    pub id: SeqId,
+    /// Prompt, then generated tokens.
+    pub tokens: Vec<u32>,
+    /// Tokens whose keys and values are in the cache.
+    pub num_computed: usize,
+    /// Prompt tokens the prefix cache supplied when the sequence was first admitted.
+    pub num_cached: usize,
+    /// Whether it has been admitted before (a preempted sequence keeps its first `num_cached`).
+    admitted: bool,
+    block_table: Vec<BlockId>,
+    /// Chained hashes of its full blocks registered so far.
+    block_hashes: Vec<BlockHash>,
+}
+
+impl Sequence {
+    /// A new sequence for these prompt tokens.
+    pub fn new(id: SeqId, prompt: Vec<u32>) -> Self {
+        Self {
+            id,
+            tokens: prompt,
+            num_computed: 0,
+            num_cached: 0,
+            admitted: false,
+            block_table: Vec::new(),
+            block_hashes: Vec::new(),
+        }
+    }
+
+    /// Its blocks, in order.
+    pub fn block_table(&self) -> &[BlockId] {
+        &self.block_table
+    }
+}
+
+/// One sequence's work in a step: feed `tokens[start..start + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledChunk {
+    /// Whose.
+    pub seq: SeqId,
+    /// First position fed.
+    pub start: usize,
+    /// Tokens fed.
+    pub len: usize,
+    /// Whether this chunk reaches the end of the sequence, so that a token is sampled after it.
+    pub sample: bool,
+}
+
+/// What `schedule` decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SchedulerOutput {
+    /// This step's work, in the order of the forward pass.
+    pub chunks: Vec<ScheduledChunk>,
+    /// Sequences that lost their blocks this step and wait to be recomputed.
+    pub preempted: Vec<SeqId>,
+}
+
+/// The scheduler: the block pool and the two queues.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    pool: BlockPool,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+}
+
+impl Scheduler {
+    /// A scheduler over a pool of `num_blocks` blocks.
+    pub fn new(config: SchedulerConfig, num_blocks: usize, prefix_caching: bool) -> Self {
+        Self { config, pool: BlockPool::new(num_blocks, prefix_caching), waiting: VecDeque::new(), running: Vec::new() }
+    }
+
+    /// Queues a sequence.
+    pub fn add(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq);
+    }
+
+    /// Whether nothing is running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Sequences running and waiting.
+    pub fn queue_lengths(&self) -> (usize, usize) {
+        (self.running.len(), self.waiting.len())
+    }
+
+    /// Block counts.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// The sequence with this id, running or waiting.
+    pub fn get(&self, id: SeqId) -> Option<&Sequence> {
+        self.running.iter().chain(self.waiting.iter()).find(|s| s.id == id)
+    }
+
+    /// Appends a sampled token to a running sequence.
+    pub fn append_token(&mut self, id: SeqId, token: u32) {
+        if let Some(seq) = self.running.iter_mut().find(|s| s.id == id) {
+            seq.tokens.push(token);
+        }
+    }
+
+    /// Removes a sequence (finished or cancelled) and frees its blocks at once.
+    pub fn finish(&mut self, id: SeqId) -> Option<Sequence> {
+        let seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            self.running.remove(i)
+        } else {
+            let i = self.waiting.iter().position(|s| s.id == id)?;
+            self.waiting.remove(i)?
+        };
+        let mut seq = seq;
+        self.free_blocks(&mut seq);
+        Some(seq)
+    }
+
+    /// Decides this step's work (see the module documentation for the rule).
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        let mut out = SchedulerOutput::default();
+        let mut budget = self.config.max_batched_tokens;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let seq = &self.running[i];
+            let len = (seq.tokens.len() - seq.num_computed).min(budget);
+            let target = seq.num_computed + len;
+            if !self.grow_or_preempt(i, target, &mut out) {
+                continue; // `i` itself was preempted
+            }
+            let seq = &self.running[i];
+            out.chunks.push(ScheduledChunk {
+                seq: seq.id,
+                start: seq.num_computed,
+                len,
+                sample: target == seq.tokens.len(),
+            });
+            budget -= len;
+            i += 1;
+        }
+        while budget > 0 && self.running.len() < self.config.max_seqs {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            self.take_cached_prefix(&mut seq);
+            let len = (seq.tokens.len() - seq.num_computed).min(budget);
+            let target = seq.num_computed + len;
+            if !allocate_up_to(&mut self.pool, &mut seq.block_table, self.config.block_size, target) {
+                self.free_blocks(&mut seq);
+                self.waiting.push_front(seq);
+                break;
+            }
+            seq.admitted = true;
+            out.chunks.push(ScheduledChunk {
+                seq: seq.id,
+                start: seq.num_computed,
+                len,
+                sample: target == seq.tokens.len(),
+            });
+            budget -= len;
+            self.running.push(seq);
+        }
+        out
+    }
+
+    /// Records that the step ran: its tokens are now cached, and newly full blocks are registered in
+    /// the prefix cache.
+    pub fn commit(&mut self, out: &SchedulerOutput) {
+        let bs = self.config.block_size;
+        for chunk in &out.chunks {
+            let Some(seq) = self.running.iter_mut().find(|s| s.id == chunk.seq) else { continue };
+            seq.num_computed = chunk.start + chunk.len;
+            while seq.block_hashes.len() < seq.num_computed / bs {
+                let b = seq.block_hashes.len();
+                let tokens = &seq.tokens[b * bs..(b + 1) * bs];
+                let hash = block_hash(seq.block_hashes.last().copied(), tokens);
+                self.pool.register(seq.block_table[b], hash, tokens);
+                seq.block_hashes.push(hash);
+            }
+        }
+    }
+
+    /// Gives running sequence `i` blocks for `target` tokens, preempting the newest running
+    /// sequences while none are free. Returns false when `i` itself had to be preempted.
+    fn grow_or_preempt(&mut self, i: usize, target: usize, out: &mut SchedulerOutput) -> bool {
+        loop {
+            if allocate_up_to(&mut self.pool, &mut self.running[i].block_table, self.config.block_size, target) {
+                return true;
+            }
+            let victim_index = self.running.len() - 1;
+            let mut victim = self.running.remove(victim_index);
+            self.free_blocks(&mut victim);
+            victim.num_computed = 0;
+            out.preempted.push(victim.id);
+            self.waiting.push_front(victim);
+            if victim_index == i {
+                return false;
+            }
+        }
+    }
+
+    /// Starts a sequence without blocks on the longest cached run of its full blocks. The last token
+    /// is never served from the cache: its logits are needed.
+    fn take_cached_prefix(&mut self, seq: &mut Sequence) {
+        if !seq.block_table.is_empty() {
+            return;
+        }
+        let bs = self.config.block_size;
+        let full = (seq.tokens.len() - 1) / bs;
+        let mut parent = None;
+        for b in 0..full {
+            let tokens = &seq.tokens[b * bs..(b + 1) * bs];
+            let hash = block_hash(parent, tokens);
+            match self.pool.take_cached(hash, tokens) {
+                Some(block) => {
+                    seq.block_table.push(block);
+                    seq.block_hashes.push(hash);
+                    parent = Some(hash);
+                }
+                None => break,
+            }
+        }
+        seq.num_computed = seq.block_table.len() * bs;
+        if !seq.admitted {
+            seq.num_cached = seq.num_computed;
+        }
+    }
+
+    /// Returns a sequence's blocks to the pool, last block first (so its prefix stays cached longest).
+    fn free_blocks(&mut self, seq: &mut Sequence) {
+        self.pool.release(seq.block_table.drain(..).rev());
+        seq.block_hashes.clear();
+        seq.num_computed = 0;
+    }
+}
+
+/// Allocates blocks until `table` holds `target` tokens; false if the pool ran dry (the blocks taken
+/// so far stay in the table).
+fn allocate_up_to(pool: &mut BlockPool, table: &mut Vec<BlockId>, block_size: usize, target: usize) -> bool {
+    while table.len() * block_size < target {
+        match pool.allocate() {
+            Some(b) => table.push(b),
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_batched_tokens: usize, max_seqs: usize) -> SchedulerConfig {
+        SchedulerConfig { block_size: 4, max_batched_tokens, max_seqs }
+    }
+
+    #[test]
+    fn decodes_go_first_and_prompts_are_chunked_under_the_budget() {
+        let mut s = Scheduler::new(config(8, 4), 16, true);
+        s.add(Sequence::new(1, vec![1; 6]));
+        let out = s.schedule();
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 0, len: 6, sample: true }]);
+        s.commit(&out);
+        s.append_token(1, 7);
+        s.add(Sequence::new(2, vec![2; 10]));
+        let out = s.schedule();
+        assert_eq!(
+            out.chunks,
+            vec![
+                ScheduledChunk { seq: 1, start: 6, len: 1, sample: true },
+                ScheduledChunk { seq: 2, start: 0, len: 7, sample: false },
+            ]
+        );
+        s.commit(&out);
+        s.append_token(1, 8);
+        let out = s.schedule();
+        assert_eq!(out.chunks[1], ScheduledChunk { seq: 2, start: 7, len: 3, sample: true });
+    }
+
+    #[test]
+    fn a_shared_prefix_is_served_from_cached_blocks() {
+        let mut s = Scheduler::new(config(64, 4), 16, true);
+        s.add(Sequence::new(1, (0..10).collect()));
+        let out = s.schedule();
+        s.commit(&out);
+        let first_blocks = s.get(1).unwrap().block_table().to_vec();
+        s.finish(1);
+        s.add(Sequence::new(2, (0..9).chain([99]).collect()));
+        let out = s.schedule();
+        // Two full blocks (8 tokens) come from the cache; the rest is computed.
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 2, start: 8, len: 2, sample: true }]);
+        let seq = s.get(2).unwrap();
+        assert_eq!(seq.num_cached, 8);
+        assert_eq!(seq.block_table()[..2], first_blocks[..2]);
+    }
+
+    #[test]
+    fn running_out_of_blocks_preempts_the_newest_sequence() {
+        let mut s = Scheduler::new(config(64, 4), 3, true);
+        s.add(Sequence::new(1, vec![1; 4]));
+        s.add(Sequence::new(2, vec![2; 8]));
+        let out = s.schedule();
+        s.commit(&out);
+        s.append_token(1, 5);
+        s.append_token(2, 5);
+        // Sequence 1 needs a second block; only sequence 2 can give one back.
+        let out = s.schedule();
+        assert_eq!(out.preempted, vec![2]);
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 4, len: 1, sample: true }]);
+        assert_eq!(s.queue_lengths(), (1, 1));
+        assert_eq!(s.get(2).unwrap().num_computed, 0);
+    }
+
+    #[test]
+    fn finishing_frees_every_block() {
+        let mut s = Scheduler::new(config(64, 4), 8, false);
+        s.add(Sequence::new(1, vec![1; 13]));
+        let out = s.schedule();
+        s.commit(&out);
+        assert_eq!(s.pool_stats().used, 4);
+        s.finish(1);
+        assert_eq!(s.pool_stats().used, 0);
+        assert!(s.is_idle());
+    }
+}
