@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Single-stream prompt and decode speed of bodega next to llama.cpp's llama-bench, in one run, on the
-# same model file and thread count (docs/perf.md records what it printed).
+# Prompt and decode speed of bodega next to llama.cpp, in one run, on the same model file and thread
+# count (docs/perf.md records what it printed):
+#  1. single stream: bodega run vs llama-bench (pp128, tg128);
+#  2. aggregate decode at 1, 4 and 16 concurrent sequences: bodega run --each-line vs
+#     llama-batched-bench (npp 128, ntg 128, npl 1,4,16).
 #
 #   scripts/perf-cpu.sh [MODEL.gguf] [THREADS]
 #
@@ -38,3 +41,26 @@ print(f"|---|---|---|---|")
 print(f"| prompt | {b_pp:.1f} | {l_pp:.1f} | {b_pp / l_pp:.2f} |")
 print(f"| decode | {b_tg:.1f} | {l_tg:.1f} | {b_tg / l_tg:.2f} |")
 PY
+
+echo
+echo "aggregate decode tok/s, 128-token prompts, 128 generated tokens each (end-of-sequence ignored)"
+"$bin/llama-batched-bench" -m "$model" -t "$threads" -c 8192 -b 2048 -ub 512 -npp 128 -ntg 128 -npl 1,4,16 \
+  --output-format jsonl 2>/dev/null > "$llama_json"
+for n in 1 4 16; do
+  for i in $(seq "$n"); do echo "Passage $i. $prompt"; done \
+    | target/release/bodega --threads "$threads" run "$model" --raw --each-line --max-tokens 128 --ignore-eos \
+      --temperature 0 --json > "$bodega_json.$n"
+done
+python3 - "$bodega_json" "$llama_json" <<'PY'
+import json, sys
+theirs = {r["pl"]: r for r in map(json.loads, open(sys.argv[2])) if r.get("pl")}
+print("| sequences | bodega tok/s | llama.cpp S_TG tok/s | bodega / llama.cpp |")
+print("|---|---|---|---|")
+for n in (1, 4, 16):
+    ours = [json.loads(l) for l in open(f"{sys.argv[1]}.{n}")]
+    # Every request decodes over the same window, so the sum of per-request rates is the aggregate.
+    agg = sum(o["timings"]["decode_tok_s"] for o in ours)
+    ref = theirs[n]["speed_tg"]
+    print(f"| {n} | {agg:.1f} | {ref:.1f} | {agg / ref:.2f} |")
+PY
+rm -f "$bodega_json".*
