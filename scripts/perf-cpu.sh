@@ -53,7 +53,7 @@ for n in 1 4 16; do
 done
 python3 - "$bodega_json" "$llama_json" <<'PY'
 import json, sys
-theirs = {r["pl"]: r for r in map(json.loads, open(sys.argv[2])) if r.get("pl")}
+theirs = {r["pl"]: r for r in (json.loads(l) for l in open(sys.argv[2]) if l.strip()) if r.get("pl")}
 print("| sequences | bodega tok/s | llama.cpp S_TG tok/s | bodega / llama.cpp |")
 print("|---|---|---|---|")
 for n in (1, 4, 16):
