@@ -6,29 +6,27 @@ mod common;
 use bodega::ops::PagedKvCache;
 use bodega::runner::{run_step, SeqChunk};
 use candle_core::{DType, Device};
+use common::Demo;
 
 struct Seq {
     tokens: Vec<u32>,
     table: Vec<u32>,
 }
 
-fn cache(blocks: usize) -> PagedKvCache {
-    let demo = common::smollm2();
+fn cache(demo: &Demo, blocks: usize) -> PagedKvCache {
     let info = demo.model.lock().unwrap().info().clone();
     PagedKvCache::new(info.num_layers, blocks, 16, info.num_kv_heads, info.head_dim, DType::F32, &Device::Cpu).unwrap()
 }
 
-fn prompts() -> Vec<Vec<u32>> {
-    let demo = common::smollm2();
+fn prompts(demo: &Demo) -> Vec<Vec<u32>> {
     ["The quick brown fox", "Write a poem about the moon and the stars over the sea at night, please.", "1 2 3"]
         .iter()
         .map(|p| demo.tokenizer.encode_raw(p).unwrap())
         .collect()
 }
 
-fn logits(seqs: &[Seq], chunk: usize) -> Vec<Vec<f32>> {
-    let demo = common::smollm2();
-    let cache = cache(64);
+fn logits(demo: &Demo, seqs: &[Seq], chunk: usize) -> Vec<Vec<f32>> {
+    let cache = cache(demo, 64);
     let model = demo.model.lock().unwrap();
     let longest = seqs.iter().map(|s| s.tokens.len()).max().unwrap();
     let mut last = vec![Vec::new(); seqs.len()];
@@ -65,16 +63,25 @@ fn seqs(prompts: &[Vec<u32>]) -> Vec<Seq> {
         .collect()
 }
 
-#[test]
-fn a_sequence_gives_the_same_logits_alone_batched_and_chunked() {
-    let prompts = prompts();
-    let batched = logits(&seqs(&prompts), 1000);
+fn check(demo: &Demo) {
+    let prompts = prompts(demo);
+    let batched = logits(demo, &seqs(&prompts), 1000);
     for (i, p) in prompts.iter().enumerate() {
-        let alone = logits(&seqs(std::slice::from_ref(p)), 1000);
+        let alone = logits(demo, &seqs(std::slice::from_ref(p)), 1000);
         assert_eq!(alone[0], batched[i], "sequence {i}: batched logits differ from alone");
         for chunk in [1, 3, 7] {
-            let chunked = logits(&seqs(std::slice::from_ref(p)), chunk);
+            let chunked = logits(demo, &seqs(std::slice::from_ref(p)), chunk);
             assert_eq!(alone[0], chunked[0], "sequence {i}: chunks of {chunk} differ from whole prefill");
         }
     }
+}
+
+#[test]
+fn a_smollm2_sequence_gives_the_same_logits_alone_batched_and_chunked() {
+    check(common::smollm2());
+}
+
+#[test]
+fn a_gemma3_sequence_gives_the_same_logits_alone_batched_and_chunked() {
+    check(common::gemma3());
 }

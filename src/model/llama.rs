@@ -8,7 +8,7 @@ use super::rope::{Rope, RopeConfig, RopeStyle};
 use super::{Model, ModelInfo, StepInput};
 use crate::error::{Error, Result};
 use crate::ops::{self, PagedKvCache};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use std::sync::Arc;
 
@@ -52,11 +52,32 @@ const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 struct Linear {
     weight: QMatMul,
     bias: Option<Tensor>,
+    /// Multiply one row at a time. candle 0.11.1 on x86 switches Q6_K to a repacked kernel when a
+    /// matmul has more than one row (`repack_x86::select`), whose rounding depends on the row count;
+    /// row by row, a sequence's arithmetic is the same whatever else is in the batch.
+    per_row: bool,
 }
 
 impl Linear {
+    fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::shared(Arc::new(weight), bias)
+    }
+
+    /// A projection over weights shared with another user (a tied embedding).
+    fn shared(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let per_row = weight.dtype() == GgmlDType::Q6K;
+        Ok(Self { weight: QMatMul::from_arc(weight)?, bias, per_row })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let rows = x.dim(0)?;
+        let y = if self.per_row && rows > 1 {
+            let parts =
+                (0..rows).map(|r| self.weight.forward(&x.narrow(0, r, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)?
+        } else {
+            self.weight.forward(x)?
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -93,7 +114,7 @@ pub struct Llama {
     embedding_scale: Option<f64>,
     blocks: Vec<Block>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     ropes: Vec<Rope>,
     gelu: bool,
     eps: f32,
@@ -130,9 +151,9 @@ impl Llama {
         let embedding = Arc::new(file.tensor("token_embd.weight", device)?);
         let vocab_size = embedding.shape().dims2()?.0;
         let output = if file.has_tensor("output.weight") {
-            QMatMul::from_qtensor(file.tensor("output.weight", device)?)?
+            Linear::new(file.tensor("output.weight", device)?, None)?
         } else {
-            QMatMul::from_arc(embedding.clone())?
+            Linear::shared(embedding.clone(), None)?
         };
         let mut weight_bytes = embedding.storage_size_in_bytes();
         let mut blocks = Vec::with_capacity(num_layers);
@@ -248,7 +269,7 @@ impl Model for Llama {
         }
         let x = x.index_select(&input.logits_rows, 0)?;
         let x = self.norm(&x, &self.output_norm)?;
-        Ok(self.output.forward(&x)?)
+        self.output.forward(&x)
     }
 }
 
@@ -272,9 +293,9 @@ impl BlockLoader<'_> {
     }
 
     fn linear(&mut self, name: &str, bias: bool) -> Result<Linear> {
-        let weight = QMatMul::from_qtensor(self.qtensor(&format!("{name}.weight"))?)?;
+        let weight = self.qtensor(&format!("{name}.weight"))?;
         let bias = bias.then(|| self.dense(&format!("{name}.bias"))).transpose()?;
-        Ok(Linear { weight, bias })
+        Linear::new(weight, bias)
     }
 }
 
