@@ -64,6 +64,13 @@ impl Sequence {
     pub fn block_table(&self) -> &[BlockId] {
         &self.block_table
     }
+
+    /// The next tokens to feed within `budget`; a token is sampled when they reach the end.
+    fn next_chunk(&self, budget: usize) -> ScheduledChunk {
+        let len = (self.tokens.len() - self.num_computed).min(budget);
+        let sample = self.num_computed + len == self.tokens.len();
+        ScheduledChunk { seq: self.id, start: self.num_computed, len, sample }
+    }
 }
 
 /// One sequence's work in a step: feed `tokens[start..start + len]`.
@@ -154,40 +161,26 @@ impl Scheduler {
         let mut budget = self.config.max_batched_tokens;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            let seq = &self.running[i];
-            let len = (seq.tokens.len() - seq.num_computed).min(budget);
-            let target = seq.num_computed + len;
-            if !self.grow_or_preempt(i, target, &mut out) {
+            let chunk = self.running[i].next_chunk(budget);
+            if !self.grow_or_preempt(i, chunk.start + chunk.len, &mut out) {
                 continue; // `i` itself was preempted
             }
-            let seq = &self.running[i];
-            out.chunks.push(ScheduledChunk {
-                seq: seq.id,
-                start: seq.num_computed,
-                len,
-                sample: target == seq.tokens.len(),
-            });
-            budget -= len;
+            out.chunks.push(chunk);
+            budget -= chunk.len;
             i += 1;
         }
         while budget > 0 && self.running.len() < self.config.max_seqs {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             self.take_cached_prefix(&mut seq);
-            let len = (seq.tokens.len() - seq.num_computed).min(budget);
-            let target = seq.num_computed + len;
-            if !allocate_up_to(&mut self.pool, &mut seq.block_table, self.config.block_size, target) {
+            let chunk = seq.next_chunk(budget);
+            if !allocate_up_to(&mut self.pool, &mut seq.block_table, self.config.block_size, chunk.start + chunk.len) {
                 self.free_blocks(&mut seq);
                 self.waiting.push_front(seq);
                 break;
             }
             seq.admitted = true;
-            out.chunks.push(ScheduledChunk {
-                seq: seq.id,
-                start: seq.num_computed,
-                len,
-                sample: target == seq.tokens.len(),
-            });
-            budget -= len;
+            out.chunks.push(chunk);
+            budget -= chunk.len;
             self.running.push(seq);
         }
         out
