@@ -42,6 +42,15 @@ pub fn compiled_backends() -> &'static [&'static str] {
     &["cpu"]
 }
 
+/// The device `choice` runs on, in words, for startup lines.
+pub fn describe(choice: DeviceChoice) -> &'static str {
+    match choice {
+        DeviceChoice::Auto | DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda(_) => "cuda",
+        DeviceChoice::Metal => "metal",
+    }
+}
+
 /// Opens the chosen device.
 pub fn select(choice: DeviceChoice) -> Result<Device> {
     match choice {

@@ -9,6 +9,7 @@ pub mod hub;
 pub mod model;
 pub mod ops;
 pub mod runner;
+pub mod server;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 mod load;
 mod output;
 mod run;
+mod serve;
 
 use crate::device::DeviceChoice;
 use crate::error::Error;
@@ -68,6 +69,9 @@ enum Command {
     /// Generate a reply to one prompt (from the argument or piped stdin) and stream it to stdout.
     #[command(after_help = run::EXAMPLES)]
     Run(run::RunArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, models, metrics).
+    #[command(name = "serve-lite", after_help = serve::EXAMPLES)]
+    ServeLite(serve::ServeArgs),
 }
 
 /// A mistake in how the command was called (exit code 2, like clap's own).
@@ -91,6 +95,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => run::run(args, &cli.global),
+        Command::ServeLite(args) => serve::run(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

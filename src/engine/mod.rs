@@ -90,6 +90,35 @@ pub struct EngineStats {
     pub steps: u64,
     /// Tokens sampled in the last step divided by its duration.
     pub tokens_per_s: f64,
+    /// How long steps take.
+    pub step_seconds: StepHistogram,
+}
+
+/// Upper bounds (seconds) of the step-time histogram's buckets.
+pub const STEP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A cumulative histogram of step durations (Prometheus style: counts of steps at most each bound).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepHistogram {
+    /// Steps at most `STEP_BUCKETS[i]` seconds long.
+    pub buckets: [u64; STEP_BUCKETS.len()],
+    /// All steps.
+    pub count: u64,
+    /// Total seconds.
+    pub sum: f64,
+}
+
+impl StepHistogram {
+    /// Records one step.
+    pub fn observe(&mut self, seconds: f64) {
+        for (bound, count) in STEP_BUCKETS.iter().zip(&mut self.buckets) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
 }
 
 /// A running engine. Dropping it cancels what is in flight and stops the step loop.
@@ -237,6 +266,12 @@ impl RequestHandle {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// A token that cancels this request when dropped, for code that does not own the handle (an
+    /// HTTP handler whose client may go away while another task reads the events).
+    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.cancel.clone())
+    }
+
     /// Reads events until `Done` (or an error), returning the completion and the streamed text.
     pub fn wait(&self) -> Result<(Completion, String)> {
         let mut text = String::new();
@@ -248,6 +283,15 @@ impl RequestHandle {
             }
         }
         Err(Error::EngineStopped)
+    }
+}
+
+/// Cancels its request when dropped (see [`RequestHandle::cancel_on_drop`]).
+pub struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

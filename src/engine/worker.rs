@@ -151,7 +151,9 @@ impl Worker {
         if let Ok(mut stats) = self.stats.lock() {
             stats.steps += 1;
             stats.preemptions += out.preempted.len() as u64;
-            stats.tokens_per_s = sampled.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let seconds = started.elapsed().as_secs_f64();
+            stats.tokens_per_s = sampled.len() as f64 / seconds.max(1e-9);
+            stats.step_seconds.observe(seconds);
         }
         Ok(())
     }
