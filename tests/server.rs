@@ -298,3 +298,32 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let exit = server.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[test]
+fn the_official_openai_python_client_works() {
+    let python = std::env::var("BODEGA_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("set BODEGA_TEST_PYTHON to a Python with the openai package (scripts/test.sh makes one: pip install openai)")
+    });
+    let server = start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let url = format!("http://127.0.0.1:{}/v1", server.port);
+    let out = Command::new(&python).args([script, &url, KEY]).output().expect("run the openai client script");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client failed: {err}{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn curl_bench_reports_aggregate_throughput_from_usage() {
+    let server = start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/curl-bench.sh");
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let out = Command::new("bash")
+        .args([script, &url, "8", "16"])
+        .env("API_KEY", KEY)
+        .output()
+        .expect("run scripts/curl-bench.sh (needs bash and curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("8 requests, 128 generated tokens in"), "{stdout}");
+    assert!(stdout.contains("tok/s aggregate"));
+}
