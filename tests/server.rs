@@ -327,3 +327,35 @@ fn curl_bench_reports_aggregate_throughput_from_usage() {
     assert!(stdout.starts_with("8 requests, 128 generated tokens in"), "{stdout}");
     assert!(stdout.contains("tok/s aggregate"));
 }
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let server = start(&["--max-queue", "1"]);
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let body =
+        chat("Tell me a very long story.", json!({"stream": true, "max_tokens": 2000, "ignore_eos": true})).to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 300];
+    s.read_exact(&mut first).unwrap();
+    let (status, head, text) =
+        http(server.port, "POST", "/v1/chat/completions", true, chat("Hi", json!({})).to_string().as_bytes());
+    assert_eq!(status, 429, "{text}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"]["code"], "queue_full");
+    drop(s);
+    // Once the stream is gone, the server takes requests again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = post(server.port, "/v1/chat/completions", &chat("Hi", json!({"max_tokens": 2})));
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused after the stream ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
