@@ -260,20 +260,27 @@ fn hostile_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert_eq!((status, health.contains("ok")), (200, true));
 }
 
-#[test]
-fn a_client_that_disconnects_mid_stream_frees_its_blocks() {
-    let server = start(&[]);
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+/// Starts a long streaming request and returns its connection once the first events have arrived.
+fn open_long_stream(port: u16, max_tokens: u32) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body =
-        chat("Tell me a very long story.", json!({"stream": true, "max_tokens": 5000, "ignore_eos": true})).to_string();
+        chat("Tell me a very long story.", json!({"stream": true, "max_tokens": max_tokens, "ignore_eos": true}));
+    let body = body.to_string();
     write!(
         s,
         "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let mut first = [0u8; 600];
+    let mut first = [0u8; 300];
     s.read_exact(&mut first).unwrap();
+    s
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_its_blocks() {
+    let server = start(&[]);
+    let s = open_long_stream(server.port, 5000);
     assert!(metric(server.port, "bodega_kv_blocks_used") > 0.0);
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -331,17 +338,7 @@ fn curl_bench_reports_aggregate_throughput_from_usage() {
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
     let server = start(&["--max-queue", "1"]);
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let body =
-        chat("Tell me a very long story.", json!({"stream": true, "max_tokens": 2000, "ignore_eos": true})).to_string();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut first = [0u8; 300];
-    s.read_exact(&mut first).unwrap();
+    let s = open_long_stream(server.port, 2000);
     let (status, head, text) =
         http(server.port, "POST", "/v1/chat/completions", true, chat("Hi", json!({})).to_string().as_bytes());
     assert_eq!(status, 429, "{text}");
