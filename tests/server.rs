@@ -272,7 +272,7 @@ fn open_long_stream(port: u16, max_tokens: u32) -> TcpStream {
         body.len()
     )
     .unwrap();
-    let mut first = [0u8; 300];
+    let mut first = [0u8; 800]; // headers, the role chunk and a few content deltas
     s.read_exact(&mut first).unwrap();
     s
 }
