@@ -213,11 +213,6 @@ impl Engine {
         Ok(RequestHandle { events: receiver, cancel })
     }
 
-    /// The loaded model's shapes.
-    pub fn model_info(&self) -> &ModelInfo {
-        &self.info
-    }
-
     /// Most tokens one sequence may hold.
     pub fn context_length(&self) -> usize {
         self.context_length

@@ -9,7 +9,6 @@ use candle_core::{DType, Device, Result, Tensor};
 pub struct PagedKvCache {
     layers: Vec<(Tensor, Tensor)>,
     block_size: usize,
-    num_blocks: usize,
 }
 
 impl PagedKvCache {
@@ -27,7 +26,7 @@ impl PagedKvCache {
         let layers = (0..num_layers)
             .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
             .collect::<Result<_>>()?;
-        Ok(Self { layers, block_size, num_blocks })
+        Ok(Self { layers, block_size })
     }
 
     /// Bytes one block takes over all layers (keys and values): the unit of the memory budget.
@@ -50,10 +49,5 @@ impl PagedKvCache {
     /// Tokens per block.
     pub fn block_size(&self) -> usize {
         self.block_size
-    }
-
-    /// Blocks per layer.
-    pub fn num_blocks(&self) -> usize {
-        self.num_blocks
     }
 }

@@ -95,19 +95,4 @@ impl Tokenizer {
     pub fn is_stop(&self, id: u32) -> bool {
         self.stop_ids.contains(&id)
     }
-
-    /// The ids that end a reply.
-    pub fn stop_ids(&self) -> &[u32] {
-        &self.stop_ids
-    }
-
-    /// Number of tokens, added ones included.
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    /// Whether the model brought its own chat template.
-    pub fn has_chat_template(&self) -> bool {
-        self.chat.from_model
-    }
 }

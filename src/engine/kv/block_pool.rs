@@ -61,16 +61,6 @@ impl BlockPool {
         pool
     }
 
-    /// Blocks that `allocate` can hand out now (cached free blocks count: they can be evicted).
-    pub fn num_free(&self) -> usize {
-        self.free.len()
-    }
-
-    /// All blocks.
-    pub fn num_blocks(&self) -> usize {
-        self.blocks.len()
-    }
-
     /// Takes a free block (evicting its cached content), with ref count 1.
     pub fn allocate(&mut self) -> Option<BlockId> {
         let (_, id) = self.free.pop_first()?;
@@ -120,7 +110,7 @@ impl BlockPool {
         self.by_hash.insert(hash, id);
     }
 
-    /// Drops every cached entry (used when prefix caching is turned off at run time, and by tests).
+    /// Block counts for snapshots and metrics.
     pub fn stats(&self) -> PoolStats {
         let cached = self.free.values().filter(|&&id| self.blocks[id as usize].cached.is_some()).count();
         PoolStats { total: self.blocks.len(), used: self.blocks.len() - self.free.len(), free: self.free.len(), cached }

@@ -49,11 +49,6 @@ impl GgufFile {
         Ok(Self { path: path.to_path_buf(), content, reader })
     }
 
-    /// The file this was read from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// `general.architecture`.
     pub fn architecture(&self) -> Result<&str> {
         self.string("general.architecture")
