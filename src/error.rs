@@ -56,6 +56,9 @@ pub enum Error {
     /// An invalid request or setting (a value out of range, a device not compiled in).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A benchmark that cannot run as asked: a bad scenario, flag or dataset, or an unreachable target.
+    #[error("{0}")]
+    Bench(String),
     /// The engine thread is gone (it panicked or was shut down).
     #[error("the engine has stopped")]
     EngineStopped,

@@ -1,6 +1,7 @@
 //! bodega: run and benchmark LLMs locally. One engine (continuous batching over a paged KV cache)
 //! serves every front end; this library holds it, the models and ops beneath it, and the CLI above.
 
+pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod engine;

@@ -4,44 +4,18 @@
 mod common;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "test-key";
 
 /// A server child process; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str]) -> Server {
-    common::smollm2_path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bodega"))
-        .args(["serve-lite", "smollm2-135m", "--port", "0", "--api-key", KEY, "--kv-memory", "256M"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no address in startup line {line:?}"));
-    Server { child, port }
+fn start(extra: &[&str]) -> common::Server {
+    let mut args = vec!["--api-key", KEY];
+    args.extend_from_slice(extra);
+    common::serve_lite(&args)
 }
 
 /// One HTTP/1.0 exchange (the server closes the connection, so the body runs to EOF).

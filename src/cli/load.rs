@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Engine flags (run, and later chat, serve-lite and bench).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct EngineArgs {
     /// Most tokens of context per sequence (prompt + reply), at most the model's trained length.
     /// Example: --ctx-size 4096
@@ -57,6 +57,10 @@ pub struct Loaded {
     pub engine: Engine,
     /// Its tokenizer and chat template.
     pub tokenizer: Arc<Tokenizer>,
+    /// The model file.
+    pub path: std::path::PathBuf,
+    /// Its main weight type (`Q4_1`, ...), for reports.
+    pub quant: Option<String>,
 }
 
 /// Resolves, opens and loads `reference` on the chosen device, and starts the engine.
@@ -66,6 +70,7 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     let path = crate::hub::resolve(reference)?;
     let mut file = GgufFile::open(&path)?;
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
+    let quant = file.main_weight_type();
     let model = crate::model::from_gguf(&mut file, &device)?;
     let info = model.info().clone();
     let config = EngineConfig {
@@ -89,7 +94,7 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
         block_size,
         started.elapsed().as_secs_f64()
     );
-    Ok(Loaded { engine, tokenizer })
+    Ok(Loaded { engine, tokenizer, path, quant })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The command line: argument parsing, one module per subcommand, and the one place where errors
 //! become an `error:` line, a `hint:` line and an exit code (conventions.md).
 
+mod bench;
 mod load;
 mod output;
 mod run;
@@ -69,6 +70,9 @@ enum Command {
     /// Generate a reply to one prompt (from the argument or piped stdin) and stream it to stdout.
     #[command(after_help = run::EXAMPLES)]
     Run(run::RunArgs),
+    /// Measure throughput and latency: in-process or any OpenAI-compatible server, sweeps, scenarios.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, models, metrics).
     #[command(name = "serve-lite", after_help = serve::EXAMPLES)]
     ServeLite(serve::ServeArgs),
@@ -84,6 +88,14 @@ pub struct UsageError(pub String);
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// A flag that Ctrl-C sets, so that a front end can stop cleanly and print what it finished.
+fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let setter = flag.clone();
+    let _ = ctrlc::set_handler(move || setter.store(true, std::sync::atomic::Ordering::Relaxed));
+    flag
+}
+
 /// Parses the command line, runs the subcommand and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -96,6 +108,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args, &cli.global),
         Command::ServeLite(args) => serve::run(args, &cli.global),
+        Command::Bench(args) => bench::run(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

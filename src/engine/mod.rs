@@ -92,6 +92,44 @@ pub struct EngineStats {
     pub tokens_per_s: f64,
     /// How long steps take.
     pub step_seconds: StepHistogram,
+    /// Steps that only decode (one token per sequence): the memory-bound work.
+    pub decode_steps: StepTotals,
+    /// Steps that carry at least one prefill chunk: the compute-bound work.
+    pub prefill_steps: StepTotals,
+}
+
+/// Running totals over one kind of step, so that a benchmark can turn step timings into tok/s and
+/// achieved memory bandwidth without sampling every step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTotals {
+    /// Steps counted.
+    pub steps: u64,
+    /// Tokens those steps fed through the model.
+    pub tokens: u64,
+    /// Wall time of those steps' forward passes and sampling.
+    pub seconds: f64,
+    /// Cached keys and values the steps' attention read, in tokens (summed over sequences).
+    pub kv_tokens_read: u64,
+}
+
+impl StepTotals {
+    /// Adds one step.
+    pub fn add(&mut self, tokens: usize, seconds: f64, kv_tokens_read: usize) {
+        self.steps += 1;
+        self.tokens += tokens as u64;
+        self.seconds += seconds;
+        self.kv_tokens_read += kv_tokens_read as u64;
+    }
+
+    /// What happened between two snapshots (`earlier` taken first).
+    pub fn since(&self, earlier: &StepTotals) -> StepTotals {
+        StepTotals {
+            steps: self.steps - earlier.steps,
+            tokens: self.tokens - earlier.tokens,
+            seconds: self.seconds - earlier.seconds,
+            kv_tokens_read: self.kv_tokens_read - earlier.kv_tokens_read,
+        }
+    }
 }
 
 /// Upper bounds (seconds) of the step-time histogram's buckets.
@@ -216,6 +254,16 @@ impl Engine {
     /// Most tokens one sequence may hold.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// Shapes and sizes of the loaded model.
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Bytes of cached keys and values one token takes over all layers (f32 on the CPU).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        PagedKvCache::bytes_per_block(self.info.num_layers, 1, self.info.num_kv_heads, self.info.head_dim, DType::F32)
     }
 
     /// KV blocks in the pool and tokens per block.

@@ -4,7 +4,7 @@
 use super::detok::{Detokenizer, StopMatcher, StopScan};
 use super::request::{Completion, Event, FinishReason, Request, Timings, Usage};
 use super::sampler::Sampler;
-use super::scheduler::{Scheduler, SchedulerOutput, SeqId, Sequence};
+use super::scheduler::{ScheduledChunk, Scheduler, SchedulerOutput, SeqId, Sequence};
 use super::EngineStats;
 use crate::error::Result;
 use crate::model::Model;
@@ -145,6 +145,9 @@ impl Worker {
             }
         }
         let sampled: Vec<SeqId> = out.chunks.iter().filter(|c| c.sample).map(|c| c.seq).collect();
+        let fed: usize = out.chunks.iter().map(|c| c.len).sum();
+        let kv_read: usize = out.chunks.iter().map(|c| c.start + c.len).sum();
+        let prefill = out.chunks.iter().any(|c| self.is_prefill(c));
         for (&id, row) in sampled.iter().zip(logits) {
             self.on_logits(id, row)?;
         }
@@ -154,8 +157,16 @@ impl Worker {
             let seconds = started.elapsed().as_secs_f64();
             stats.tokens_per_s = sampled.len() as f64 / seconds.max(1e-9);
             stats.step_seconds.observe(seconds);
+            let totals = if prefill { &mut stats.prefill_steps } else { &mut stats.decode_steps };
+            totals.add(fed, seconds, kv_read);
         }
         Ok(())
+    }
+
+    /// Whether a chunk feeds prompt tokens (a preempted sequence's recompute counts as prefill too).
+    fn is_prefill(&self, chunk: &ScheduledChunk) -> bool {
+        let prompt_len = self.active.get(&chunk.seq).map_or(0, |a| a.prompt_len);
+        chunk.len > 1 || chunk.start < prompt_len
     }
 
     fn chunks<'a>(&'a self, out: &SchedulerOutput) -> Vec<SeqChunk<'a>> {

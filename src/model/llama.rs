@@ -150,12 +150,17 @@ impl Llama {
 
         let embedding = Arc::new(file.tensor("token_embd.weight", device)?);
         let vocab_size = embedding.shape().dims2()?.0;
-        let output = if file.has_tensor("output.weight") {
-            Linear::new(file.tensor("output.weight", device)?, None)?
+        let (output, untied_output_bytes) = if file.has_tensor("output.weight") {
+            let weight = file.tensor("output.weight", device)?;
+            let bytes = weight.storage_size_in_bytes();
+            (Linear::new(weight, None)?, bytes)
         } else {
-            Linear::shared(embedding.clone(), None)?
+            (Linear::shared(embedding.clone(), None)?, 0)
         };
-        let mut weight_bytes = embedding.storage_size_in_bytes();
+        let embedding_bytes = embedding.storage_size_in_bytes();
+        // A step reads every block and the output layer in full; of an untied embedding only its rows.
+        let mut step_weight_bytes = if untied_output_bytes > 0 { untied_output_bytes } else { embedding_bytes };
+        let mut weight_bytes = embedding_bytes + untied_output_bytes;
         let mut blocks = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
             let sliding = sliding_window > 0 && (i + 1) % GEMMA3_SLIDING_PATTERN != 0;
@@ -179,6 +184,7 @@ impl Llama {
                 rope: usize::from(sliding),
             };
             weight_bytes += loader.bytes;
+            step_weight_bytes += loader.bytes;
             blocks.push(block);
         }
         let output_norm = file.tensor("output_norm.weight", device)?.dequantize(device)?;
@@ -192,6 +198,7 @@ impl Llama {
             vocab_size,
             context_length,
             weight_bytes,
+            step_weight_bytes,
         };
         Ok(Self {
             info,

@@ -45,6 +45,9 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Bytes the weights take in memory.
     pub weight_bytes: usize,
+    /// Bytes of weights one forward pass reads, whatever its batch: the numerator of a decode step's
+    /// achieved memory bandwidth.
+    pub step_weight_bytes: usize,
 }
 
 /// A language model that can run one engine step.

@@ -91,6 +91,12 @@ impl Tokenizer {
         self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// Every token id that is not an added or special token: what random benchmark prompts draw from.
+    pub fn ordinary_ids(&self) -> Vec<u32> {
+        let added = self.inner.get_added_tokens_decoder();
+        (0..self.inner.get_vocab_size(true) as u32).filter(|id| !added.contains_key(id)).collect()
+    }
+
     /// Whether generating `id` ends the reply (end of sequence, end of turn).
     pub fn is_stop(&self, id: u32) -> bool {
         self.stop_ids.contains(&id)

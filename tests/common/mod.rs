@@ -5,7 +5,9 @@
 use bodega::model::load::gguf::GgufFile;
 use bodega::model::Model;
 use bodega::tokenizer::Tokenizer;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 /// A demo model's file; fails with the way to get it when it is missing.
@@ -71,4 +73,39 @@ pub fn reference_case(name: &str) -> serde_json::Value {
         .find(|c| c["name"] == name)
         .cloned()
         .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+/// A `bodega serve-lite` child process on a free port, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts serve-lite on the demo SmolLM2 with a small KV pool and `extra` flags; returns once it
+/// has printed the address it listens on.
+pub fn serve_lite(extra: &[&str]) -> Server {
+    smollm2_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bodega"))
+        .args(["serve-lite", "smollm2-135m", "--port", "0", "--kv-memory", "256M"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no address in startup line {line:?}"));
+    Server { child, port }
 }

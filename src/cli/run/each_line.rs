@@ -2,7 +2,8 @@
 //! `--concurrency` in flight) and are batched together; replies come out in input order. The first
 //! unfinished reply streams live while later ones finish in the background.
 
-use super::{interrupt_flag, print_stats, JsonReply, RunArgs};
+use super::{print_stats, JsonReply, RunArgs};
+use crate::cli::interrupt_flag;
 use crate::cli::load::Loaded;
 use crate::cli::output::Stdout;
 use crate::cli::Interrupted;

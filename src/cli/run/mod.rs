@@ -4,7 +4,7 @@ mod each_line;
 
 use super::load::{load, EngineArgs, Loaded};
 use super::output::Stdout;
-use super::{GlobalArgs, Interrupted, UsageError};
+use super::{interrupt_flag, GlobalArgs, Interrupted, UsageError};
 use crate::engine::{Completion, Event, FinishReason, Request, RequestHandle, SamplingParams, StopConditions};
 use crate::tokenizer::Message;
 use anyhow::{bail, Context};
@@ -13,7 +13,6 @@ use serde::Serialize;
 use std::io::{IsTerminal, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub(super) const EXAMPLES: &str = "\
@@ -263,14 +262,6 @@ fn read_prompt(arg: Option<&str>) -> anyhow::Result<String> {
         Ok(text) => Ok(text.strip_suffix('\n').unwrap_or(&text).to_string()),
         Err(e) => bail!("stdin is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
     }
-}
-
-/// A flag that Ctrl-C sets (the first press cancels; the process then exits with 130).
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let setter = flag.clone();
-    let _ = ctrlc::set_handler(move || setter.store(true, Ordering::Relaxed));
-    flag
 }
 
 /// Feeds the reply's text to `on_text` until `Done`; cancels when interrupted or when `on_text`

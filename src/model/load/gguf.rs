@@ -121,6 +121,26 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// The weight type holding most of the file's bytes (`Q4_K`, `F16`, ...): what a report calls the
+    /// model's quantization.
+    pub fn main_weight_type(&self) -> Option<String> {
+        let mut bytes: Vec<(GgmlDType, usize)> = Vec::new();
+        for info in self.content.tensor_infos.values() {
+            let size = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            match bytes.iter_mut().find(|(t, _)| *t == info.ggml_dtype) {
+                Some((_, total)) => *total += size,
+                None => bytes.push((info.ggml_dtype, size)),
+            }
+        }
+        let (dtype, _) = bytes.into_iter().max_by_key(|&(_, size)| size)?;
+        let name = format!("{dtype:?}");
+        // candle spells the k-quants Q4K; GGUF tools say Q4_K.
+        Some(match name.strip_suffix('K') {
+            Some(head) if head.starts_with('Q') => format!("{head}_K"),
+            _ => name,
+        })
+    }
+
     /// Whether the file has a tensor of this name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)

@@ -1,0 +1,101 @@
+//! What a benchmark sends requests to: the engine in this process, or any OpenAI-compatible server.
+//! Both answer a [`Prompt`] with a [`RequestRecord`]: chunk arrival times, the text, and the token
+//! counts the target itself reports. Requests are greedy with EOS ignored, so every target does the
+//! same amount of work.
+
+use super::http::HttpTarget;
+use super::metrics::RequestRecord;
+use super::workload::Prompt;
+use crate::engine::{Engine, Event, Request, SamplingParams, StopConditions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a waiting request looks at the stop flag (Ctrl-C).
+pub const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// A benchmark target.
+pub enum Target {
+    InProcess(Arc<Engine>),
+    Http(HttpTarget),
+}
+
+impl Target {
+    /// Sends one prompt and waits for the whole reply; `stop` set mid-way cancels it.
+    pub async fn send(&self, prompt: &Prompt, stop: &Arc<AtomicBool>) -> RequestRecord {
+        match self {
+            Target::InProcess(engine) => {
+                let (engine, owned, stop) = (engine.clone(), prompt.clone(), stop.clone());
+                tokio::task::spawn_blocking(move || in_process(&engine, &owned, &stop))
+                    .await
+                    .unwrap_or_else(|e| failed(prompt.output_len, format!("request task failed: {e}")))
+            }
+            Target::Http(http) => http.send(prompt, stop).await,
+        }
+    }
+
+    /// The engine, for step statistics, when the target runs in this process.
+    pub fn engine(&self) -> Option<&Engine> {
+        match self {
+            Target::InProcess(engine) => Some(engine),
+            Target::Http(_) => None,
+        }
+    }
+}
+
+/// A record for a request that failed before producing anything.
+pub fn failed(requested_tokens: usize, error: String) -> RequestRecord {
+    RequestRecord { requested_tokens, error: Some(error), ..Default::default() }
+}
+
+/// The request every target gets for a prompt: greedy, EOS ignored, exactly `output_len` tokens.
+pub fn greedy_request(ids: Vec<u32>, output_len: usize) -> Request {
+    Request {
+        prompt_ids: ids,
+        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+        stop: StopConditions { max_tokens: Some(output_len), stop_strings: Vec::new(), ignore_eos: true },
+    }
+}
+
+fn in_process(engine: &Engine, prompt: &Prompt, stop: &AtomicBool) -> RequestRecord {
+    let started = Instant::now();
+    let mut record = RequestRecord { requested_tokens: prompt.output_len, ..Default::default() };
+    let handle = match engine.submit(greedy_request(prompt.ids.clone(), prompt.output_len)) {
+        Ok(handle) => handle,
+        Err(e) => return failed(prompt.output_len, e.to_string()),
+    };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            handle.cancel();
+        }
+        let event = match handle.recv_timeout(STOP_POLL) {
+            Ok(event) => event,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                record.error = Some("the engine stopped".into());
+                break;
+            }
+        };
+        match event {
+            Event::Token { text, .. } => {
+                record.chunk_times.push(started.elapsed().as_secs_f64());
+                record.text.push_str(&text);
+            }
+            Event::Done(c) => {
+                record.prompt_tokens = c.usage.prompt_tokens;
+                record.completion_tokens = c.usage.completion_tokens;
+                record.cached_tokens = Some(c.usage.cached_tokens);
+                if c.finish_reason == crate::engine::FinishReason::Cancelled {
+                    record.error = Some("cancelled".into());
+                }
+                break;
+            }
+            Event::Error(message) => {
+                record.error = Some(message);
+                break;
+            }
+        }
+    }
+    record.e2e = started.elapsed().as_secs_f64();
+    record
+}
