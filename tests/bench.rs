@@ -172,3 +172,25 @@ fn shipped_scenarios_parse_and_resolve() {
     names.sort();
     assert_eq!(names, ["chat-mix", "decode-sweep", "long-prefill", "prefix-share", "single-stream"]);
 }
+
+#[test]
+fn ctrl_c_prints_what_finished_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    common::smollm2_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bodega"))
+        .args(["-v", "bench", "smollm2-135m", "--kv-memory", "128M", "--warmup", "1"])
+        .args(["--concurrency", "1,2", "--num-prompts", "2", "--input-len", "8", "--output-len", "4"])
+        .args(["--repeat", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Wait until the first measured run finished, then press Ctrl-C.
+    lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("A c=1:")).expect("a progress line");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("c=1"), "the finished runs are printed: {stdout}");
+}

@@ -7,7 +7,7 @@ use super::metrics::{RequestRecord, Summary};
 use super::plan::{Load, Mode, Plan, RowPlan, WorkloadSpec};
 use super::report::{CheckResult, ClassResult, DepthRun, Mismatch, RunResult};
 use super::resources::Sampler;
-use super::target::Target;
+use super::target::{Target, CANCELLED};
 use super::workload::{self, Prompt};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -162,7 +162,11 @@ impl Bench {
             Target::Http(_) => None,
         };
         let seed = self.plan.seed.wrapping_add(repeat as u64);
-        let (records, duration) = load::run(target, classes, seed, stop, on_done).await;
+        let (mut records, duration) = load::run(target, classes, seed, stop, on_done).await;
+        if stop.load(Ordering::Relaxed) {
+            // Requests cut short by Ctrl-C did not fail; they are left out rather than counted.
+            records.retain(|r| r.error.as_deref() != Some(CANCELLED));
+        }
         let engine = sampler.zip(target.engine()).map(|(s, e)| s.finish(e, self.peak_bandwidth_gb_s));
         let results = row
             .classes

@@ -4,7 +4,7 @@
 //! that token counts come from the server's `usage`, never from counting chunks.
 
 use super::metrics::RequestRecord;
-use super::target::{failed, STOP_POLL};
+use super::target::{failed, CANCELLED, STOP_POLL};
 use super::workload::{Prompt, PromptBody};
 use crate::error::{Error, Result};
 use futures_util::StreamExt;
@@ -133,7 +133,7 @@ impl HttpTarget {
         let mut bytes = response.bytes_stream();
         loop {
             if stop.load(Ordering::Relaxed) {
-                return Err("cancelled".into());
+                return Err(CANCELLED.into());
             }
             let piece = match tokio::time::timeout(STOP_POLL, bytes.next()).await {
                 Err(_) => continue,

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// How often a waiting request looks at the stop flag (Ctrl-C).
 pub const STOP_POLL: Duration = Duration::from_millis(50);
 
+/// The error of a request that Ctrl-C cut short.
+pub const CANCELLED: &str = "cancelled";
+
 /// A benchmark target.
 pub enum Target {
     InProcess(Arc<Engine>),
@@ -86,7 +89,7 @@ fn in_process(engine: &Engine, prompt: &Prompt, stop: &AtomicBool) -> RequestRec
                 record.completion_tokens = c.usage.completion_tokens;
                 record.cached_tokens = Some(c.usage.cached_tokens);
                 if c.finish_reason == crate::engine::FinishReason::Cancelled {
-                    record.error = Some("cancelled".into());
+                    record.error = Some(CANCELLED.into());
                 }
                 break;
             }

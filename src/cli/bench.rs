@@ -232,10 +232,10 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
         let progress = progress.clone();
         Arc::new(move || progress.inc(1))
     };
-    let on_run = |line: &str| {
-        if global.verbose {
-            progress.println(line);
-        }
+    let on_run = |line: &str| match global.verbose {
+        true if progress.is_hidden() => eprintln!("{line}"),
+        true => progress.println(line),
+        false => {}
     };
     let stop = interrupt_flag();
     let outcome = bench.run(&stop, &on_done, &on_run).await;
