@@ -36,7 +36,8 @@ fn assert_valid(report: &Value) {
     let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench-schema.json");
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
-    let errors: Vec<String> = validator.iter_errors(report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "report does not match docs/bench-schema.json:\n{}", errors.join("\n"));
 }
 

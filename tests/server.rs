@@ -5,8 +5,8 @@ mod common;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::process::Command;
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "test-key";

@@ -95,8 +95,8 @@ impl Settings {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Bench(format!("cannot read scenario {}: {e}", path.display())))?;
-        let mut settings: Settings = toml::from_str(&text)
-            .map_err(|e| Error::Bench(format!("scenario {}: {}", path.display(), e.message())))?;
+        let mut settings: Settings =
+            toml::from_str(&text).map_err(|e| Error::Bench(format!("scenario {}: {}", path.display(), e.message())))?;
         // Dataset paths in a scenario are relative to the scenario file.
         let base = path.parent().unwrap_or(Path::new("."));
         let datasets = std::iter::once(&mut settings.dataset).chain(settings.class.iter_mut().map(|c| &mut c.dataset));

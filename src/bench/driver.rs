@@ -51,13 +51,20 @@ impl Bench {
                 let prompts: u64 = rows.iter().flat_map(|r| &r.classes).map(|c| c.num_prompts as u64).sum();
                 prompts * self.plan.repeat as u64 * if self.check { 2 } else { 1 }
             }
-            Mode::SingleStream { depths, .. } => depths.iter().map(|&d| if d > 0 { 3 } else { 2 }).sum::<u64>() * self.plan.repeat as u64,
+            Mode::SingleStream { depths, .. } => {
+                depths.iter().map(|&d| if d > 0 { 3 } else { 2 }).sum::<u64>() * self.plan.repeat as u64
+            }
         };
         targets * (per_target + self.plan.warmup as u64)
     }
 
     /// Runs everything; `on_done` is called per finished request; `on_run` per finished run.
-    pub async fn run(&self, stop: &Arc<AtomicBool>, on_done: &OnDone, on_run: &(dyn Fn(&str) + Sync)) -> Result<Outcome> {
+    pub async fn run(
+        &self,
+        stop: &Arc<AtomicBool>,
+        on_done: &OnDone,
+        on_run: &(dyn Fn(&str) + Sync),
+    ) -> Result<Outcome> {
         let mut outcome = Outcome::default();
         for (label, target) in &self.targets {
             self.warm_up(target, stop, on_done).await?;
@@ -74,7 +81,11 @@ impl Bench {
                                 return Ok(outcome);
                             }
                             let run = self.run_row(label, target, row, repeat, &prompts, stop, on_done).await;
-                            on_run(&format!("{label} {}: {} requests", row.label, run.classes.iter().map(|c| c.summary.completed).sum::<usize>()));
+                            on_run(&format!(
+                                "{label} {}: {} requests",
+                                row.label,
+                                run.classes.iter().map(|c| c.summary.completed).sum::<usize>()
+                            ));
                             outcome.runs.push(run);
                         }
                     }
@@ -89,15 +100,20 @@ impl Bench {
                                 return Ok(outcome);
                             }
                             let seed = seed_of(self.plan.seed ^ DEPTH_SALT, depth, repeat);
-                            let run = match self.depth_run(label, target, workload, depth, repeat, seed, stop, on_done).await {
-                                Ok(run) => run,
-                                Err(_) if stop.load(Ordering::Relaxed) => {
-                                    outcome.interrupted = true;
-                                    return Ok(outcome);
-                                }
-                                Err(e) => return Err(e),
-                            };
-                            on_run(&format!("{label} depth {depth}: pp {:.1} tok/s, tg {:.1} tok/s", run.prefill_tok_s, run.decode_tok_s));
+                            let run =
+                                match self.depth_run(label, target, workload, depth, repeat, seed, stop, on_done).await
+                                {
+                                    Ok(run) => run,
+                                    Err(_) if stop.load(Ordering::Relaxed) => {
+                                        outcome.interrupted = true;
+                                        return Ok(outcome);
+                                    }
+                                    Err(e) => return Err(e),
+                                };
+                            on_run(&format!(
+                                "{label} depth {depth}: pp {:.1} tok/s, tg {:.1} tok/s",
+                                run.prefill_tok_s, run.decode_tok_s
+                            ));
                             outcome.single_stream.push(run);
                         }
                     }
@@ -116,14 +132,10 @@ impl Bench {
             Mode::Load { rows } => rows[0].classes[0].workload.input_len,
             Mode::SingleStream { workload, .. } => workload.input_len,
         };
-        let spec = WorkloadSpec {
-            input_len,
-            output_len: WARMUP_OUTPUT_LEN,
-            range_ratio: 0.0,
-            prefix_len: 0,
-            dataset: None,
-        };
-        let prompts = Arc::new(workload::build(&spec, self.plan.warmup, &self.tokenizer, self.plan.seed ^ WARMUP_SALT)?);
+        let spec =
+            WorkloadSpec { input_len, output_len: WARMUP_OUTPUT_LEN, range_ratio: 0.0, prefix_len: 0, dataset: None };
+        let prompts =
+            Arc::new(workload::build(&spec, self.plan.warmup, &self.tokenizer, self.plan.seed ^ WARMUP_SALT)?);
         let classes = vec![ClassLoad { prompts, load: Load::Closed { concurrency: self.plan.warmup } }];
         let (records, _) = load::run(target, classes, 0, stop, on_done).await;
         match records.iter().find_map(|r| r.error.as_ref()) {
@@ -136,7 +148,9 @@ impl Bench {
         row.classes
             .iter()
             .enumerate()
-            .map(|(i, c)| Ok(Arc::new(workload::build(&c.workload, c.num_prompts, &self.tokenizer, seed.wrapping_add(i as u64))?)))
+            .map(|(i, c)| {
+                Ok(Arc::new(workload::build(&c.workload, c.num_prompts, &self.tokenizer, seed.wrapping_add(i as u64))?))
+            })
             .collect()
     }
 
@@ -151,12 +165,8 @@ impl Bench {
         stop: &Arc<AtomicBool>,
         on_done: &OnDone,
     ) -> RunResult {
-        let classes: Vec<ClassLoad> = row
-            .classes
-            .iter()
-            .zip(prompts)
-            .map(|(c, p)| ClassLoad { prompts: p.clone(), load: c.load })
-            .collect();
+        let classes: Vec<ClassLoad> =
+            row.classes.iter().zip(prompts).map(|(c, p)| ClassLoad { prompts: p.clone(), load: c.load }).collect();
         let sampler = match target.as_ref() {
             Target::InProcess(engine) => Some(Sampler::start(engine.clone())),
             Target::Http(_) => None,
@@ -199,7 +209,8 @@ impl Bench {
         for (class, one) in classes.enumerate() {
             let (alone, _) = load::run(target, vec![one], 0, stop, on_done).await;
             for a in alone.iter().filter(|r| r.error.is_none()) {
-                let Some(l) = loaded.iter().find(|l| l.class == class && l.prompt_index == a.prompt_index && l.error.is_none())
+                let Some(l) =
+                    loaded.iter().find(|l| l.class == class && l.prompt_index == a.prompt_index && l.error.is_none())
                 else {
                     continue;
                 };
@@ -230,8 +241,10 @@ impl Bench {
         on_done: &OnDone,
     ) -> Result<DepthRun> {
         let depth_seed = seed_of(self.plan.seed ^ DEPTH_SALT, depth, usize::MAX);
-        let prompts = workload::depth_prompts(&self.tokenizer, depth, spec.input_len, spec.output_len, depth_seed, seed)?;
-        let one = |p: &Prompt| vec![ClassLoad { prompts: Arc::new(vec![p.clone()]), load: Load::Closed { concurrency: 1 } }];
+        let prompts =
+            workload::depth_prompts(&self.tokenizer, depth, spec.input_len, spec.output_len, depth_seed, seed)?;
+        let one =
+            |p: &Prompt| vec![ClassLoad { prompts: Arc::new(vec![p.clone()]), load: Load::Closed { concurrency: 1 } }];
         let context_tokens = match &prompts.warm {
             Some(warm) => {
                 let (r, _) = load::run(target, one(warm), 0, stop, on_done).await;

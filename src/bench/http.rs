@@ -49,9 +49,12 @@ impl HttpTarget {
             .pool_max_idle_per_host(1024)
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        let listed = client.get(format!("{base}/v1/models")).timeout(CONNECT_TIMEOUT).send().await.map_err(|e| {
-            bad(format!("cannot connect ({}); is the server running?", root_cause(&e)))
-        })?;
+        let listed = client
+            .get(format!("{base}/v1/models"))
+            .timeout(CONNECT_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| bad(format!("cannot connect ({}); is the server running?", root_cause(&e))))?;
         if !listed.status().is_success() {
             let status = listed.status();
             let hint = if status.as_u16() == 401 { " (give the server's key with --api-key)" } else { "" };
@@ -144,7 +147,8 @@ impl HttpTarget {
                 if data == "[DONE]" {
                     return finish(record, usage);
                 }
-                let chunk: Value = serde_json::from_str(&data).map_err(|e| format!("bad stream chunk ({e}): {data}"))?;
+                let chunk: Value =
+                    serde_json::from_str(&data).map_err(|e| format!("bad stream chunk ({e}): {data}"))?;
                 if let Some(message) = chunk["error"]["message"].as_str() {
                     return Err(message.to_string());
                 }

@@ -35,7 +35,8 @@ pub async fn run(
     let records = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (class, c) in classes.into_iter().enumerate() {
-        let ctx = Ctx { target: target.clone(), stop: stop.clone(), records: records.clone(), on_done: on_done.clone() };
+        let ctx =
+            Ctx { target: target.clone(), stop: stop.clone(), records: records.clone(), on_done: on_done.clone() };
         tasks.push(tokio::spawn(offer(ctx, class, c, start, seed.wrapping_add(class as u64))));
     }
     for task in tasks {

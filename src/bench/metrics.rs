@@ -175,7 +175,9 @@ impl From<Summary> for serde_json::Map<String, serde_json::Value> {
             map.extend(scalars);
         }
         for (name, d) in [("ttft", s.ttft_ms), ("tpot", s.tpot_ms), ("itl", s.itl_ms), ("e2el", s.e2el_ms)] {
-            for (stat, value) in [("mean", d.mean), ("std", d.std), ("median", d.median), ("p90", d.p90), ("p99", d.p99)] {
+            for (stat, value) in
+                [("mean", d.mean), ("std", d.std), ("median", d.median), ("p90", d.p90), ("p99", d.p99)]
+            {
                 map.insert(format!("{stat}_{name}_ms"), json!(value));
             }
         }

@@ -111,7 +111,9 @@ impl Plan {
                 .class
                 .iter()
                 .enumerate()
-                .map(|(i, c)| class_in_mix(i, &ClassSettings { name: None, ..s.workload() }.overridden_by(c.clone()), burstiness))
+                .map(|(i, c)| {
+                    class_in_mix(i, &ClassSettings { name: None, ..s.workload() }.overridden_by(c.clone()), burstiness)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let label = s.name.clone().unwrap_or_else(|| "mix".into());
             Mode::Load { rows: vec![RowPlan { label, classes }] }
@@ -134,7 +136,14 @@ impl Plan {
                 (cs, None) => cs
                     .unwrap_or_else(|| vec![1])
                     .into_iter()
-                    .map(|c| row(format!("c={c}"), &workload, Load::Closed { concurrency: c }, s.num_prompts.unwrap_or(10 * c)))
+                    .map(|c| {
+                        row(
+                            format!("c={c}"),
+                            &workload,
+                            Load::Closed { concurrency: c },
+                            s.num_prompts.unwrap_or(10 * c),
+                        )
+                    })
                     .collect(),
             };
             Mode::Load { rows }
@@ -156,7 +165,6 @@ impl Plan {
         })
     }
 }
-
 
 fn row(label: String, workload: &WorkloadSpec, load: Load, num_prompts: usize) -> RowPlan {
     let class = ClassPlan { name: "all".into(), workload: workload.clone(), load, num_prompts };
@@ -263,7 +271,8 @@ mod tests {
             ..Default::default()
         };
         assert!(Plan::resolve(both).unwrap_err().to_string().contains("not both"));
-        let depth = Settings { depth: Some(OneOrMany::One(0)), concurrency: Some(OneOrMany::One(2)), ..Default::default() };
+        let depth =
+            Settings { depth: Some(OneOrMany::One(0)), concurrency: Some(OneOrMany::One(2)), ..Default::default() };
         assert!(Plan::resolve(depth).is_err());
         let zero = Settings { concurrency: Some(OneOrMany::One(0)), ..Default::default() };
         assert!(Plan::resolve(zero).is_err());

@@ -221,8 +221,11 @@ fn aggregate_rows(runs: &[RunResult]) -> Vec<RowAggregate> {
                 .flat_map(|r| r.classes.iter().filter(|c| c.name == class))
                 .map(|c| serde_json::to_value(&c.summary).unwrap_or_default())
                 .collect();
-            let engines: Vec<Value> =
-                matching.iter().filter_map(|r| r.engine.as_ref()).map(|e| serde_json::to_value(e).unwrap_or_default()).collect();
+            let engines: Vec<Value> = matching
+                .iter()
+                .filter_map(|r| r.engine.as_ref())
+                .map(|e| serde_json::to_value(e).unwrap_or_default())
+                .collect();
             let (mean, std) = mean_and_std(&summaries);
             let engine = (!engines.is_empty()).then(|| mean_and_std(&engines));
             RowAggregate {
@@ -290,7 +293,8 @@ mod tests {
 
     #[test]
     fn mean_and_std_walk_nested_numbers() {
-        let (m, s) = mean_and_std(&[json!({"a": 1.0, "b": {"c": 2}, "d": null}), json!({"a": 3.0, "b": {"c": 2}, "d": 5})]);
+        let (m, s) =
+            mean_and_std(&[json!({"a": 1.0, "b": {"c": 2}, "d": null}), json!({"a": 3.0, "b": {"c": 2}, "d": 5})]);
         assert_eq!(m, json!({"a": 2.0, "b": {"c": 2.0}, "d": null}));
         assert_eq!(s, json!({"a": 1.0, "b": {"c": 0.0}, "d": null}));
     }

@@ -206,7 +206,11 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
                 url: None,
                 model: loaded.path.display().to_string(),
                 quant: loaded.quant.clone(),
-                device: Some(format!("{} ({} threads)", crate::device::describe(global.device), rayon::current_num_threads())),
+                device: Some(format!(
+                    "{} ({} threads)",
+                    crate::device::describe(global.device),
+                    rayon::current_num_threads()
+                )),
                 engine: serde_json::to_value(&args.engine).ok(),
             });
             targets.push(("A".to_string(), Arc::new(Target::InProcess(Arc::new(loaded.engine)))));
@@ -273,8 +277,9 @@ fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} requests (ETA {eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} requests (ETA {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
@@ -397,7 +402,9 @@ fn load_table(report: &Report) -> Table {
             cells.push(cell(row.repeats, s, pointer, decimals));
         }
         let hit = row.mean.get("prefix_cache_hit_rate").and_then(Value::as_f64);
-        cells.push(Cell::new(hit.map_or("—".into(), |h| format!("{:.0}%", h * 100.0))).set_alignment(CellAlignment::Right));
+        cells.push(
+            Cell::new(hit.map_or("—".into(), |h| format!("{:.0}%", h * 100.0))).set_alignment(CellAlignment::Right),
+        );
         if slo {
             cells.push(cell(row.repeats, s, "/request_goodput", 2));
         }

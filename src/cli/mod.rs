@@ -2,6 +2,8 @@
 //! become an `error:` line, a `hint:` line and an exit code (conventions.md).
 
 mod bench;
+mod chat;
+mod generation;
 mod load;
 mod output;
 mod run;
@@ -70,9 +72,12 @@ enum Command {
     /// Generate a reply to one prompt (from the argument or piped stdin) and stream it to stdout.
     #[command(after_help = run::EXAMPLES)]
     Run(run::RunArgs),
+    /// Chat with the model at the terminal (history, multi-line input, /commands); one reply when piped.
+    #[command(after_help = chat::EXAMPLES)]
+    Chat(chat::ChatArgs),
     /// Measure throughput and latency: in-process or any OpenAI-compatible server, sweeps, scenarios.
     #[command(after_help = bench::EXAMPLES)]
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, models, metrics).
     #[command(name = "serve-lite", after_help = serve::EXAMPLES)]
     ServeLite(serve::ServeArgs),
@@ -108,7 +113,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args, &cli.global),
         Command::ServeLite(args) => serve::run(args, &cli.global),
-        Command::Bench(args) => bench::run(args, &cli.global),
+        Command::Bench(args) => bench::run(*args, &cli.global),
+        Command::Chat(args) => chat::run(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
