@@ -61,6 +61,25 @@ impl Rows32 {
     pub(crate) fn offset(&self, slot: usize) -> &[f32] {
         &self.offset[slot * self.k / 32..][..self.k / 32]
     }
+
+    /// Unpacks blocks of `B` bytes whose scale is the f16 at their start: `unpack` writes a block's
+    /// codes and returns its offset.
+    #[inline(always)]
+    fn load_blocks<const B: usize>(
+        &mut self,
+        slot: usize,
+        bytes: &[u8],
+        unpack: impl Fn(&[u8; B], &mut [u8; 32]) -> f32,
+    ) {
+        let (k, nb) = (self.k, self.k / 32);
+        let codes = self.codes[slot * k..][..k].chunks_exact_mut(32);
+        let params = self.scale[slot * nb..][..nb].iter_mut().zip(&mut self.offset[slot * nb..][..nb]);
+        for ((block, codes), (scale, offset)) in bytes.chunks_exact(B).zip(codes).zip(params) {
+            let block: &[u8; B] = block.try_into().expect("one block");
+            *scale = read_f16(block, 0);
+            *offset = unpack(block, codes.try_into().expect("32-byte chunk"));
+        }
+    }
 }
 
 impl Unpacked for Rows32 {
@@ -75,35 +94,27 @@ impl Unpacked for Rows32 {
     }
 
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
-        let (k, nb) = (self.k, self.k / 32);
         self.signed = format.signed_codes();
-        let codes = self.codes[slot * k..][..k].chunks_exact_mut(32);
-        let params = self.scale[slot * nb..][..nb].iter_mut().zip(&mut self.offset[slot * nb..][..nb]);
-        let blocks = bytes.chunks_exact(format.block_bytes());
-        for ((block, codes), (scale, offset)) in blocks.zip(codes).zip(params) {
-            let codes: &mut [u8; 32] = codes.try_into().expect("32-byte chunk");
-            let d = read_f16(block, 0);
-            *scale = d;
-            *offset = match format {
-                QuantFormat::Q4_0 => {
-                    nibbles(&block[2..18], codes);
-                    -8.0 * d
-                }
-                QuantFormat::Q4_1 => {
-                    nibbles(&block[4..20], codes);
-                    read_f16(block, 2)
-                }
-                QuantFormat::Q5_0 => {
-                    nibbles(&block[6..22], codes);
-                    fifth_bits(u32::from_le_bytes([block[2], block[3], block[4], block[5]]), codes);
-                    -16.0 * d
-                }
-                QuantFormat::Q8_0 => {
-                    codes.copy_from_slice(&block[2..34]);
-                    0.0
-                }
-                QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q6K => unreachable!("not a 32-block format"),
-            };
+        // One loop per format, so that the block loop has no branch and vectorizes.
+        match format {
+            QuantFormat::Q4_0 => self.load_blocks::<18>(slot, bytes, |block, codes| {
+                nibbles(&block[2..18], codes);
+                -8.0 * read_f16(block, 0)
+            }),
+            QuantFormat::Q4_1 => self.load_blocks::<20>(slot, bytes, |block, codes| {
+                nibbles(&block[4..20], codes);
+                read_f16(block, 2)
+            }),
+            QuantFormat::Q5_0 => self.load_blocks::<22>(slot, bytes, |block, codes| {
+                nibbles(&block[6..22], codes);
+                fifth_bits(block[2..6].try_into().expect("4 high-bit bytes"), codes);
+                -16.0 * read_f16(block, 0)
+            }),
+            QuantFormat::Q8_0 => self.load_blocks::<34>(slot, bytes, |block, codes| {
+                codes.copy_from_slice(&block[2..34]);
+                0.0
+            }),
+            QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q6K => unreachable!("not a 32-block format"),
         }
     }
 
@@ -130,10 +141,19 @@ fn nibbles(qs: &[u8], codes: &mut [u8; 32]) {
 
 /// Q5_0 keeps bit 4 of code i in bit i of a little-endian u32.
 #[inline(always)]
-fn fifth_bits(qh: u32, codes: &mut [u8; 32]) {
-    for (i, c) in codes.iter_mut().enumerate() {
-        *c |= (((qh >> i) & 1) << 4) as u8;
+fn fifth_bits(qh: &[u8; 4], codes: &mut [u8; 32]) {
+    for (codes, &byte) in codes.chunks_exact_mut(8).zip(qh) {
+        let low = u64::from_le_bytes(codes.try_into().expect("8 codes"));
+        codes.copy_from_slice(&(low | (bits_to_bytes(byte) << 4)).to_le_bytes());
     }
+}
+
+/// The bits of `b` as eight bytes of 0 or 1 (bit i → byte i), without branches: a nibble times
+/// 0x204081 puts its bit i at bit 8i, and the four shifted copies never overlap (so never carry).
+#[inline(always)]
+fn bits_to_bytes(b: u8) -> u64 {
+    let spread = |nibble: u8| (u64::from(nibble) * 0x0020_4081) & 0x0101_0101;
+    spread(b & 0x0f) | (spread(b >> 4) << 32)
 }
 
 impl Rows256 {
@@ -160,6 +180,32 @@ impl Rows256 {
     pub(crate) fn dmin(&self, slot: usize) -> &[f32] {
         &self.dmin[slot * self.k / 256..][..self.k / 256]
     }
+
+    /// Unpacks super-blocks of `B` bytes: `unpack` writes one's codes, scales and minimums and
+    /// returns its `(d, dmin)`.
+    #[inline(always)]
+    fn load_blocks<const B: usize>(
+        &mut self,
+        slot: usize,
+        bytes: &[u8],
+        unpack: impl Fn(&[u8; B], &mut [u8; 256], &mut [i16; 16], &mut [i16; 16]) -> (f32, f32),
+    ) {
+        let (k, subs, supers) = (self.k, self.k / 16, self.k / 256);
+        let codes = self.codes[slot * k..][..k].chunks_exact_mut(256);
+        let scales = self.scale16[slot * subs..][..subs].chunks_exact_mut(16);
+        let mins = self.min16[slot * subs..][..subs].chunks_exact_mut(16);
+        let floats = self.d[slot * supers..][..supers].iter_mut().zip(&mut self.dmin[slot * supers..][..supers]);
+        for ((((block, codes), scale16), min16), (d, dmin)) in
+            bytes.chunks_exact(B).zip(codes).zip(scales).zip(mins).zip(floats)
+        {
+            (*d, *dmin) = unpack(
+                block.try_into().expect("one super-block"),
+                codes.try_into().expect("256 codes"),
+                scale16.try_into().expect("16 scales"),
+                min16.try_into().expect("16 minimums"),
+            );
+        }
+    }
 }
 
 impl Unpacked for Rows256 {
@@ -176,45 +222,32 @@ impl Unpacked for Rows256 {
     }
 
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
-        let (k, subs, supers) = (self.k, self.k / 16, self.k / 256);
-        let codes = self.codes[slot * k..][..k].chunks_exact_mut(256);
-        let scales = self.scale16[slot * subs..][..subs].chunks_exact_mut(16);
-        let mins = self.min16[slot * subs..][..subs].chunks_exact_mut(16);
-        let floats = self.d[slot * supers..][..supers].iter_mut().zip(&mut self.dmin[slot * supers..][..supers]);
-        let blocks = bytes.chunks_exact(format.block_bytes());
-        for ((((block, codes), scale16), min16), (d, dmin)) in blocks.zip(codes).zip(scales).zip(mins).zip(floats) {
-            let codes: &mut [u8; 256] = codes.try_into().expect("256-byte chunk");
-            let (scale16, min16): (&mut [i16; 16], &mut [i16; 16]) =
-                (scale16.try_into().expect("16 scales"), min16.try_into().expect("16 minimums"));
-            match format {
-                QuantFormat::Q4K | QuantFormat::Q5K => {
-                    *d = read_f16(block, 0);
-                    *dmin = -read_f16(block, 2);
-                    let packed: &[u8; 12] = block[4..16].try_into().expect("12 scale bytes");
-                    for j in 0..8 {
-                        let (scale, min) = scale_min_k4(j, packed);
-                        scale16[2 * j..2 * j + 2].fill(i16::from(scale));
-                        min16[2 * j..2 * j + 2].fill(i16::from(min));
-                    }
-                    if format == QuantFormat::Q4K {
-                        k_nibbles(&block[16..144], codes);
-                    } else {
-                        k_nibbles(&block[48..176], codes);
-                        q5k_fifth_bits(&block[16..48], codes);
-                    }
+        // One loop per format, so that the block loop has no branch and vectorizes.
+        match format {
+            QuantFormat::Q4K => self.load_blocks::<144>(slot, bytes, |block, codes, scale16, min16| {
+                k_nibbles(block[16..144].try_into().expect("128 code bytes"), codes);
+                scales_mins_k4(block, scale16, min16)
+            }),
+            QuantFormat::Q5K => self.load_blocks::<176>(slot, bytes, |block, codes, scale16, min16| {
+                k_nibbles(block[48..176].try_into().expect("128 code bytes"), codes);
+                q5k_fifth_bits(block[16..48].try_into().expect("32 high-bit bytes"), codes);
+                scales_mins_k4(block, scale16, min16)
+            }),
+            QuantFormat::Q6K => self.load_blocks::<210>(slot, bytes, |block, codes, scale16, min16| {
+                q6k_codes(
+                    block[0..128].try_into().expect("low bits"),
+                    block[128..192].try_into().expect("high bits"),
+                    codes,
+                );
+                for j in 0..16 {
+                    scale16[j] = i16::from(block[192 + j] as i8);
+                    min16[j] = scale16[j];
                 }
-                QuantFormat::Q6K => {
-                    q6k_codes(&block[0..128], &block[128..192], codes);
-                    for (j, (s, m)) in scale16.iter_mut().zip(min16.iter_mut()).enumerate() {
-                        *s = i16::from(block[192 + j] as i8);
-                        *m = *s;
-                    }
-                    *d = read_f16(block, 208);
-                    *dmin = -32.0 * *d;
-                }
-                QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => {
-                    unreachable!("not a super-block format")
-                }
+                let d = read_f16(block, 208);
+                (d, -32.0 * d)
+            }),
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => {
+                unreachable!("not a super-block format")
             }
         }
     }
@@ -229,6 +262,21 @@ impl Unpacked for Rows256 {
             }
         }
     }
+}
+
+/// Q4_K/Q5_K: `d`, `dmin` and the eight 6-bit scales and minimums, each repeated for both 16-weight
+/// halves of its sub-block; the minimum's sign goes into `dmin`.
+#[inline(always)]
+fn scales_mins_k4(block: &[u8], scale16: &mut [i16; 16], min16: &mut [i16; 16]) -> (f32, f32) {
+    let packed: &[u8; 12] = block[4..16].try_into().expect("12 scale bytes");
+    for j in 0..8 {
+        let (scale, min) = scale_min_k4(j, packed);
+        scale16[2 * j] = i16::from(scale);
+        scale16[2 * j + 1] = i16::from(scale);
+        min16[2 * j] = i16::from(min);
+        min16[2 * j + 1] = i16::from(min);
+    }
+    (read_f16(block, 0), -read_f16(block, 2))
 }
 
 /// Scale and minimum of sub-block `j` of Q4_K/Q5_K: six bits each, packed into 12 bytes (the first
@@ -247,22 +295,21 @@ fn scale_min_k4(j: usize, packed: &[u8; 12]) -> (u8, u8) {
 
 /// Q4_K/Q5_K nibbles: each 32 bytes hold 64 weights, the low nibbles first.
 #[inline(always)]
-fn k_nibbles(qs: &[u8], codes: &mut [u8; 256]) {
-    for (q, out) in qs.chunks_exact(32).zip(codes.chunks_exact_mut(64)) {
+fn k_nibbles(qs: &[u8; 128], codes: &mut [u8; 256]) {
+    for c in 0..4 {
         for l in 0..32 {
-            out[l] = q[l] & 0x0f;
-            out[l + 32] = q[l] >> 4;
+            codes[64 * c + l] = qs[32 * c + l] & 0x0f;
+            codes[64 * c + 32 + l] = qs[32 * c + l] >> 4;
         }
     }
 }
 
 /// Q5_K's fifth bits: bit `i` of `qh[l]` belongs to weight `32 i + l`.
 #[inline(always)]
-fn q5k_fifth_bits(qh: &[u8], codes: &mut [u8; 256]) {
-    let qh: &[u8; 32] = qh.try_into().expect("32 high-bit bytes");
-    for (i, out) in codes.chunks_exact_mut(32).enumerate() {
+fn q5k_fifth_bits(qh: &[u8; 32], codes: &mut [u8; 256]) {
+    for i in 0..8 {
         for l in 0..32 {
-            out[l] |= ((qh[l] >> i) & 1) << 4;
+            codes[32 * i + l] |= ((qh[l] >> i) & 1) << 4;
         }
     }
 }
@@ -271,13 +318,14 @@ fn q5k_fifth_bits(qh: &[u8], codes: &mut [u8; 256]) {
 /// weight `32 q + l` of the half gets nibble `l` (q even) or `l + 32` (q odd) of the low bytes, low
 /// nibble for q < 2, and bits `2 q, 2 q + 1` of high byte `l`.
 #[inline(always)]
-fn q6k_codes(ql: &[u8], qh: &[u8], codes: &mut [u8; 256]) {
-    for ((ql, qh), out) in ql.chunks_exact(64).zip(qh.chunks_exact(32)).zip(codes.chunks_exact_mut(128)) {
+fn q6k_codes(ql: &[u8; 128], qh: &[u8; 64], codes: &mut [u8; 256]) {
+    for h in 0..2 {
         for l in 0..32 {
-            out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
-            out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
-            out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-            out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+            let (lo, hi, high) = (ql[64 * h + l], ql[64 * h + l + 32], qh[32 * h + l]);
+            codes[128 * h + l] = (lo & 0x0f) | ((high & 3) << 4);
+            codes[128 * h + l + 32] = (hi & 0x0f) | (((high >> 2) & 3) << 4);
+            codes[128 * h + l + 64] = (lo >> 4) | (((high >> 4) & 3) << 4);
+            codes[128 * h + l + 96] = (hi >> 4) | (((high >> 6) & 3) << 4);
         }
     }
 }
