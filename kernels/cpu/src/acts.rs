@@ -1,6 +1,7 @@
 //! Activations quantized to 8 bits, once per matmul call, and reused against every weight row.
 //! Each block gets a symmetric scale `amax / 127` and codes rounded to nearest (ties to even) in
-//! -127..=127; the block sums let the kernels apply weight offsets and minimums without touching codes.
+//! -127..=127; the block sums let the kernels apply weight zero points and minimums without touching
+//! codes.
 //! A row's quantization depends only on that row, so it is the same whatever the batch.
 
 /// Activation rows quantized by blocks of 32, for the 32-block formats (like Q8_1).
@@ -8,7 +9,9 @@ pub(crate) struct Acts32 {
     k: usize,
     qs: Vec<i8>,
     scale: Vec<f32>,
-    /// `scale * Σ codes` per block: the block's sum as the kernels see it, for weight offsets.
+    /// `Σ codes` per block, for weight zero points.
+    isum: Vec<i32>,
+    /// `scale * Σ codes` per block, for weight minimums.
     sum: Vec<f32>,
 }
 
@@ -39,11 +42,14 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
 impl Acts32 {
     /// Quantizes `m` rows of `k` values (`x` is `[m, k]` row-major; `k` a multiple of 32).
     pub(crate) fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        let mut acts = Self { k, qs: vec![0; m * k], scale: vec![0.0; m * k / 32], sum: vec![0.0; m * k / 32] };
-        let blocks = x.chunks_exact(32).zip(acts.qs.chunks_exact_mut(32));
-        for ((x, q), (scale, sum)) in blocks.zip(acts.scale.iter_mut().zip(&mut acts.sum)) {
+        let blocks = m * k / 32;
+        let mut acts =
+            Self { k, qs: vec![0; m * k], scale: vec![0.0; blocks], isum: vec![0; blocks], sum: vec![0.0; blocks] };
+        let stats = acts.scale.iter_mut().zip(&mut acts.isum).zip(&mut acts.sum);
+        for ((x, q), ((scale, isum), sum)) in x.chunks_exact(32).zip(acts.qs.chunks_exact_mut(32)).zip(stats) {
             *scale = quantize_block(x, q);
-            *sum = *scale * q.iter().map(|&c| i32::from(c)).sum::<i32>() as f32;
+            *isum = q.iter().map(|&c| i32::from(c)).sum();
+            *sum = *scale * *isum as f32;
         }
         acts
     }
@@ -54,6 +60,10 @@ impl Acts32 {
 
     pub(crate) fn scale(&self, row: usize) -> &[f32] {
         &self.scale[row * self.k / 32..][..self.k / 32]
+    }
+
+    pub(crate) fn isum(&self, row: usize) -> &[i32] {
+        &self.isum[row * self.k / 32..][..self.k / 32]
     }
 
     pub(crate) fn sum(&self, row: usize) -> &[f32] {

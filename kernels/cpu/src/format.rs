@@ -74,10 +74,26 @@ impl QuantFormat {
         }
     }
 
-    /// Whether codes are signed bytes with no offset (Q8_0) rather than small unsigned codes with a
-    /// per-block offset: the x86 kernels multiply the two kinds differently.
+    /// Whether codes are signed bytes (Q8_0) rather than small unsigned ones: the x86 kernels
+    /// multiply the two kinds differently.
     pub(crate) const fn signed_codes(self) -> bool {
         matches!(self, Self::Q8_0)
+    }
+
+    /// The integer every code is taken from (`w ∝ code - zero`), subtracted exactly in the integer
+    /// dot products through the activations' block sums.
+    pub(crate) const fn zero_point(self) -> i32 {
+        match self {
+            Self::Q4_0 => 8,
+            Self::Q5_0 => 16,
+            Self::Q6K => 32,
+            _ => 0,
+        }
+    }
+
+    /// Whether blocks carry a float minimum added to every weight (Q4_1, Q4_K, Q5_K).
+    pub(crate) const fn has_min(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q4K | Self::Q5K)
     }
 }
 

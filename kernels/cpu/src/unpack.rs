@@ -6,23 +6,25 @@
 use crate::f16::read_f16;
 use crate::QuantFormat;
 
-/// Unpacked rows of a 32-block format: per weight a code byte, per block of 32 a scale and an offset,
-/// so that `w = scale * code + offset` (Q8_0: the codes are signed bytes and the offset is zero).
+/// Unpacked rows of a 32-block format: per weight a code byte, per block of 32 a scale and a minimum,
+/// so that `w = scale * (code - zero) + min` (Q8_0: signed codes; Q4_0, Q5_0: a zero point and no
+/// minimum; Q4_1: a minimum).
 pub(crate) struct Rows32 {
     k: usize,
-    signed: bool,
+    format: QuantFormat,
     codes: Vec<u8>,
     scale: Vec<f32>,
-    offset: Vec<f32>,
+    min: Vec<f32>,
 }
 
 /// Unpacked rows of a 256-weight super-block format: per weight a code byte (0..=63), per sub-block of
 /// 16 an integer scale and an integer minimum, per super-block two floats, so that
-/// `w = d * scale16 * code + dmin * min16`. Q4_K and Q5_K repeat their 32-weight sub-block values over
-/// both halves and fold the minimum's sign into `dmin`; Q6_K's `min16` is its scale with
-/// `dmin = -32 d`, which subtracts its code offset of 32.
+/// `w = d * (scale16 * code - zero * min16) + dmin * min16`. Q4_K and Q5_K repeat their 32-weight
+/// sub-block values over both halves and fold the minimum's sign into `dmin` (zero point 0); Q6_K's
+/// `min16` is its scale, which with its zero point 32 gives `d * scale16 * (code - 32)` (`dmin` 0).
 pub(crate) struct Rows256 {
     k: usize,
+    format: QuantFormat,
     codes: Vec<u8>,
     scale16: Vec<i16>,
     min16: Vec<i16>,
@@ -45,9 +47,9 @@ impl Rows32 {
         self.k
     }
 
-    /// Whether the codes are signed bytes (Q8_0, no offsets).
-    pub(crate) fn is_signed(&self) -> bool {
-        self.signed
+    /// The format of the rows last loaded.
+    pub(crate) fn format(&self) -> QuantFormat {
+        self.format
     }
 
     pub(crate) fn codes(&self, slot: usize) -> &[u8] {
@@ -58,12 +60,12 @@ impl Rows32 {
         &self.scale[slot * self.k / 32..][..self.k / 32]
     }
 
-    pub(crate) fn offset(&self, slot: usize) -> &[f32] {
-        &self.offset[slot * self.k / 32..][..self.k / 32]
+    pub(crate) fn min(&self, slot: usize) -> &[f32] {
+        &self.min[slot * self.k / 32..][..self.k / 32]
     }
 
     /// Unpacks blocks of `B` bytes whose scale is the f16 at their start: `unpack` writes a block's
-    /// codes and returns its offset.
+    /// codes and returns its minimum.
     #[inline(always)]
     fn load_blocks<const B: usize>(
         &mut self,
@@ -73,11 +75,11 @@ impl Rows32 {
     ) {
         let (k, nb) = (self.k, self.k / 32);
         let codes = self.codes[slot * k..][..k].chunks_exact_mut(32);
-        let params = self.scale[slot * nb..][..nb].iter_mut().zip(&mut self.offset[slot * nb..][..nb]);
-        for ((block, codes), (scale, offset)) in bytes.chunks_exact(B).zip(codes).zip(params) {
+        let params = self.scale[slot * nb..][..nb].iter_mut().zip(&mut self.min[slot * nb..][..nb]);
+        for ((block, codes), (scale, min)) in bytes.chunks_exact(B).zip(codes).zip(params) {
             let block: &[u8; B] = block.try_into().expect("one block");
             *scale = read_f16(block, 0);
-            *offset = unpack(block, codes.try_into().expect("32-byte chunk"));
+            *min = unpack(block, codes.try_into().expect("32-byte chunk"));
         }
     }
 }
@@ -86,20 +88,20 @@ impl Unpacked for Rows32 {
     fn new(rows: usize, k: usize) -> Self {
         Self {
             k,
-            signed: false,
+            format: QuantFormat::Q8_0,
             codes: vec![0; rows * k],
             scale: vec![0.0; rows * k / 32],
-            offset: vec![0.0; rows * k / 32],
+            min: vec![0.0; rows * k / 32],
         }
     }
 
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
-        self.signed = format.signed_codes();
+        self.format = format;
         // One loop per format, so that the block loop has no branch and vectorizes.
         match format {
             QuantFormat::Q4_0 => self.load_blocks::<18>(slot, bytes, |block, codes| {
                 nibbles(&block[2..18], codes);
-                -8.0 * read_f16(block, 0)
+                0.0
             }),
             QuantFormat::Q4_1 => self.load_blocks::<20>(slot, bytes, |block, codes| {
                 nibbles(&block[4..20], codes);
@@ -108,7 +110,7 @@ impl Unpacked for Rows32 {
             QuantFormat::Q5_0 => self.load_blocks::<22>(slot, bytes, |block, codes| {
                 nibbles(&block[6..22], codes);
                 fifth_bits(block[2..6].try_into().expect("4 high-bit bytes"), codes);
-                -16.0 * read_f16(block, 0)
+                0.0
             }),
             QuantFormat::Q8_0 => self.load_blocks::<34>(slot, bytes, |block, codes| {
                 codes.copy_from_slice(&block[2..34]);
@@ -119,11 +121,12 @@ impl Unpacked for Rows32 {
     }
 
     fn dequantize(&self, slot: usize, out: &mut [f32]) {
-        let blocks = self.codes(slot).chunks_exact(32).zip(self.scale(slot).iter().zip(self.offset(slot)));
-        for ((codes, (&scale, &offset)), out) in blocks.zip(out.chunks_exact_mut(32)) {
+        let (signed, zero) = (self.format.signed_codes(), self.format.zero_point());
+        let blocks = self.codes(slot).chunks_exact(32).zip(self.scale(slot).iter().zip(self.min(slot)));
+        for ((codes, (&scale, &min)), out) in blocks.zip(out.chunks_exact_mut(32)) {
             for (&c, w) in codes.iter().zip(out) {
-                let code = if self.signed { f32::from(c as i8) } else { f32::from(c) };
-                *w = scale * code + offset;
+                let code = if signed { i32::from(c as i8) } else { i32::from(c) - zero };
+                *w = scale * code as f32 + min;
             }
         }
     }
@@ -159,6 +162,11 @@ fn bits_to_bytes(b: u8) -> u64 {
 impl Rows256 {
     pub(crate) fn k(&self) -> usize {
         self.k
+    }
+
+    /// The format of the rows last loaded.
+    pub(crate) fn format(&self) -> QuantFormat {
+        self.format
     }
 
     pub(crate) fn codes(&self, slot: usize) -> &[u8] {
@@ -213,6 +221,7 @@ impl Unpacked for Rows256 {
         let (subs, supers) = (rows * k / 16, rows * k / 256);
         Self {
             k,
+            format: QuantFormat::Q6K,
             codes: vec![0; rows * k],
             scale16: vec![0; subs],
             min16: vec![0; subs],
@@ -222,6 +231,7 @@ impl Unpacked for Rows256 {
     }
 
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
+        self.format = format;
         // One loop per format, so that the block loop has no branch and vectorizes.
         match format {
             QuantFormat::Q4K => self.load_blocks::<144>(slot, bytes, |block, codes, scale16, min16| {
@@ -243,8 +253,7 @@ impl Unpacked for Rows256 {
                     scale16[j] = i16::from(block[192 + j] as i8);
                     min16[j] = scale16[j];
                 }
-                let d = read_f16(block, 208);
-                (d, -32.0 * d)
+                (read_f16(block, 208), 0.0)
             }),
             QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => {
                 unreachable!("not a super-block format")
@@ -256,9 +265,10 @@ impl Unpacked for Rows256 {
         let subs = self.codes(slot).chunks_exact(16).zip(self.scale16(slot).iter().zip(self.min16(slot)));
         for (j, ((codes, (&scale, &min)), out)) in subs.zip(out.chunks_exact_mut(16)).enumerate() {
             let (d, dmin) = (self.d(slot)[j / 16], self.dmin(slot)[j / 16]);
-            let (step, base) = (d * f32::from(scale), dmin * f32::from(min));
+            let zero = self.format.zero_point();
             for (&c, w) in codes.iter().zip(out) {
-                *w = step * f32::from(c) + base;
+                let q = i32::from(scale) * i32::from(c) - zero * i32::from(min);
+                *w = d * q as f32 + dmin * f32::from(min);
             }
         }
     }

@@ -4,7 +4,7 @@
 mod support;
 
 use bodega_cpu_kernels::{KernelPath, QuantFormat, QuantMatrix};
-use support::{matrix, reference, Rng};
+use support::{magnitude, matrix, reference, Rng};
 
 const ROWS: [usize; 4] = [1, 7, 33, 100];
 const BATCHES: [usize; 4] = [1, 3, 16, 61];
@@ -68,6 +68,27 @@ fn matches_the_f32_reference_within_the_activation_bound() {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Paths differ only in float rounding: each must agree with the scalar reference to 1e-5 of the
+/// output's magnitude (`Σ |w x|`), far tighter than the activation bound above.
+#[test]
+fn every_path_agrees_with_scalar_up_to_rounding() {
+    for format in QuantFormat::ALL {
+        for k in [256, 640, 768, 2048].into_iter().filter(|k| k % format.block_len() == 0) {
+            let (w, decoded) = matrix(format, 37, k, 3);
+            let x = Rng::new(5).values(9 * k);
+            let want = run(&w, KernelPath::Scalar, &x, 9);
+            let magnitude = magnitude(&decoded, &x, 9, k);
+            for path in KernelPath::available() {
+                let got = run(&w, path, &x, 9);
+                for (i, ((&g, &r), &b)) in got.iter().zip(&want).zip(&magnitude).enumerate() {
+                    let err = f64::from(g - r).abs();
+                    assert!(err <= 1e-5 * b, "{path:?} {format} k={k} out[{i}]: {g} vs scalar {r}");
                 }
             }
         }

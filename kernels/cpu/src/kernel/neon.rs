@@ -43,23 +43,28 @@ pub(super) unsafe fn tile256(w: &Rows256, acts: &Acts256, m0: usize, mr: usize) 
     with_rows!(mr, |R| tile256_body::<{ SHAPE.0 }, R>(w, acts, m0))
 }
 
-/// 32-block formats: per block and pair, `acc += (d_w d_a) * (codes · qs)` on 4 lanes; offsets are
-/// a separate f32 dot product added after the reduction.
+/// 32-block formats: per block and pair, `acc += (d_w d_a) * (codes · qs - zero Σ qs)` on 4 lanes
+/// (the zero point rides in lane 0 of the integer accumulator); minimums are a separate f32 dot
+/// product added after the reduction.
 #[inline(always)]
 unsafe fn tile32_body<const NR: usize, const MR: usize>(w: &Rows32, acts: &Acts32, m0: usize) -> TileOut {
     let wq: [*const i8; NR] = array::from_fn(|n| w.codes(n).as_ptr().cast());
     let ws: [&[f32]; NR] = array::from_fn(|n| w.scale(n));
     let aq: [*const i8; MR] = array::from_fn(|m| acts.qs(m0 + m).as_ptr());
     let asc: [&[f32]; MR] = array::from_fn(|m| acts.scale(m0 + m));
+    let asum: [&[i32]; MR] = array::from_fn(|m| acts.isum(m0 + m));
+    let zero = w.format().zero_point();
     let mut acc = [[vdupq_n_f32(0.0); MR]; NR];
     for b in 0..w.k() / 32 {
         let a: [(int8x16_t, int8x16_t); MR] =
             array::from_fn(|m| (vld1q_s8(aq[m].add(32 * b)), vld1q_s8(aq[m].add(32 * b + 16))));
+        let init: [int32x4_t; MR] =
+            array::from_fn(|m| vsetq_lane_s32::<0>(-zero * *asum[m].get_unchecked(b), vdupq_n_s32(0)));
         for n in 0..NR {
             let (lo, hi) = (vld1q_s8(wq[n].add(32 * b)), vld1q_s8(wq[n].add(32 * b + 16)));
             let dw = *ws[n].get_unchecked(b);
             for m in 0..MR {
-                let dot = sdot(sdot(vdupq_n_s32(0), lo, a[m].0), hi, a[m].1);
+                let dot = sdot(sdot(init[m], lo, a[m].0), hi, a[m].1);
                 let scale = vdupq_n_f32(dw * *asc[m].get_unchecked(b));
                 acc[n][m] = vfmaq_f32(acc[n][m], vcvtq_f32_s32(dot), scale);
             }
@@ -68,23 +73,24 @@ unsafe fn tile32_body<const NR: usize, const MR: usize>(w: &Rows32, acts: &Acts3
     let mut out = TileOut::default();
     for (n, acc) in acc.iter().enumerate() {
         for (m, &acc) in acc.iter().enumerate() {
-            let offsets: f32 = match w.is_signed() {
-                true => 0.0,
-                false => w.offset(n).iter().zip(acts.sum(m0 + m)).map(|(&o, &s)| o * s).sum(),
+            out[m][n] = match w.format().has_min() {
+                true => vaddvq_f32(acc) + w.min(n).iter().zip(acts.sum(m0 + m)).map(|(&o, &s)| o * s).sum::<f32>(),
+                false => vaddvq_f32(acc),
             };
-            out[m][n] = vaddvq_f32(acc) + offsets;
         }
     }
     out
 }
 
 /// Super-block formats: per super-block and pair, `Σ_j scale16_j (codes_j · qs_j)` in i32 lanes and
-/// `Σ_j min16_j bsum_j`, then two f32 multiply-adds.
+/// `Σ_j min16_j bsum_j`; the zero point is subtracted in integers, then one f32 multiply-add (two
+/// with minimums).
 #[inline(always)]
 unsafe fn tile256_body<const NR: usize, const MR: usize>(w: &Rows256, acts: &Acts256, m0: usize) -> TileOut {
     let aq: [*const i8; MR] = array::from_fn(|m| acts.qs(m0 + m).as_ptr());
     let ab: [*const i16; MR] = array::from_fn(|m| acts.bsums(m0 + m).as_ptr());
     let asc: [&[f32]; MR] = array::from_fn(|m| acts.scale(m0 + m));
+    let (zero, has_min) = (w.format().zero_point(), w.format().has_min());
     let mut acc = [[vdupq_n_f32(0.0); MR]; NR];
     for s in 0..w.k() / 256 {
         for (n, acc) in acc.iter_mut().enumerate() {
@@ -108,8 +114,11 @@ unsafe fn tile256_body<const NR: usize, const MR: usize>(w: &Rows256, acts: &Act
                 min_dot = vmlal_s16(min_dot, vget_low_s16(mins_hi), vget_low_s16(b_hi));
                 min_dot = vmlal_high_s16(min_dot, mins_hi, b_hi);
                 let da = *asc[m].get_unchecked(s);
-                acc[m] = vfmaq_f32(acc[m], vcvtq_f32_s32(dots[m]), vdupq_n_f32(d * da));
-                acc[m] = vfmaq_f32(acc[m], vcvtq_f32_s32(min_dot), vdupq_n_f32(dmin * da));
+                let dot = vmlsq_n_s32(dots[m], min_dot, zero);
+                acc[m] = vfmaq_f32(acc[m], vcvtq_f32_s32(dot), vdupq_n_f32(d * da));
+                if has_min {
+                    acc[m] = vfmaq_f32(acc[m], vcvtq_f32_s32(min_dot), vdupq_n_f32(dmin * da));
+                }
             }
         }
     }

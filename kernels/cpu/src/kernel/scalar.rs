@@ -24,29 +24,34 @@ pub(super) fn tile256(w: &Rows256, acts: &Acts256, m0: usize, mr: usize) -> Tile
     out
 }
 
-/// Σ over blocks of `scale_w * scale_a * (codes · qs)`, plus Σ over blocks of `offset_w * sum_a`.
+/// Σ over blocks of `scale_w * scale_a * (codes · qs - zero Σ qs)`, plus (formats with minimums)
+/// Σ over blocks of `min_w * sum_a`.
 fn dot32(w: &Rows32, acts: &Acts32, row: usize) -> f32 {
-    let signed = w.is_signed();
-    let blocks = w.codes(0).chunks_exact(32).zip(acts.qs(row).chunks_exact(32));
+    let (signed, zero) = (w.format().signed_codes(), w.format().zero_point());
+    let blocks = w.codes(0).chunks_exact(32).zip(acts.qs(row).chunks_exact(32)).zip(acts.isum(row));
     let scales = w.scale(0).iter().zip(acts.scale(row));
     let mut acc = 0.0f32;
-    for ((codes, qs), (&dw, &da)) in blocks.zip(scales) {
+    for (((codes, qs), &isum), (&dw, &da)) in blocks.zip(scales) {
         let dot: i32 = codes
             .iter()
             .zip(qs)
             .map(|(&c, &q)| if signed { i32::from(c as i8) } else { i32::from(c) } * i32::from(q))
             .sum();
-        acc += (dw * da) * dot as f32;
+        acc += (dw * da) * (dot - zero * isum) as f32;
     }
-    let offsets: f32 = w.offset(0).iter().zip(acts.sum(row)).map(|(&o, &s)| o * s).sum();
-    acc + offsets
+    match w.format().has_min() {
+        true => acc + w.min(0).iter().zip(acts.sum(row)).map(|(&o, &s)| o * s).sum::<f32>(),
+        false => acc,
+    }
 }
 
-/// Σ over super-blocks of `d_w d_a Σ_j scale16_j (codes_j · qs_j) + dmin_w d_a Σ_j min16_j bsum_j`.
+/// Σ over super-blocks of `d_w d_a (Σ_j scale16_j (codes_j · qs_j) - zero Σ_j min16_j bsum_j)`, plus
+/// (formats with minimums) `dmin_w d_a Σ_j min16_j bsum_j`.
 fn dot256(w: &Rows256, acts: &Acts256, row: usize) -> f32 {
     let supers = w.codes(0).chunks_exact(256).zip(acts.qs(row).chunks_exact(256));
     let subs = w.scale16(0).chunks_exact(16).zip(w.min16(0).chunks_exact(16)).zip(acts.bsums(row).chunks_exact(16));
     let floats = w.d(0).iter().zip(w.dmin(0)).zip(acts.scale(row));
+    let (zero, has_min) = (w.format().zero_point(), w.format().has_min());
     let mut acc = 0.0f32;
     for (((codes, qs), ((scale16, min16), bsums)), ((&d, &dmin), &da)) in supers.zip(subs).zip(floats) {
         let mut dot = 0i32;
@@ -55,7 +60,10 @@ fn dot256(w: &Rows256, acts: &Acts256, row: usize) -> f32 {
             dot += i32::from(scale) * sub;
         }
         let mins: i32 = min16.iter().zip(bsums).map(|(&m, &b)| i32::from(m) * i32::from(b)).sum();
-        acc += (d * da) * dot as f32 + (dmin * da) * mins as f32;
+        acc += (d * da) * (dot - zero * mins) as f32;
+        if has_min {
+            acc += (dmin * da) * mins as f32;
+        }
     }
     acc
 }

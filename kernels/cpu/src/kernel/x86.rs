@@ -35,8 +35,8 @@ pub(super) fn vnni_supported() -> bool {
 
 /// How bytes are multiplied and summed: the only difference between the instruction sets.
 trait Dot {
-    /// Each i32 lane: the sum of its four u8 × i8 products.
-    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i;
+    /// `acc` plus, per i32 lane, the sum of its four u8 × i8 products.
+    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i;
     /// `acc` plus, per i32 lane, the sum of its two i16 × i16 products.
     unsafe fn madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i;
 }
@@ -47,8 +47,8 @@ struct Maddubs;
 
 impl Dot for Maddubs {
     #[inline(always)]
-    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)))
     }
 
     #[inline(always)]
@@ -62,8 +62,8 @@ struct Vnni;
 
 impl Dot for Vnni {
     #[inline(always)]
-    unsafe fn dot(w: __m256i, a: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, a)
     }
 
     #[inline(always)]
@@ -120,38 +120,51 @@ unsafe fn tile256_avx512bw(w: &Rows256, acts: &Acts256, m0: usize, mr: usize) ->
     with_rows!(mr, |R| tile256::<Maddubs, { AVX512_SHAPE.0 }, R>(w, acts, m0))
 }
 
-/// 32-block formats: per block and pair, `acc += (d_w d_a) * (codes · qs)` on 8 lanes; the offsets
-/// (`Σ offset_w sum_a`) are a separate f32 dot product added after the reduction.
+/// Q8_0: signed codes, multiplied as `|w| * (a with w's sign)`.
+const SIGNED: u8 = 0;
+/// Q4_0, Q5_0: unsigned codes less a zero point, subtracted in the integer dot product.
+const ZERO: u8 = 1;
+/// Q4_1: unsigned codes plus a per-block minimum.
+const MIN: u8 = 2;
+
+/// 32-block formats: per block and pair, `acc += (d_w d_a) * (codes · qs - zero Σ qs)` on 8 lanes
+/// (the zero point rides in lane 0 of the integer accumulator); minimums (`Σ min_w sum_a`) are a
+/// separate f32 dot product added after the reduction.
 #[inline(always)]
 unsafe fn tile32<D: Dot, const NR: usize, const MR: usize>(w: &Rows32, acts: &Acts32, m0: usize) -> TileOut {
-    if w.is_signed() {
-        tile32_body::<D, NR, MR, true>(w, acts, m0)
-    } else {
-        tile32_body::<D, NR, MR, false>(w, acts, m0)
+    match (w.format().signed_codes(), w.format().has_min()) {
+        (true, _) => tile32_body::<D, NR, MR, SIGNED>(w, acts, m0),
+        (false, false) => tile32_body::<D, NR, MR, ZERO>(w, acts, m0),
+        (false, true) => tile32_body::<D, NR, MR, MIN>(w, acts, m0),
     }
 }
 
-/// `SIGNED` (Q8_0): codes are i8, multiplied as `|w| * (a with w's sign)`; there are no offsets.
 #[inline(always)]
-unsafe fn tile32_body<D: Dot, const NR: usize, const MR: usize, const SIGNED: bool>(
+unsafe fn tile32_body<D: Dot, const NR: usize, const MR: usize, const KIND: u8>(
     w: &Rows32,
     acts: &Acts32,
     m0: usize,
 ) -> TileOut {
+    let zero = w.format().zero_point();
     let wq: [*const u8; NR] = array::from_fn(|n| w.codes(n).as_ptr());
     let ws: [&[f32]; NR] = array::from_fn(|n| w.scale(n));
     let aq: [*const i8; MR] = array::from_fn(|m| acts.qs(m0 + m).as_ptr());
     let asc: [&[f32]; MR] = array::from_fn(|m| acts.scale(m0 + m));
+    let asum: [&[i32]; MR] = array::from_fn(|m| acts.isum(m0 + m));
     let mut acc = [[_mm256_setzero_ps(); MR]; NR];
     for b in 0..w.k() / 32 {
         let a: [__m256i; MR] = array::from_fn(|m| _mm256_loadu_si256(aq[m].add(32 * b).cast()));
+        let init: [__m256i; MR] = array::from_fn(|m| match KIND {
+            ZERO => _mm256_setr_epi32(-zero * *asum[m].get_unchecked(b), 0, 0, 0, 0, 0, 0, 0),
+            _ => _mm256_setzero_si256(),
+        });
         for n in 0..NR {
             let raw = _mm256_loadu_si256(wq[n].add(32 * b).cast());
-            let codes = if SIGNED { _mm256_abs_epi8(raw) } else { raw };
+            let codes = if KIND == SIGNED { _mm256_abs_epi8(raw) } else { raw };
             let dw = _mm256_set1_ps(*ws[n].get_unchecked(b));
             for m in 0..MR {
-                let qs = if SIGNED { _mm256_sign_epi8(a[m], raw) } else { a[m] };
-                let dot = _mm256_cvtepi32_ps(D::dot(codes, qs));
+                let qs = if KIND == SIGNED { _mm256_sign_epi8(a[m], raw) } else { a[m] };
+                let dot = _mm256_cvtepi32_ps(D::dot(init[m], codes, qs));
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*asc[m].get_unchecked(b)));
                 acc[n][m] = _mm256_fmadd_ps(dot, scale, acc[n][m]);
             }
@@ -160,20 +173,33 @@ unsafe fn tile32_body<D: Dot, const NR: usize, const MR: usize, const SIGNED: bo
     let mut out = TileOut::default();
     for (n, acc) in acc.iter().enumerate() {
         for (m, &acc) in acc.iter().enumerate() {
-            out[m][n] = match SIGNED {
-                true => hsum(acc),
-                false => hsum(acc) + dot_f32(w.offset(n), acts.sum(m0 + m)),
+            out[m][n] = match KIND {
+                MIN => hsum(acc) + dot_f32(w.min(n), acts.sum(m0 + m)),
+                _ => hsum(acc),
             };
         }
     }
     out
 }
 
-/// Super-block formats: per super-block and pair, the integer sum `Σ_j scale16_j (codes_j · qs_j)`
-/// (two 16-weight sub-blocks per vector, each half scaled by its own i16) and the minimum term
-/// `Σ_j min16_j bsum_j`, then two f32 multiply-adds.
+/// Super-block formats: per super-block and pair, the integer sums `Σ_j scale16_j (codes_j · qs_j)`
+/// (two 16-weight sub-blocks per vector, each half scaled by its own i16) and `Σ_j min16_j bsum_j`;
+/// the zero point is subtracted in integers, then one f32 multiply-add (two with minimums).
 #[inline(always)]
 unsafe fn tile256<D: Dot, const NR: usize, const MR: usize>(w: &Rows256, acts: &Acts256, m0: usize) -> TileOut {
+    match w.format().has_min() {
+        true => tile256_body::<D, NR, MR, true>(w, acts, m0),
+        false => tile256_body::<D, NR, MR, false>(w, acts, m0),
+    }
+}
+
+#[inline(always)]
+unsafe fn tile256_body<D: Dot, const NR: usize, const MR: usize, const HAS_MIN: bool>(
+    w: &Rows256,
+    acts: &Acts256,
+    m0: usize,
+) -> TileOut {
+    let zero = _mm256_set1_epi32(w.format().zero_point());
     // Broadcast of two i16 scales (one i32) → low 128 bits the first scale, high 128 the second.
     let spread = _mm256_setr_epi8(
         0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
@@ -200,10 +226,16 @@ unsafe fn tile256<D: Dot, const NR: usize, const MR: usize>(w: &Rows256, acts: &
             let (d, dmin) = (*w.d(n).get_unchecked(s), *w.dmin(n).get_unchecked(s));
             for m in 0..MR {
                 let bsums = _mm256_loadu_si256(ab[m].add(16 * s).cast());
-                let min_dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, bsums));
+                let min_dot = _mm256_madd_epi16(mins, bsums);
                 let da = *asc[m].get_unchecked(s);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[m]), _mm256_set1_ps(d * da), acc[m]);
-                acc[m] = _mm256_fmadd_ps(min_dot, _mm256_set1_ps(dmin * da), acc[m]);
+                let dot = match HAS_MIN {
+                    true => dots[m],
+                    false => _mm256_sub_epi32(dots[m], _mm256_mullo_epi32(zero, min_dot)),
+                };
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * da), acc[m]);
+                if HAS_MIN {
+                    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_dot), _mm256_set1_ps(dmin * da), acc[m]);
+                }
             }
         }
     }

@@ -239,3 +239,14 @@ pub fn reference(w: &[f32], x: &[f32], m: usize, k: usize, act_block: usize) -> 
     }
     (out, bound)
 }
+
+/// `Σ_k |x[m][k] w[n][k]|` per output: the scale of its rounding errors.
+pub fn magnitude(w: &[f32], x: &[f32], m: usize, k: usize) -> Vec<f64> {
+    let n = w.len() / k;
+    (0..m * n)
+        .map(|o| {
+            let (x, w) = (&x[o / n * k..][..k], &w[o % n * k..][..k]);
+            x.iter().zip(w).map(|(&a, &b)| f64::from(a * b).abs()).sum()
+        })
+        .collect()
+}
