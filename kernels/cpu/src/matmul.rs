@@ -59,6 +59,8 @@ fn tiles<U: Unpacked>(
         true => 1,
         false => pool.threads().min(n_tiles),
     };
+    // With a single tile of activation rows, unpacking codes costs more than it saves.
+    let direct = m <= mr && path.decodes_blocks();
     let dst = OutPtr(out.as_mut_ptr());
     pool.run(chunks, &|chunk| {
         let mut rows = U::new(nr, k);
@@ -66,7 +68,10 @@ fn tiles<U: Unpacked>(
             let n0 = tile * nr;
             // A short last tile repeats its last row; those results are dropped.
             for slot in 0..nr {
-                rows.load(slot, matrix.format(), matrix.row_bytes((n0 + slot).min(n - 1)));
+                let bytes = matrix.row_bytes((n0 + slot).min(n - 1));
+                if !(direct && rows.load_direct(slot, matrix.format(), bytes)) {
+                    rows.load(slot, matrix.format(), bytes);
+                }
             }
             let cols = nr.min(n - n0);
             for m0 in (0..m).step_by(mr) {

@@ -3,7 +3,7 @@
 //! each format's bit layout is handled here once, in plain Rust that the compiler vectorizes, and every
 //! kernel path sees only two shapes of data (one per [`Family`](crate::format::Family)).
 
-use crate::f16::read_f16;
+use crate::f16::f16_column;
 use crate::QuantFormat;
 
 /// Unpacked rows of a 32-block format: per weight a code byte, per block of 32 a scale and a minimum,
@@ -15,6 +15,8 @@ pub(crate) struct Rows32 {
     codes: Vec<u8>,
     scale: Vec<f32>,
     min: Vec<f32>,
+    /// Each slot's GGUF row when only its scales and minimums were unpacked (`load_direct`).
+    raw: Vec<*const u8>,
 }
 
 /// Unpacked rows of a 256-weight super-block format: per weight a code byte (0..=63), per sub-block of
@@ -38,6 +40,11 @@ pub(crate) trait Unpacked: Sized {
     fn new(rows: usize, k: usize) -> Self;
     /// Unpacks one row's GGUF bytes (`k / block_len` blocks of `format`) into `slot`.
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]);
+    /// Like `load`, but may leave the codes in `bytes` for kernels that decode them in registers
+    /// (Q4_0, Q4_1, Q8_0 rows); false if it did nothing. `bytes` must outlive the use of the slot.
+    fn load_direct(&mut self, _slot: usize, _format: QuantFormat, _bytes: &[u8]) -> bool {
+        false
+    }
     /// The f32 weights of `slot`.
     fn dequantize(&self, slot: usize, out: &mut [f32]);
 }
@@ -64,23 +71,32 @@ impl Rows32 {
         &self.min[slot * self.k / 32..][..self.k / 32]
     }
 
-    /// Unpacks blocks of `B` bytes whose scale is the f16 at their start: `unpack` writes a block's
-    /// codes and returns its minimum.
-    #[inline(always)]
-    fn load_blocks<const B: usize>(
-        &mut self,
-        slot: usize,
-        bytes: &[u8],
-        unpack: impl Fn(&[u8; B], &mut [u8; 32]) -> f32,
-    ) {
-        let (k, nb) = (self.k, self.k / 32);
-        let codes = self.codes[slot * k..][..k].chunks_exact_mut(32);
-        let params = self.scale[slot * nb..][..nb].iter_mut().zip(&mut self.min[slot * nb..][..nb]);
-        for ((block, codes), (scale, min)) in bytes.chunks_exact(B).zip(codes).zip(params) {
-            let block: &[u8; B] = block.try_into().expect("one block");
-            *scale = read_f16(block, 0);
-            *min = unpack(block, codes.try_into().expect("32-byte chunk"));
+    /// The GGUF bytes of `slot`'s row if it was loaded with `load_direct`: the
+    /// codes are still in their blocks, for kernels that decode them in registers.
+    pub(crate) fn raw(&self, slot: usize) -> Option<*const u8> {
+        Some(self.raw[slot]).filter(|p| !p.is_null())
+    }
+
+    /// Converts the f16 scales (and minimums) of a row's blocks.
+    fn load_params(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
+        let nb = self.k / 32;
+        f16_column(bytes, format.block_bytes(), 0, &mut self.scale[slot * nb..][..nb]);
+        if format.has_min() {
+            f16_column(bytes, format.block_bytes(), 2, &mut self.min[slot * nb..][..nb]);
         }
+    }
+
+    /// Unpacks blocks of `B` bytes whose scale is the f16 at their start: `unpack` writes a block's
+    /// codes.
+    #[inline(always)]
+    fn load_blocks<const B: usize>(&mut self, slot: usize, bytes: &[u8], unpack: impl Fn(&[u8; B], &mut [u8; 32])) {
+        let k = self.k;
+        let codes = self.codes[slot * k..][..k].chunks_exact_mut(32);
+        for (block, codes) in bytes.chunks_exact(B).zip(codes) {
+            unpack(block.try_into().expect("one block"), codes.try_into().expect("32-byte chunk"));
+        }
+        self.load_params(slot, self.format, bytes);
+        self.raw[slot] = std::ptr::null();
     }
 }
 
@@ -92,32 +108,36 @@ impl Unpacked for Rows32 {
             codes: vec![0; rows * k],
             scale: vec![0.0; rows * k / 32],
             min: vec![0.0; rows * k / 32],
+            raw: vec![std::ptr::null(); rows],
         }
     }
 
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
         self.format = format;
+        self.raw[slot] = std::ptr::null();
         // One loop per format, so that the block loop has no branch and vectorizes.
         match format {
-            QuantFormat::Q4_0 => self.load_blocks::<18>(slot, bytes, |block, codes| {
-                nibbles(&block[2..18], codes);
-                0.0
-            }),
-            QuantFormat::Q4_1 => self.load_blocks::<20>(slot, bytes, |block, codes| {
-                nibbles(&block[4..20], codes);
-                read_f16(block, 2)
-            }),
+            QuantFormat::Q4_0 => self.load_blocks::<18>(slot, bytes, |block, codes| nibbles(&block[2..18], codes)),
+            QuantFormat::Q4_1 => self.load_blocks::<20>(slot, bytes, |block, codes| nibbles(&block[4..20], codes)),
             QuantFormat::Q5_0 => self.load_blocks::<22>(slot, bytes, |block, codes| {
                 nibbles(&block[6..22], codes);
                 fifth_bits(block[2..6].try_into().expect("4 high-bit bytes"), codes);
-                0.0
             }),
-            QuantFormat::Q8_0 => self.load_blocks::<34>(slot, bytes, |block, codes| {
-                codes.copy_from_slice(&block[2..34]);
-                0.0
-            }),
+            QuantFormat::Q8_0 => {
+                self.load_blocks::<34>(slot, bytes, |block, codes| codes.copy_from_slice(&block[2..34]))
+            }
             QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q6K => unreachable!("not a 32-block format"),
         }
+    }
+
+    fn load_direct(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) -> bool {
+        if !matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) {
+            return false;
+        }
+        self.format = format;
+        self.load_params(slot, format, bytes);
+        self.raw[slot] = bytes.as_ptr();
+        true
     }
 
     fn dequantize(&self, slot: usize, out: &mut [f32]) {
@@ -189,29 +209,38 @@ impl Rows256 {
         &self.dmin[slot * self.k / 256..][..self.k / 256]
     }
 
-    /// Unpacks super-blocks of `B` bytes: `unpack` writes one's codes, scales and minimums and
-    /// returns its `(d, dmin)`.
+    /// Unpacks super-blocks of `B` bytes: `unpack` writes one's codes, scales and minimums.
     #[inline(always)]
     fn load_blocks<const B: usize>(
         &mut self,
         slot: usize,
         bytes: &[u8],
-        unpack: impl Fn(&[u8; B], &mut [u8; 256], &mut [i16; 16], &mut [i16; 16]) -> (f32, f32),
+        unpack: impl Fn(&[u8; B], &mut [u8; 256], &mut [i16; 16], &mut [i16; 16]),
     ) {
         let (k, subs, supers) = (self.k, self.k / 16, self.k / 256);
         let codes = self.codes[slot * k..][..k].chunks_exact_mut(256);
         let scales = self.scale16[slot * subs..][..subs].chunks_exact_mut(16);
         let mins = self.min16[slot * subs..][..subs].chunks_exact_mut(16);
-        let floats = self.d[slot * supers..][..supers].iter_mut().zip(&mut self.dmin[slot * supers..][..supers]);
-        for ((((block, codes), scale16), min16), (d, dmin)) in
-            bytes.chunks_exact(B).zip(codes).zip(scales).zip(mins).zip(floats)
-        {
-            (*d, *dmin) = unpack(
+        for (((block, codes), scale16), min16) in bytes.chunks_exact(B).zip(codes).zip(scales).zip(mins) {
+            unpack(
                 block.try_into().expect("one super-block"),
                 codes.try_into().expect("256 codes"),
                 scale16.try_into().expect("16 scales"),
                 min16.try_into().expect("16 minimums"),
             );
+        }
+        // d and dmin: Q6_K's d is at its end and it has no dmin (its minimum is the zero point).
+        let (d, dmin) = (&mut self.d[slot * supers..][..supers], &mut self.dmin[slot * supers..][..supers]);
+        match self.format {
+            QuantFormat::Q6K => {
+                f16_column(bytes, B, 208, d);
+                dmin.fill(0.0);
+            }
+            _ => {
+                f16_column(bytes, B, 0, d);
+                f16_column(bytes, B, 2, dmin);
+                dmin.iter_mut().for_each(|m| *m = -*m);
+            }
         }
     }
 }
@@ -236,12 +265,12 @@ impl Unpacked for Rows256 {
         match format {
             QuantFormat::Q4K => self.load_blocks::<144>(slot, bytes, |block, codes, scale16, min16| {
                 k_nibbles(block[16..144].try_into().expect("128 code bytes"), codes);
-                scales_mins_k4(block, scale16, min16)
+                scales_mins_k4(block, scale16, min16);
             }),
             QuantFormat::Q5K => self.load_blocks::<176>(slot, bytes, |block, codes, scale16, min16| {
                 k_nibbles(block[48..176].try_into().expect("128 code bytes"), codes);
                 q5k_fifth_bits(block[16..48].try_into().expect("32 high-bit bytes"), codes);
-                scales_mins_k4(block, scale16, min16)
+                scales_mins_k4(block, scale16, min16);
             }),
             QuantFormat::Q6K => self.load_blocks::<210>(slot, bytes, |block, codes, scale16, min16| {
                 q6k_codes(
@@ -253,7 +282,6 @@ impl Unpacked for Rows256 {
                     scale16[j] = i16::from(block[192 + j] as i8);
                     min16[j] = scale16[j];
                 }
-                (read_f16(block, 208), 0.0)
             }),
             QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => {
                 unreachable!("not a super-block format")
@@ -274,10 +302,10 @@ impl Unpacked for Rows256 {
     }
 }
 
-/// Q4_K/Q5_K: `d`, `dmin` and the eight 6-bit scales and minimums, each repeated for both 16-weight
-/// halves of its sub-block; the minimum's sign goes into `dmin`.
+/// Q4_K/Q5_K: the eight 6-bit scales and minimums, each repeated for both 16-weight halves of its
+/// sub-block.
 #[inline(always)]
-fn scales_mins_k4(block: &[u8], scale16: &mut [i16; 16], min16: &mut [i16; 16]) -> (f32, f32) {
+fn scales_mins_k4(block: &[u8], scale16: &mut [i16; 16], min16: &mut [i16; 16]) {
     let packed: &[u8; 12] = block[4..16].try_into().expect("12 scale bytes");
     for j in 0..8 {
         let (scale, min) = scale_min_k4(j, packed);
@@ -286,7 +314,6 @@ fn scales_mins_k4(block: &[u8], scale16: &mut [i16; 16], min16: &mut [i16; 16]) 
         min16[2 * j] = i16::from(min);
         min16[2 * j + 1] = i16::from(min);
     }
-    (read_f16(block, 0), -read_f16(block, 2))
 }
 
 /// Scale and minimum of sub-block `j` of Q4_K/Q5_K: six bits each, packed into 12 bytes (the first

@@ -121,6 +121,12 @@ impl KernelPath {
         }
     }
 
+    /// Whether the path's kernels decode Q4_0, Q4_1 and Q8_0 codes straight from their blocks (rows
+    /// loaded with `load_direct`).
+    pub(crate) fn decodes_blocks(self) -> bool {
+        matches!(self, Self::Avx2 | Self::Avx512)
+    }
+
     /// Rows `m0..m0 + mr` of `acts` against the NR weight rows of `w`. The caller has checked that
     /// the path is supported and that `mr` is at most the path's MR.
     pub(crate) fn tile32(self, w: &Rows32, acts: &Acts32, m0: usize, mr: usize) -> TileOut {

@@ -9,6 +9,7 @@
 use super::{with_rows, TileOut};
 use crate::acts::{Acts256, Acts32};
 use crate::unpack::{Rows256, Rows32};
+use crate::QuantFormat;
 use core::arch::x86_64::*;
 use std::array;
 
@@ -132,21 +133,78 @@ const MIN: u8 = 2;
 /// separate f32 dot product added after the reduction.
 #[inline(always)]
 unsafe fn tile32<D: Dot, const NR: usize, const MR: usize>(w: &Rows32, acts: &Acts32, m0: usize) -> TileOut {
-    match (w.format().signed_codes(), w.format().has_min()) {
-        (true, _) => tile32_body::<D, NR, MR, SIGNED>(w, acts, m0),
-        (false, false) => tile32_body::<D, NR, MR, ZERO>(w, acts, m0),
-        (false, true) => tile32_body::<D, NR, MR, MIN>(w, acts, m0),
+    match (w.format(), w.raw(0).is_some()) {
+        (QuantFormat::Q8_0, true) => tile32_body::<D, NR, MR, SIGNED, Q8Blocks>(w, acts, m0),
+        (QuantFormat::Q4_0, true) => tile32_body::<D, NR, MR, ZERO, NibbleBlocks<18, 2>>(w, acts, m0),
+        (QuantFormat::Q4_1, true) => tile32_body::<D, NR, MR, MIN, NibbleBlocks<20, 4>>(w, acts, m0),
+        (format, _) => match (format.signed_codes(), format.has_min()) {
+            (true, _) => tile32_body::<D, NR, MR, SIGNED, Unpacked>(w, acts, m0),
+            (false, false) => tile32_body::<D, NR, MR, ZERO, Unpacked>(w, acts, m0),
+            (false, true) => tile32_body::<D, NR, MR, MIN, Unpacked>(w, acts, m0),
+        },
+    }
+}
+
+/// Where a tile's codes come from: 32 per block, one vector each.
+trait Codes {
+    /// Where slot `n`'s codes start.
+    fn base(w: &Rows32, n: usize) -> *const u8;
+    /// The 32 codes of block `b`.
+    unsafe fn block(base: *const u8, b: usize) -> __m256i;
+}
+
+/// Codes unpacked into the tile's buffer.
+struct Unpacked;
+
+impl Codes for Unpacked {
+    fn base(w: &Rows32, n: usize) -> *const u8 {
+        w.codes(n).as_ptr()
+    }
+
+    #[inline(always)]
+    unsafe fn block(base: *const u8, b: usize) -> __m256i {
+        _mm256_loadu_si256(base.add(32 * b).cast())
+    }
+}
+
+/// Q8_0 codes read in place: 32 bytes after the block's f16 scale.
+struct Q8Blocks;
+
+impl Codes for Q8Blocks {
+    fn base(w: &Rows32, n: usize) -> *const u8 {
+        w.raw(n).expect("a row loaded in place")
+    }
+
+    #[inline(always)]
+    unsafe fn block(base: *const u8, b: usize) -> __m256i {
+        _mm256_loadu_si256(base.add(34 * b + 2).cast())
+    }
+}
+
+/// Q4_0/Q4_1 codes decoded in place: 16 bytes of nibbles at `AT` in blocks of `BYTES`, the low
+/// nibbles being the first 16 codes.
+struct NibbleBlocks<const BYTES: usize, const AT: usize>;
+
+impl<const BYTES: usize, const AT: usize> Codes for NibbleBlocks<BYTES, AT> {
+    fn base(w: &Rows32, n: usize) -> *const u8 {
+        w.raw(n).expect("a row loaded in place")
+    }
+
+    #[inline(always)]
+    unsafe fn block(base: *const u8, b: usize) -> __m256i {
+        let q = _mm_loadu_si128(base.add(BYTES * b + AT).cast());
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f))
     }
 }
 
 #[inline(always)]
-unsafe fn tile32_body<D: Dot, const NR: usize, const MR: usize, const KIND: u8>(
+unsafe fn tile32_body<D: Dot, const NR: usize, const MR: usize, const KIND: u8, C: Codes>(
     w: &Rows32,
     acts: &Acts32,
     m0: usize,
 ) -> TileOut {
     let zero = w.format().zero_point();
-    let wq: [*const u8; NR] = array::from_fn(|n| w.codes(n).as_ptr());
+    let wq: [*const u8; NR] = array::from_fn(|n| C::base(w, n));
     let ws: [&[f32]; NR] = array::from_fn(|n| w.scale(n));
     let aq: [*const i8; MR] = array::from_fn(|m| acts.qs(m0 + m).as_ptr());
     let asc: [&[f32]; MR] = array::from_fn(|m| acts.scale(m0 + m));
@@ -159,7 +217,7 @@ unsafe fn tile32_body<D: Dot, const NR: usize, const MR: usize, const KIND: u8>(
             _ => _mm256_setzero_si256(),
         });
         for n in 0..NR {
-            let raw = _mm256_loadu_si256(wq[n].add(32 * b).cast());
+            let raw = C::block(wq[n], b);
             let codes = if KIND == SIGNED { _mm256_abs_epi8(raw) } else { raw };
             let dw = _mm256_set1_ps(*ws[n].get_unchecked(b));
             for m in 0..MR {
