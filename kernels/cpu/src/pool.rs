@@ -4,7 +4,8 @@
 //! projections), so wake-up latency matters more than work stealing. Workers spin for a short while
 //! after each job, catching the next matmul of the step (usually microseconds away) without a
 //! syscall, then park on a condition variable so that idle workers leave the cores to the rest of the
-//! engine. Work is split by the caller into as many equal chunks as there are threads.
+//! engine. Each thread runs the job once with its index; the matmul hands out its work through a
+//! shared counter, so a thread the OS does not schedule delays nobody for long.
 
 use crate::Error;
 use std::panic::{catch_unwind, AssertUnwindSafe};
