@@ -81,6 +81,7 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
         prefix_caching: !engine_args.no_prefix_cache,
         ..EngineConfig::default()
     };
+    let on_cpu = device.is_cpu();
     let engine = Engine::start(model, tokenizer.clone(), device, config)?;
     let (blocks, block_size) = engine.kv_blocks();
     tracing::info!(
@@ -94,6 +95,10 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
         block_size,
         started.elapsed().as_secs_f64()
     );
+    if on_cpu {
+        let kernels = crate::ops::cpu_kernel_path()?;
+        tracing::info!("CPU quantized matmul: {kernels} kernels, {} threads", bodega_cpu_kernels::threads());
+    }
     Ok(Loaded { engine, tokenizer, path, quant })
 }
 

@@ -109,6 +109,8 @@ pub fn main() -> ExitCode {
         // candle's CPU kernels size their work by the same variable rayon reads.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global();
+        // bodega's quantized matmuls run on their own pool (the pool starts with the first matmul).
+        let _ = bodega_cpu_kernels::set_threads(n as usize);
     }
     let result = match cli.command {
         Command::Run(args) => run::run(args, &cli.global),

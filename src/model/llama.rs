@@ -7,9 +7,9 @@ use super::load::gguf::GgufFile;
 use super::rope::{Rope, RopeConfig, RopeStyle};
 use super::{Model, ModelInfo, StepInput};
 use crate::error::{Error, Result};
-use crate::ops::{self, PagedKvCache};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use crate::ops::{self, PagedKvCache, QWeights};
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 /// What distinguishes one member of the family from another.
@@ -50,34 +50,17 @@ const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 /// A projection: quantized (or dense) weights and an optional bias.
 #[derive(Debug)]
 struct Linear {
-    weight: QMatMul,
+    weight: QWeights,
     bias: Option<Tensor>,
-    /// Multiply one row at a time. candle 0.11.1 on x86 switches Q6_K to a repacked kernel when a
-    /// matmul has more than one row (`repack_x86::select`), whose rounding depends on the row count;
-    /// row by row, a sequence's arithmetic is the same whatever else is in the batch.
-    per_row: bool,
 }
 
 impl Linear {
     fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
-        Self::shared(Arc::new(weight), bias)
-    }
-
-    /// A projection over weights shared with another user (a tied embedding).
-    fn shared(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        let per_row = weight.dtype() == GgmlDType::Q6K;
-        Ok(Self { weight: QMatMul::from_arc(weight)?, bias, per_row })
+        Ok(Self { weight: QWeights::new(Arc::new(weight))?, bias })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        let y = if self.per_row && rows > 1 {
-            let parts =
-                (0..rows).map(|r| self.weight.forward(&x.narrow(0, r, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 0)?
-        } else {
-            self.weight.forward(x)?
-        };
+        let y = self.weight.forward(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -110,7 +93,7 @@ struct Block {
 #[derive(Debug)]
 pub struct Llama {
     info: ModelInfo,
-    embedding: Arc<QTensor>,
+    embedding: QWeights,
     embedding_scale: Option<f64>,
     blocks: Vec<Block>,
     output_norm: Tensor,
@@ -148,16 +131,16 @@ impl Llama {
             ropes.push(Rope::new(&local, device)?);
         }
 
-        let embedding = Arc::new(file.tensor("token_embd.weight", device)?);
-        let vocab_size = embedding.shape().dims2()?.0;
+        let embedding = QWeights::new(Arc::new(file.tensor("token_embd.weight", device)?))?;
+        let vocab_size = embedding.dims()?.0;
         let (output, untied_output_bytes) = if file.has_tensor("output.weight") {
-            let weight = file.tensor("output.weight", device)?;
-            let bytes = weight.storage_size_in_bytes();
-            (Linear::new(weight, None)?, bytes)
+            let weight = Linear::new(file.tensor("output.weight", device)?, None)?;
+            let bytes = weight.weight.storage_bytes();
+            (weight, bytes)
         } else {
-            (Linear::shared(embedding.clone(), None)?, 0)
+            (Linear { weight: embedding.clone(), bias: None }, 0)
         };
-        let embedding_bytes = embedding.storage_size_in_bytes();
+        let embedding_bytes = embedding.storage_bytes();
         // A step reads every block and the output layer in full; of an untied embedding only its rows.
         let mut step_weight_bytes = if untied_output_bytes > 0 { untied_output_bytes } else { embedding_bytes };
         let mut weight_bytes = embedding_bytes + untied_output_bytes;

@@ -1,5 +1,6 @@
 //! The engine's custom operations, one dispatch point each: `kv_write` puts a step's keys and values
-//! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks.
+//! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
+//! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's).
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
 //! reference implementation that every other backend is tested against, and the CPU production path.
 
@@ -7,10 +8,12 @@ pub mod cpu;
 mod kv_cache;
 mod kv_write;
 mod paged_attention;
+mod qmatmul;
 
 pub use kv_cache::PagedKvCache;
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
+pub use qmatmul::{cpu_kernel_path, QWeights};
 
 /// Where each sequence of a step sits in the paged cache: built once per step by the runner and
 /// shared by every layer.
