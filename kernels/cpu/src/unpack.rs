@@ -73,6 +73,7 @@ impl Rows32 {
 
     /// The GGUF bytes of `slot`'s row if it was loaded with `load_direct`: the
     /// codes are still in their blocks, for kernels that decode them in registers.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn raw(&self, slot: usize) -> Option<*const u8> {
         Some(self.raw[slot]).filter(|p| !p.is_null())
     }
