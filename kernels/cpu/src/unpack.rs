@@ -41,7 +41,7 @@ pub(crate) trait Unpacked: Sized {
     /// Unpacks one row's GGUF bytes (`k / block_len` blocks of `format`) into `slot`.
     fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]);
     /// Like `load`, but may leave the codes in `bytes` for kernels that decode them in registers
-    /// (Q4_0, Q4_1, Q8_0 rows); false if it did nothing. `bytes` must outlive the use of the slot.
+    /// (Q4_0, Q4_1, Q5_0, Q8_0 rows); false if it did nothing. `bytes` must outlive the use of the slot.
     fn load_direct(&mut self, _slot: usize, _format: QuantFormat, _bytes: &[u8]) -> bool {
         false
     }
@@ -73,6 +73,7 @@ impl Rows32 {
 
     /// The GGUF bytes of `slot`'s row if it was loaded with `load_direct`: the
     /// codes are still in their blocks, for kernels that decode them in registers.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn raw(&self, slot: usize) -> Option<*const u8> {
         Some(self.raw[slot]).filter(|p| !p.is_null())
     }
@@ -131,7 +132,7 @@ impl Unpacked for Rows32 {
     }
 
     fn load_direct(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) -> bool {
-        if !matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) {
+        if !matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0) {
             return false;
         }
         self.format = format;

@@ -121,7 +121,7 @@ impl KernelPath {
         }
     }
 
-    /// Whether the path's kernels decode Q4_0, Q4_1 and Q8_0 codes straight from their blocks (rows
+    /// Whether the path's kernels decode Q4_0, Q4_1, Q5_0 and Q8_0 codes straight from their blocks (rows
     /// loaded with `load_direct`).
     pub(crate) fn decodes_blocks(self) -> bool {
         matches!(self, Self::Avx2 | Self::Avx512)

@@ -139,6 +139,7 @@ unsafe fn tile32<D: Dot, const NR: usize, const MR: usize>(w: &Rows32, acts: &Ac
         (QuantFormat::Q8_0, true) => tile32_body::<D, NR, MR, SIGNED, Q8Blocks>(w, acts, m0),
         (QuantFormat::Q4_0, true) => tile32_body::<D, NR, MR, ZERO, NibbleBlocks<18, 2>>(w, acts, m0),
         (QuantFormat::Q4_1, true) => tile32_body::<D, NR, MR, MIN, NibbleBlocks<20, 4>>(w, acts, m0),
+        (QuantFormat::Q5_0, true) => tile32_body::<D, NR, MR, ZERO, Q5Blocks>(w, acts, m0),
         (format, _) => match (format.signed_codes(), format.has_min()) {
             (true, _) => tile32_body::<D, NR, MR, SIGNED, Unpacked>(w, acts, m0),
             (false, false) => tile32_body::<D, NR, MR, ZERO, Unpacked>(w, acts, m0),
@@ -196,6 +197,30 @@ impl<const BYTES: usize, const AT: usize> Codes for NibbleBlocks<BYTES, AT> {
     unsafe fn block(base: *const u8, b: usize) -> __m256i {
         let q = _mm_loadu_si128(base.add(BYTES * b + AT).cast());
         _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f))
+    }
+}
+
+/// Q5_0 codes decoded in place: nibbles as Q4_0 (at byte 6 of 22), plus bit i of the u32 at byte 2 as
+/// bit 4 of code i.
+struct Q5Blocks;
+
+impl Codes for Q5Blocks {
+    fn base(w: &Rows32, n: usize) -> *const u8 {
+        w.raw(n).expect("a row loaded in place")
+    }
+
+    #[inline(always)]
+    unsafe fn block(base: *const u8, b: usize) -> __m256i {
+        let block = base.add(22 * b);
+        let nibbles = NibbleBlocks::<22, 6>::block(block, 0);
+        // Byte i of the vector gets byte i / 8 of the high bits, then keeps only bit i % 8.
+        let high = _mm256_set1_epi32(block.add(2).cast::<i32>().read_unaligned());
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(high, spread), bit), bit);
+        _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
     }
 }
 
