@@ -5,7 +5,7 @@
 use super::{GlobalArgs, UsageError};
 use crate::hub::LocalModel;
 use clap::Args;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use indicatif::HumanBytes;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -75,7 +75,14 @@ pub fn list(args: ListArgs, _global: &GlobalArgs) -> anyhow::Result<()> {
 
 fn table(models: &[LocalModel]) -> Table {
     let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED).set_header(["id", "format", "quant", "parameters", "size", "path"]);
+    table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header([
+        "id",
+        "format",
+        "quant",
+        "parameters",
+        "size",
+        "path",
+    ]);
     for m in models {
         table.add_row([
             Cell::new(&m.id),

@@ -57,12 +57,11 @@ pub fn run(args: PullArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             Some(label) => format!("{}:{label}", request.reference.repo),
             None => request.reference.repo.clone(),
         };
-        eprintln!(
-            "pulled {what} ({} files, {}, commit {:.7})",
-            pulled.files.len(),
-            HumanBytes(bars.bytes),
-            pulled.commit
-        );
+        let files = match pulled.files.len() {
+            1 => "1 file".to_string(),
+            n => format!("{n} files"),
+        };
+        eprintln!("pulled {what} ({files}, {}, commit {:.7})", HumanBytes(bars.bytes), pulled.commit);
     }
     println!("{}", pulled.path.display());
     Ok(())
@@ -87,7 +86,7 @@ impl Bars {
             false => ProgressDrawTarget::stderr(),
         };
         let multi = MultiProgress::with_draw_target(target);
-        let total = multi.add(ProgressBar::new(0).with_style(style()).with_message("total"));
+        let total = multi.add(ProgressBar::new(0).with_style(style(RATE)).with_message("total"));
         Self { multi, total, file: None, quiet, bytes: 0 }
     }
 
@@ -106,11 +105,14 @@ impl Bars {
             PullEvent::Pulling { .. } => {}
             PullEvent::Queued { bytes, .. } => self.total.inc_length(bytes),
             PullEvent::FileStarted { path, size, done } => {
-                let bar = self.multi.insert_before(&self.total, ProgressBar::new(size).with_style(style()));
+                let style = if done >= size { style("cached") } else { style(RATE) };
+                let bar = self.multi.insert_before(&self.total, ProgressBar::new(size).with_style(style));
                 bar.set_message(path.rsplit('/').next().unwrap_or(path).to_string());
                 bar.set_position(done);
                 bar.reset_eta();
+                // Bytes already there are not throughput.
                 self.total.inc(done);
+                self.total.reset_eta();
                 self.bytes += size;
                 self.file = Some(bar);
             }
@@ -134,11 +136,13 @@ impl Bars {
     }
 }
 
-fn style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{msg:<36!} {bar:28} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:>4}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
+/// The tail of a bar that is downloading.
+const RATE: &str = "{binary_bytes_per_sec:>12} ETA {eta:>4}";
+
+/// A bar with the name, the bytes, and `tail` (rate and ETA, or a word).
+fn style(tail: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!("{{msg:<36!}} {{bar:28}} {{bytes:>10}}/{{total_bytes:<10}} {tail}"))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 /// The next step after a failure of the Hub or the cache.
@@ -148,6 +152,7 @@ pub(super) fn hint(e: &HubError) -> Option<String> {
         HubError::NotCached { reference, .. } => {
             format!("pull it first with `bodega pull {reference}` (without --no-pull and HF_HUB_OFFLINE)")
         }
+        HubError::Offline { .. } => "unset HF_HUB_OFFLINE to download; cached models run without it".into(),
         HubError::RepoNotFound { .. } => "check the spelling; a private repository also needs HF_TOKEN".into(),
         HubError::RevisionNotFound { .. } => "--revision takes a branch, a tag or a commit hash".into(),
         HubError::FileNotFound { .. } => "leave out --file to choose by quant; the repository's files are on its Hub page".into(),

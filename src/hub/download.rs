@@ -38,6 +38,13 @@ pub async fn fetch(
         return Ok(pointer);
     }
     let meta = remote.file_meta(&cached.id, commit, &file.path).await?;
+    if meta.commit != commit {
+        return Err(HubError::BadResponse {
+            url: file.path.clone(),
+            reason: format!("served from commit {} while the listing named {commit}", meta.commit),
+        }
+        .into());
+    }
     // The listing's hash, else the LFS etag, which is the sha256 of the content.
     let sha256 =
         file.sha256.clone().or_else(|| meta.lfs.then(|| meta.etag.clone()).filter(|e| check_sha256(e).is_ok()));

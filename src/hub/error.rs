@@ -24,6 +24,12 @@ pub enum HubError {
         /// Which switch turned downloads off (`--no-pull`, `HF_HUB_OFFLINE=1`).
         why: &'static str,
     },
+    /// `pull` while `HF_HUB_OFFLINE=1`.
+    #[error("cannot pull '{reference}': downloads are off (HF_HUB_OFFLINE=1)")]
+    Offline {
+        /// What the user asked for.
+        reference: String,
+    },
     /// The Hub has no such repository (HTTP 404), or hides a private one.
     #[error("repository '{repo}' was not found on the Hub")]
     RepoNotFound {

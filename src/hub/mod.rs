@@ -4,8 +4,15 @@
 //! Face cache or pulled into it.
 //!
 //! The cache is huggingface_hub's, so models pulled by bodega are visible to other tools and the other
-//! way round. bodega never names the Hub's address: hf-hub's default endpoint applies unless
-//! `HF_ENDPOINT` is set.
+//! way round. The hf-hub crate (0.5, without its default features) gives the cache layout and the
+//! Hub's URLs; bodega does the HTTP itself on reqwest, for resumable, sha256-checked downloads and
+//! exact errors (`download.rs` says why). bodega never names the Hub's address: hf-hub's default
+//! endpoint applies unless `HF_ENDPOINT` is set.
+//!
+//! Modules, one job each: `reference` parses `ORG/NAME[:QUANT]`; `env` reads the `HF_*` variables;
+//! `cache` knows the layout; `remote` talks HTTP; `listing` checks the Hub's file list; `select` picks
+//! files; `download` fetches one file; `pull` fetches a model; `store` finds, lists and removes local
+//! models; `inspect` reads quant and size from weight files.
 
 mod cache;
 mod download;

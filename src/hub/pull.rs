@@ -79,12 +79,7 @@ pub struct Pulled {
 /// that this may be called from inside another tokio runtime too.
 pub fn pull(request: &PullRequest, on: &mut OnEvent<'_>) -> Result<Pulled> {
     if env::offline() {
-        return Err(HubError::NotCached {
-            reference: request.reference.to_string(),
-            cache: env::cache_dir(),
-            why: "HF_HUB_OFFLINE=1",
-        }
-        .into());
+        return Err(HubError::Offline { reference: request.reference.to_string() }.into());
     }
     std::thread::scope(|scope| {
         scope
