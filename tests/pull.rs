@@ -605,6 +605,22 @@ fn list_shows_demo_and_cached_models_and_rm_removes_one_quant_then_the_repo() {
     assert!(!s.repo_dir(MULTI).exists());
     assert_error_with_hint(&s.bodega(&["rm", MULTI, "-y"]), "is not in the Hugging Face cache");
 
+    // A blob that links out of the cache loses its link, never its target.
+    let linked = "test/Linked-GGUF";
+    let outside = s.dir.path().join("outside.gguf");
+    std::fs::write(&outside, b"q4").unwrap();
+    let blobs = s.repo_dir(linked).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(s.snapshot(linked)).unwrap();
+    std::os::unix::fs::symlink(&outside, blobs.join("1234ab")).unwrap();
+    std::fs::write(blobs.join("5678ef"), b"q8").unwrap();
+    std::os::unix::fs::symlink("../../blobs/1234ab", s.snapshot(linked).join("l-Q4_1.gguf")).unwrap();
+    std::os::unix::fs::symlink("../../blobs/5678ef", s.snapshot(linked).join("l-Q8_0.gguf")).unwrap();
+    assert_ok(&s.bodega(&["rm", &format!("{linked}:Q4_1"), "-y"]));
+    assert_eq!(files_under(&blobs), ["5678ef"]);
+    assert_eq!(files_under(&s.snapshot(linked)), ["l-Q8_0.gguf"]);
+    assert!(outside.is_file());
+
     let err =
         assert_error_with_hint(&s.bodega(&["rm", "smollm2-135m", "-y"]), "removes models from the Hugging Face cache");
     assert!(err.contains("hint: delete the file itself: rm "), "{err}");

@@ -7,7 +7,7 @@
 use super::env;
 use super::listing::check_commit;
 use hf_hub::{Cache, CacheRepo, Repo, RepoType};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 const REPO_PREFIX: &str = "models--";
 
@@ -143,6 +143,25 @@ impl CachedRepo {
     }
 }
 
+impl CachedRepo {
+    /// The blob a snapshot file links to, when it is one of this repository's blobs (never the target
+    /// of a link that leads out of the cache).
+    pub fn blob_of(&self, pointer: &Path) -> Option<PathBuf> {
+        let target = std::fs::read_link(pointer).ok()?;
+        let mut blob = pointer.parent()?.to_path_buf();
+        for part in target.components() {
+            match part {
+                Component::ParentDir => {
+                    blob.pop();
+                }
+                Component::Normal(name) => blob.push(name),
+                _ => return None,
+            }
+        }
+        (blob.parent()? == self.dir.join("blobs")).then_some(blob)
+    }
+}
+
 impl Snapshot {
     /// Every file in the snapshot whose blob is present: its path inside the repository (`/`-separated)
     /// and size.
@@ -153,14 +172,15 @@ impl Snapshot {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 let path = entry.path();
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.is_dir() => stack.push(path),
-                    Ok(m) => {
-                        let rel = path.strip_prefix(&self.dir).unwrap_or(&path);
-                        let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect();
-                        files.push((parts.join("/"), m.len()));
-                    }
-                    Err(_) => {} // a dangling link: its blob is gone
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                    continue;
+                }
+                // Links to folders, and dangling links whose blob is gone, are not files of the snapshot.
+                if let Some(m) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) {
+                    let rel = path.strip_prefix(&self.dir).unwrap_or(&path);
+                    let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+                    files.push((parts.join("/"), m.len()));
                 }
             }
         }
@@ -195,6 +215,7 @@ mod tests {
         std::fs::write(repo.blob("e"), b"bytes").unwrap();
         let pointer = repo.link(commit, "sub/dir/f.gguf", "e").unwrap();
         assert_eq!(std::fs::read(&pointer).unwrap(), b"bytes");
+        assert_eq!(repo.blob_of(&pointer), Some(repo.blob("e")));
         repo.set_ref("main", commit).unwrap();
         assert_eq!(repo.commit_of("main").as_deref(), Some(commit));
         let snapshots = repo.snapshots();

@@ -257,9 +257,9 @@ pub fn plan_removal(reference: &str) -> Result<Removal> {
     if kept.is_empty() {
         return Ok(Removal { what: parsed.to_string(), ..whole(blobs_bytes) });
     }
-    let kept_blobs: Vec<PathBuf> = kept.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let kept_blobs: Vec<PathBuf> = kept.iter().filter_map(|p| cached.blob_of(p)).collect();
     let mut blobs: Vec<PathBuf> =
-        doomed.iter().filter_map(|p| p.canonicalize().ok()).filter(|b| !kept_blobs.contains(b)).collect();
+        doomed.iter().filter_map(|p| cached.blob_of(p)).filter(|b| !kept_blobs.contains(b)).collect();
     blobs.sort();
     blobs.dedup();
     let bytes = blobs.iter().filter_map(|b| std::fs::metadata(b).ok()).map(|m| m.len()).sum();
