@@ -103,6 +103,9 @@ impl Job<'_> {
                 hasher.update(&chunk);
                 done += chunk.len() as u64;
                 on(PullEvent::Bytes(chunk.len() as u64));
+                if done > self.size {
+                    break; // more than announced: `verify` rejects and deletes it
+                }
             }
             out.flush().and_then(|()| out.get_ref().sync_all()).map_err(|e| io_error(partial, e))?;
             offset = done;
