@@ -62,6 +62,15 @@ pub enum Error {
     /// The engine thread is gone (it panicked or was shut down).
     #[error("the engine has stopped")]
     EngineStopped,
+    /// Finding, pulling, listing or removing a model of the Hugging Face Hub failed.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+    /// A safetensors model, which bodega cannot load yet (GGUF only for now).
+    #[error("{} is a safetensors model; bodega cannot load safetensors yet, only GGUF", path.display())]
+    SafetensorsUnsupported {
+        /// The model's folder.
+        path: PathBuf,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

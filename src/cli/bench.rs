@@ -1,7 +1,7 @@
 //! `bodega bench`: flags and scenario files in, a progress bar on stderr while it runs, tables on
 //! stdout and `--json` / `--csv` files out. The measuring itself is `crate::bench`.
 
-use super::load::{load, EngineArgs};
+use super::load::{load, model_file, EngineArgs};
 use super::{interrupt_flag, GlobalArgs, Interrupted, UsageError};
 use crate::bench::config::{OneOrMany, Settings};
 use crate::bench::driver::Bench;
@@ -195,7 +195,7 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
             let http = HttpTarget::connect(url, args.served_model.clone(), args.api_key.as_deref()).await?;
             infos.push(http_info("A", &http));
             targets.push(("A".to_string(), Arc::new(Target::Http(http))));
-            let path = crate::hub::resolve(&args.model)?;
+            let path = tokio::task::block_in_place(|| model_file(&args.model, global))?;
             Arc::new(Tokenizer::from_gguf(&GgufFile::open(&path)?)?)
         }
         None => {

@@ -1,11 +1,15 @@
 //! Model reference → a running engine: the engine flags every subcommand shares, and the notices
 //! printed while loading.
 
+use super::pull::Bars;
 use super::GlobalArgs;
 use crate::engine::{Engine, EngineConfig};
+use crate::error::Error;
+use crate::hub::{Fetch, PullEvent};
 use crate::model::load::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 use clap::Args;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,16 +62,33 @@ pub struct Loaded {
     /// Its tokenizer and chat template.
     pub tokenizer: Arc<Tokenizer>,
     /// The model file.
-    pub path: std::path::PathBuf,
+    pub path: PathBuf,
     /// Its main weight type (`Q4_1`, ...), for reports.
     pub quant: Option<String>,
+}
+
+/// Resolves `reference` to a GGUF file, pulling it (with progress on stderr) when it is a Hub
+/// repository that is not cached, unless `--no-pull`.
+pub fn model_file(reference: &str, global: &GlobalArgs) -> anyhow::Result<PathBuf> {
+    let mut bars = Bars::new(global.quiet);
+    let mut show = |event: PullEvent<'_>| bars.show(event);
+    let fetch = match global.no_pull {
+        true => Fetch::Never { why: "--no-pull" },
+        false => Fetch::Pull(&mut show),
+    };
+    let path = crate::hub::resolve(reference, fetch)?;
+    bars.finish();
+    if path.is_dir() {
+        return Err(Error::SafetensorsUnsupported { path }.into());
+    }
+    Ok(path)
 }
 
 /// Resolves, opens and loads `reference` on the chosen device, and starts the engine.
 pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> anyhow::Result<Loaded> {
     let started = Instant::now();
     let device = crate::device::select(global.device)?;
-    let path = crate::hub::resolve(reference)?;
+    let path = model_file(reference, global)?;
     let mut file = GgufFile::open(&path)?;
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
     let quant = file.main_weight_type();

@@ -5,7 +5,9 @@ mod bench;
 mod chat;
 mod generation;
 mod load;
+mod models;
 mod output;
+mod pull;
 mod run;
 mod serve;
 
@@ -25,7 +27,9 @@ const EXAMPLES: &str = "\
 Examples:
   bodega run smollm2-135m \"Write a haiku about bread\"
   echo \"What is 2+2?\" | bodega run smollm2-135m --temperature 0
-  bodega run ./model.gguf --raw \"Once upon a time\" --max-tokens 64";
+  bodega run ./model.gguf --raw \"Once upon a time\" --max-tokens 64
+  bodega run bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M \"Hi\"   # pulled on first use
+  bodega list";
 
 fn long_version() -> &'static str {
     Box::leak(
@@ -65,6 +69,10 @@ pub struct GlobalArgs {
     /// CPU threads for the model (default: all cores). Example: --threads 4
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Never download: a model must be a path, a demo alias or already in the Hugging Face cache
+    /// (HF_HUB_OFFLINE=1 does the same). Example: --no-pull
+    #[arg(long, global = true)]
+    no_pull: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +89,15 @@ enum Command {
     /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, models, metrics).
     #[command(name = "serve-lite", after_help = serve::EXAMPLES)]
     ServeLite(serve::ServeArgs),
+    /// Download a model from the Hugging Face Hub into the Hugging Face cache (GGUF by quant, or safetensors).
+    #[command(after_help = pull::EXAMPLES)]
+    Pull(pull::PullArgs),
+    /// List local models: the demo models and everything runnable in the Hugging Face cache.
+    #[command(after_help = models::LIST_EXAMPLES)]
+    List(models::ListArgs),
+    /// Remove a model (a repository, or one quant of it) from the Hugging Face cache.
+    #[command(after_help = models::RM_EXAMPLES)]
+    Rm(models::RmArgs),
 }
 
 /// A mistake in how the command was called (exit code 2, like clap's own).
@@ -117,6 +134,9 @@ pub fn main() -> ExitCode {
         Command::ServeLite(args) => serve::run(args, &cli.global),
         Command::Bench(args) => bench::run(*args, &cli.global),
         Command::Chat(args) => chat::run(args, &cli.global),
+        Command::Pull(args) => pull::run(args, &cli.global),
+        Command::List(args) => models::list(args, &cli.global),
+        Command::Rm(args) => models::rm(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,7 +177,7 @@ fn report(e: &anyhow::Error) -> ExitCode {
 fn hint(e: &Error) -> Option<String> {
     match e {
         Error::ModelNotFound { available, .. } => Some(format!(
-            "did you mean {}? Models: a path to a .gguf file, or one of: {}",
+            "did you mean {}? Models: a path to a .gguf file, a Hub repository ORG/NAME[:QUANT], or one of: {}",
             available[0],
             crate::hub::ALIASES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
         )),
@@ -168,6 +188,11 @@ fn hint(e: &Error) -> Option<String> {
         Error::UnsupportedArchitecture(_) => {
             Some("bodega runs llama, mistral, qwen2, qwen3 and gemma3 GGUF files".into())
         }
+        Error::Hub(e) => pull::hint(e),
+        Error::SafetensorsUnsupported { .. } => Some(
+            "pull a GGUF build of the model instead, e.g. bodega pull ORG/NAME-GGUF:Q4_K_M (`bodega list` shows what is cached)"
+                .into(),
+        ),
         _ => None,
     }
 }

@@ -16,7 +16,8 @@ Examples:
 /// Flags of `bodega serve-lite`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The model: a path to a .gguf file, or a demo alias. Example: smollm2-135m
+    /// The model: a .gguf file, a demo alias, or a Hub repository ORG/NAME[:QUANT].
+    /// Example: smollm2-135m
     model: String,
     /// Address to listen on (loopback by default; 0.0.0.0 exposes the server). Example: --host 0.0.0.0
     #[arg(long, default_value = "127.0.0.1")]

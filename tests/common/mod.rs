@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 
 /// A demo model's file; fails with the way to get it when it is missing.
 pub fn demo_path(alias: &str) -> PathBuf {
-    match bodega::hub::resolve(alias) {
+    match bodega::hub::resolve(alias, bodega::hub::Fetch::Never { why: "tests use the demo models" }) {
         Ok(path) => path,
         Err(e) => panic!("{e}\nThe tests need the demo models: run scripts/fetch-test-models.sh first."),
     }

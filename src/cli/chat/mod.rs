@@ -32,7 +32,8 @@ Examples:
 /// Flags of `bodega chat`.
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// The model: a path to a .gguf file, or a demo alias (smollm2-135m, gemma3-270m).
+    /// The model: a .gguf file, a demo alias (smollm2-135m, gemma3-270m), or a Hub repository
+    /// ORG/NAME[:QUANT] (pulled unless cached).
     /// Example: smollm2-135m
     model: String,
     /// The system message to start with (/system changes it). Example: --system "Answer in French."

@@ -23,7 +23,8 @@ Examples:
 /// Flags of `bodega run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The model: a path to a .gguf file, or a demo alias (smollm2-135m, gemma3-270m).
+    /// The model: a .gguf file, a demo alias (smollm2-135m, gemma3-270m), or a Hub repository
+    /// ORG/NAME[:QUANT] (pulled unless cached).
     /// Example: smollm2-135m
     model: String,
     /// The prompt. Without it, the prompt is read from stdin (when stdin is not a terminal).

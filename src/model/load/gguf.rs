@@ -141,6 +141,12 @@ impl GgufFile {
         })
     }
 
+    /// Elements in all tensors of this file: the model's parameter count (a split model's is the sum
+    /// over its parts), as model listings show it.
+    pub fn parameter_count(&self) -> u64 {
+        self.content.tensor_infos.values().map(|info| info.shape.elem_count() as u64).sum()
+    }
+
     /// Whether the file has a tensor of this name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
