@@ -30,6 +30,7 @@ echo "== 1. bodega in-process (A) vs bodega serve-lite over HTTP (B)"
 "$bodega" --threads "$threads" -q bench "$model" --max-seqs 16 --vs "http://127.0.0.1:$ours" "${workload[@]}" \
   --json "$out/inproc-vs-http.json"
 echo "== 2. bodega serve-lite (A) vs llama-server (B)"
+# A new seed: run 1's prompts are in serve-lite's prefix cache.
 "$bodega" --threads "$threads" -q bench "$model" --url "http://127.0.0.1:$ours" --vs "http://127.0.0.1:$theirs" \
-  "${workload[@]}" --check --json "$out/http-vs-llama.json" || echo "(bench exited $?: see the check above)"
+  "${workload[@]}" --seed 1 --check --json "$out/http-vs-llama.json" || echo "(bench exited $?: see the check above)"
 echo "reports in $out"
