@@ -1,8 +1,9 @@
 //! What `run` and `chat` share: the sampling flags, streaming a reply from the engine, the `--json`
 //! reply object, the `--verbose` stats line, and reading a prompt from piped stdin.
 
-use super::UsageError;
-use crate::engine::{Completion, Event, FinishReason, RequestHandle, SamplingParams, StopConditions};
+use super::output::Stdout;
+use super::{interrupt_flag, Interrupted, UsageError};
+use crate::engine::{Completion, Engine, Event, FinishReason, Request, RequestHandle, SamplingParams, StopConditions};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
@@ -164,4 +165,34 @@ pub fn stream(
             Ok(Event::Error(message)) => bail!(message),
         }
     }
+}
+
+/// Submits one request and prints its reply as `run` does: streamed to stdout (or one `--json`
+/// object), the `--verbose` stats line, and [`Interrupted`] when Ctrl-C cut it short.
+pub fn reply_once(engine: &Engine, request: Request, json: bool, verbose: bool) -> anyhow::Result<()> {
+    let prompt_ids = request.prompt_ids.clone();
+    let interrupted = interrupt_flag();
+    let handle = engine.submit(request)?;
+    let mut stdout = Stdout::new();
+    let mut text = String::new();
+    let completion = stream(&handle, &interrupted, |piece| {
+        text.push_str(piece);
+        if json {
+            Ok(true)
+        } else {
+            stdout.write(piece)
+        }
+    })?;
+    if json {
+        stdout.write(&(serde_json::to_string(&JsonReply::new(None, &text, &prompt_ids, &completion))? + "\n"))?;
+    } else {
+        stdout.finish_line()?;
+    }
+    if verbose {
+        print_stats(&completion);
+    }
+    if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    Ok(())
 }

@@ -4,10 +4,9 @@
 mod conversation;
 mod input;
 
-use super::generation::{print_stats, read_stdin_prompt, stream, JsonReply, SamplingArgs};
+use super::generation::{print_stats, read_stdin_prompt, reply_once, stream, SamplingArgs};
 use super::load::{load, EngineArgs, Loaded};
-use super::output::Stdout;
-use super::{interrupt_flag, GlobalArgs, Interrupted, UsageError};
+use super::{interrupt_flag, GlobalArgs, UsageError};
 use crate::engine::{Completion, FinishReason, Request, SamplingParams, StopConditions};
 use crate::tokenizer::Message;
 use anyhow::{bail, Context as _};
@@ -97,31 +96,8 @@ fn piped(args: &ChatArgs, global: &GlobalArgs, sampling: SamplingParams) -> anyh
     let loaded = load(&args.model, &args.engine, global)?;
     let (prompt_ids, _) =
         conversation.fit(&loaded.tokenizer, loaded.engine.context_length(), 1, args.context_overflow)?;
-    let interrupted = interrupt_flag();
-    let request = Request { prompt_ids: prompt_ids.clone(), sampling, stop: args.sampling.stop_conditions(false) };
-    let handle = loaded.engine.submit(request)?;
-    let mut stdout = Stdout::new();
-    let mut reply = String::new();
-    let completion = stream(&handle, &interrupted, |piece| {
-        reply.push_str(piece);
-        if args.json {
-            Ok(true)
-        } else {
-            stdout.write(piece)
-        }
-    })?;
-    if args.json {
-        stdout.write(&(serde_json::to_string(&JsonReply::new(None, &reply, &prompt_ids, &completion))? + "\n"))?;
-    } else {
-        stdout.finish_line()?;
-    }
-    if global.verbose {
-        print_stats(&completion);
-    }
-    if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
-        return Err(Interrupted.into());
-    }
-    Ok(())
+    let request = Request { prompt_ids, sampling, stop: args.sampling.stop_conditions(false) };
+    reply_once(&loaded.engine, request, args.json, global.verbose)
 }
 
 /// Tab completion of slash commands and `/set` names.

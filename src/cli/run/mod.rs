@@ -2,16 +2,14 @@
 
 mod each_line;
 
-use super::generation::{print_stats, read_stdin_prompt, stream, JsonReply, SamplingArgs};
+use super::generation::{print_stats, read_stdin_prompt, reply_once, JsonReply, SamplingArgs};
 use super::load::{load, EngineArgs, Loaded};
-use super::output::Stdout;
-use super::{interrupt_flag, GlobalArgs, Interrupted, UsageError};
-use crate::engine::{FinishReason, Request, SamplingParams};
+use super::{GlobalArgs, UsageError};
+use crate::engine::{Request, SamplingParams};
 use crate::tokenizer::Message;
 use anyhow::Context;
 use clap::Args;
 use std::io::{IsTerminal, Read};
-use std::sync::atomic::Ordering;
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
@@ -68,30 +66,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let prompt = read_prompt(args.prompt.as_deref())?;
     let loaded = load(&args.model, &args.engine, global)?;
     let prompt_ids = args.encode(&loaded, &prompt)?;
-    let interrupted = interrupt_flag();
-    let handle = loaded.engine.submit(args.request(prompt_ids.clone(), &sampling))?;
-    let mut stdout = Stdout::new();
-    let mut text = String::new();
-    let completion = stream(&handle, &interrupted, |piece| {
-        text.push_str(piece);
-        if args.json {
-            Ok(true)
-        } else {
-            stdout.write(piece)
-        }
-    })?;
-    if args.json {
-        stdout.write(&(serde_json::to_string(&JsonReply::new(None, &text, &prompt_ids, &completion))? + "\n"))?;
-    } else {
-        stdout.finish_line()?;
-    }
-    if global.verbose {
-        print_stats(&completion);
-    }
-    if completion.finish_reason == FinishReason::Cancelled && interrupted.load(Ordering::Relaxed) {
-        return Err(Interrupted.into());
-    }
-    Ok(())
+    reply_once(&loaded.engine, args.request(prompt_ids, &sampling), args.json, global.verbose)
 }
 
 impl RunArgs {
