@@ -16,6 +16,7 @@ command -v curl >/dev/null || { echo "error: the server tests need curl (apt-get
 cargo fmt --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+scripts/check-cuda.sh
 
 # The NEON kernels: cross-compile the dependency-free kernel crate and run its tests under qemu
 # (.cargo/config.toml names the linker and the runner). The tools are installed once, when missing.

@@ -39,7 +39,11 @@ impl FromStr for DeviceChoice {
 
 /// The backends this build can run on.
 pub fn compiled_backends() -> &'static [&'static str] {
-    &["cpu"]
+    if cfg!(feature = "cuda") {
+        &["cpu", "cuda"]
+    } else {
+        &["cpu"]
+    }
 }
 
 /// The device `choice` runs on, in words, for startup lines.
@@ -54,11 +58,24 @@ pub fn describe(choice: DeviceChoice) -> &'static str {
 /// Opens the chosen device.
 pub fn select(choice: DeviceChoice) -> Result<Device> {
     match choice {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Auto => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Auto => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(n) => Device::new_cuda(n)
+            .map_err(|e| Error::InvalidRequest(format!("cannot open CUDA device {n}: {}", first_line(&e.to_string())))),
         DeviceChoice::Cuda(_) | DeviceChoice::Metal => Err(Error::InvalidRequest(format!(
             "this build of bodega has no {} backend (compiled in: {})",
             if matches!(choice, DeviceChoice::Metal) { "Metal" } else { "CUDA" },
             compiled_backends().join(", ")
         ))),
     }
+}
+
+/// The first line of a driver error (candle's CUDA errors carry a backtrace-like tail).
+#[cfg(feature = "cuda")]
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
 }

@@ -1,7 +1,7 @@
 //! `bodega bench`: flags and scenario files in, a progress bar on stderr while it runs, tables on
 //! stdout and `--json` / `--csv` files out. The measuring itself is `crate::bench`.
 
-use super::load::{load, model_file, EngineArgs};
+use super::load::{load, load_synthetic, model_file, EngineArgs};
 use super::{interrupt_flag, GlobalArgs, Interrupted, UsageError};
 use crate::bench::config::{OneOrMany, Settings};
 use crate::bench::driver::Bench;
@@ -12,6 +12,7 @@ use crate::bench::report::{mean_and_std, Report, TargetInfo};
 use crate::bench::resources::{measure_cpu_bandwidth, Machine};
 use crate::bench::target::Target;
 use crate::model::load::gguf::GgufFile;
+use crate::model::load::synthetic::SyntheticSpec;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -45,7 +46,14 @@ const SHIPPED: [(&str, &str); 5] = [
 pub struct BenchArgs {
     /// The model: runs in this process, or, with --url, gives the tokenizer for the prompts.
     /// Example: smollm2-135m
-    model: String,
+    #[arg(required_unless_present = "synthetic")]
+    model: Option<String>,
+    /// Instead of a model file: random weights of a named shape built on the device, with a synthetic
+    /// vocabulary (speed does not depend on weight values): llama-3.2-1b, llama-3.2-3b or
+    /// llama-3.1-8b, optionally `:f16` (default), `:bf16`, `:q8_0` or `:q4_k`.
+    /// Example: --synthetic llama-3.2-1b:q8_0
+    #[arg(long, value_name = "SHAPE[:TYPE]", conflicts_with_all = ["model", "url"])]
+    synthetic: Option<SyntheticSpec>,
     /// Benchmark an OpenAI-compatible server instead of the in-process engine.
     /// Example: --url http://127.0.0.1:8080
     #[arg(long, value_name = "URL")]
@@ -195,11 +203,15 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
             let http = HttpTarget::connect(url, args.served_model.clone(), args.api_key.as_deref()).await?;
             infos.push(http_info("A", &http));
             targets.push(("A".to_string(), Arc::new(Target::Http(http))));
-            let path = tokio::task::block_in_place(|| model_file(&args.model, global))?;
+            let model = args.model.as_deref().unwrap_or_default();
+            let path = tokio::task::block_in_place(|| model_file(model, global))?;
             Arc::new(Tokenizer::from_gguf(&GgufFile::open(&path)?)?)
         }
         None => {
-            let loaded = tokio::task::block_in_place(|| load(&args.model, &args.engine, global))?;
+            let loaded = tokio::task::block_in_place(|| match &args.synthetic {
+                Some(spec) => load_synthetic(spec, &args.engine, global),
+                None => load(args.model.as_deref().unwrap_or_default(), &args.engine, global),
+            })?;
             infos.push(TargetInfo {
                 label: "A".into(),
                 kind: "in-process".into(),

@@ -7,6 +7,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::Error;
 use crate::hub::{Fetch, PullEvent};
 use crate::model::load::gguf::GgufFile;
+use crate::model::load::synthetic::SyntheticSpec;
 use crate::tokenizer::Tokenizer;
 use clap::Args;
 use std::path::PathBuf;
@@ -89,7 +90,25 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     let started = Instant::now();
     let device = crate::device::select(global.device)?;
     let path = model_file(reference, global)?;
-    let mut file = GgufFile::open(&path)?;
+    start(GgufFile::open(&path)?, path, engine_args, device, started)
+}
+
+/// Builds a synthetic model (random weights of a named shape) on the chosen device and starts the
+/// engine; its `path` is the spec's name.
+pub fn load_synthetic(spec: &SyntheticSpec, engine_args: &EngineArgs, global: &GlobalArgs) -> anyhow::Result<Loaded> {
+    let started = Instant::now();
+    let device = crate::device::select(global.device)?;
+    start(spec.open()?, PathBuf::from(spec.to_string()), engine_args, device, started)
+}
+
+/// Builds the model and its tokenizer from `file` on `device` and starts the engine.
+fn start(
+    mut file: GgufFile,
+    path: PathBuf,
+    engine_args: &EngineArgs,
+    device: candle_core::Device,
+    started: Instant,
+) -> anyhow::Result<Loaded> {
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
     let quant = file.main_weight_type();
     let model = crate::model::from_gguf(&mut file, &device)?;

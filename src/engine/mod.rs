@@ -167,6 +167,7 @@ pub struct Engine {
     context_length: usize,
     block_size: usize,
     num_blocks: usize,
+    kv_dtype: DType,
     stats: Arc<Mutex<EngineStats>>,
 }
 
@@ -185,8 +186,8 @@ impl Engine {
                 "block size, --max-seqs and --max-batched-tokens must be positive".into(),
             ));
         }
-        let per_block =
-            PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, DType::F32);
+        let kv_dtype = PagedKvCache::dtype_for(&device);
+        let per_block = PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, kv_dtype);
         let context = config.context_length.min(info.context_length).max(2);
         let needed = (config.max_seqs * context.div_ceil(bs) * per_block) as u64;
         let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory(needed));
@@ -198,7 +199,7 @@ impl Engine {
         }
         let context_length = context.min(num_blocks * bs);
         let cache =
-            PagedKvCache::new(info.num_layers, num_blocks, bs, info.num_kv_heads, info.head_dim, DType::F32, &device)?;
+            PagedKvCache::new(info.num_layers, num_blocks, bs, info.num_kv_heads, info.head_dim, kv_dtype, &device)?;
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 block_size: bs,
@@ -216,7 +217,7 @@ impl Engine {
             .spawn(move || worker.run(inbox))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
         tracing::debug!("KV cache: {num_blocks} blocks of {bs} tokens ({} MiB)", (num_blocks * per_block) >> 20);
-        Ok(Self { commands, thread: Some(thread), info, context_length, block_size: bs, num_blocks, stats })
+        Ok(Self { commands, thread: Some(thread), info, context_length, block_size: bs, num_blocks, kv_dtype, stats })
     }
 
     /// Queues a request. Fails at once if it can never run: empty, or a prompt plus `max_tokens`
@@ -261,9 +262,15 @@ impl Engine {
         &self.info
     }
 
-    /// Bytes of cached keys and values one token takes over all layers (f32 on the CPU).
+    /// Bytes of cached keys and values one token takes over all layers (f32 on the CPU, f16 on GPUs).
     pub fn kv_bytes_per_token(&self) -> usize {
-        PagedKvCache::bytes_per_block(self.info.num_layers, 1, self.info.num_kv_heads, self.info.head_dim, DType::F32)
+        PagedKvCache::bytes_per_block(
+            self.info.num_layers,
+            1,
+            self.info.num_kv_heads,
+            self.info.head_dim,
+            self.kv_dtype,
+        )
     }
 
     /// KV blocks in the pool and tokens per block.

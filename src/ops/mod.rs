@@ -5,6 +5,8 @@
 //! reference implementation that every other backend is tested against, and the CPU production path.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod kv_cache;
 mod kv_write;
 mod paged_attention;

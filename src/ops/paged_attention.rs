@@ -26,6 +26,26 @@ struct PagedAttention<'a> {
     window: usize,
 }
 
+impl PagedAttention<'_> {
+    /// Checks the shapes against each other and the metadata against the cache, so that no kernel
+    /// reads out of bounds; returns the call's parameters.
+    fn check(&self, q_l: &Layout, k_l: &Layout, v_l: &Layout) -> Result<AttentionParams> {
+        let (tokens, num_heads, head_dim) = q_l.shape().dims3()?;
+        let (num_blocks, block_size, num_kv_heads, kd) = k_l.shape().dims4()?;
+        if kd != head_dim || k_l.shape() != v_l.shape() || num_heads % num_kv_heads != 0 {
+            candle_core::bail!("paged-attention: q {:?} does not match cache {:?}", q_l.shape(), k_l.shape());
+        }
+        if tokens != self.meta.num_tokens() {
+            candle_core::bail!("paged-attention: {tokens} queries but metadata for {}", self.meta.num_tokens());
+        }
+        self.meta.validate(block_size, num_blocks)?;
+        if !(k_l.is_contiguous() && v_l.is_contiguous()) {
+            candle_core::bail!("paged-attention: caches must be contiguous");
+        }
+        Ok(AttentionParams { num_heads, num_kv_heads, head_dim, block_size, scale: self.scale, window: self.window })
+    }
+}
+
 impl CustomOp3 for PagedAttention<'_> {
     fn name(&self) -> &'static str {
         "paged-attention"
@@ -40,20 +60,9 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         v_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (tokens, num_heads, head_dim) = q_l.shape().dims3()?;
-        let (num_blocks, block_size, num_kv_heads, kd) = k_l.shape().dims4()?;
-        if kd != head_dim || k_l.shape() != v_l.shape() || num_heads % num_kv_heads != 0 {
-            candle_core::bail!("paged-attention: q {:?} does not match cache {:?}", q_l.shape(), k_l.shape());
-        }
-        if tokens != self.meta.num_tokens() {
-            candle_core::bail!("paged-attention: {tokens} queries but metadata for {}", self.meta.num_tokens());
-        }
-        self.meta.validate(block_size, num_blocks)?;
-        if !(k_l.is_contiguous() && v_l.is_contiguous()) {
-            candle_core::bail!("paged-attention: caches must be contiguous");
-        }
-        let params =
-            AttentionParams { num_heads, num_kv_heads, head_dim, block_size, scale: self.scale, window: self.window };
+        let params = self.check(q_l, k_l, v_l)?;
+        let tokens = self.meta.num_tokens();
+        let (num_heads, head_dim) = (params.num_heads, params.head_dim);
         match (q, k, v) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
                 let q = &q[q_l.start_offset()..q_l.start_offset() + tokens * num_heads * head_dim];
@@ -65,5 +74,20 @@ impl CustomOp3 for PagedAttention<'_> {
             }
             _ => candle_core::bail!("paged-attention: the CPU path takes f32 queries and caches"),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        q_l: &Layout,
+        k: &candle_core::CudaStorage,
+        k_l: &Layout,
+        v: &candle_core::CudaStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let params = self.check(q_l, k_l, v_l)?;
+        let out = super::cuda::paged_attention(q, q_l, k, k_l, v, v_l, self.meta, params)?;
+        Ok((out, q_l.shape().clone()))
     }
 }

@@ -1,13 +1,13 @@
 //! Quantized weights as the model uses them: `x · Wᵀ` and row lookups (tied embeddings). On the CPU,
 //! for the formats bodega's kernels read (`bodega-cpu-kernels`), the kernels own the only copy of the
 //! bytes and multiply a whole batch per weight read, batch-invariantly; elsewhere (CUDA, Metal, F16/F32
-//! weights, other formats) candle's `QMatMul` does the work.
+//! weights, other formats) candle's `QMatMul` does the work, and F16/BF16 weights on a GPU stay dense.
 
 use crate::error::{Error, Result};
 use bodega_cpu_kernels::{KernelPath, QuantFormat, QuantMatrix};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use std::sync::Arc;
 
 /// A quantized weight matrix `[N, K]`.
@@ -15,6 +15,9 @@ use std::sync::Arc;
 pub enum QWeights {
     /// bodega's CPU kernels.
     Cpu(Arc<QuantMatrix>),
+    /// Dense f16/bf16/f32 weights on a GPU, kept in their own type (candle's `QMatMul` would widen
+    /// them to f32, doubling the bytes every step reads); activations are cast to it for the matmul.
+    Dense(Tensor),
     /// candle's quantized tensor and matmul.
     Candle {
         /// The tensor (for embedding lookups).
@@ -55,6 +58,16 @@ impl QWeights {
                     .map_err(|e| Error::Metadata(format!("weight matrix {n}×{k}: {e}")))?;
                 Ok(Self::Cpu(Arc::new(matrix)))
             }
+            _ if !tensor.device().is_cpu()
+                && matches!(tensor.dtype(), GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32) =>
+            {
+                let dense = match tensor.dtype() {
+                    GgmlDType::BF16 => tensor.dequantize(&tensor.device())?.to_dtype(DType::BF16)?,
+                    GgmlDType::F32 => tensor.dequantize(&tensor.device())?,
+                    _ => tensor.dequantize_f16(&tensor.device())?,
+                };
+                Ok(Self::Dense(dense))
+            }
             _ => Ok(Self::Candle { matmul: QMatMul::from_arc(tensor.clone())?, tensor }),
         }
     }
@@ -64,6 +77,7 @@ impl QWeights {
         match self {
             Self::Cpu(m) => m.bytes().len(),
             Self::Candle { tensor, .. } => tensor.storage_size_in_bytes(),
+            Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
         }
     }
 
@@ -72,6 +86,7 @@ impl QWeights {
         Ok(match self {
             Self::Cpu(m) => (m.rows(), m.cols()),
             Self::Candle { tensor, .. } => tensor.shape().dims2()?,
+            Self::Dense(w) => w.dims2()?,
         })
     }
 
@@ -80,6 +95,14 @@ impl QWeights {
         Ok(match self {
             Self::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&CpuMatMul(m.clone()))?,
             Self::Candle { matmul, .. } => matmul.forward(x)?,
+            Self::Dense(w) => {
+                let (in_dtype, dims) = (x.dtype(), x.dims().to_vec());
+                let k = *dims.last().unwrap_or(&0);
+                let x2 = x.reshape((x.elem_count() / k.max(1), k))?.to_dtype(w.dtype())?;
+                let mut out_dims = dims;
+                *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
+                x2.matmul(&w.t()?)?.to_dtype(in_dtype)?.reshape(out_dims)?
+            }
         })
     }
 
@@ -97,6 +120,11 @@ impl QWeights {
                 Ok(Tensor::from_vec(rows, (ids.len(), k), &candle_core::Device::Cpu)?)
             }
             Self::Candle { tensor, .. } => Ok(tensor.embedding(ids)?),
+            Self::Dense(w) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(w.dim(1)?);
+                Ok(w.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?.reshape(dims)?)
+            }
         }
     }
 }

@@ -10,11 +10,15 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+/// Where a GGUF's bytes come from: the file on disk, or a generator (synthetic models).
+pub trait GgufBytes: Read + Seek + Send {}
+impl<T: Read + Seek + Send> GgufBytes for T {}
+
 /// An open, validated GGUF file.
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
-    reader: BufReader<File>,
+    reader: Box<dyn GgufBytes>,
 }
 
 impl GgufFile {
@@ -46,7 +50,13 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(Self { path: path.to_path_buf(), content, reader })
+        Ok(Self { path: path.to_path_buf(), content, reader: Box::new(reader) })
+    }
+
+    /// A GGUF from parsed contents and a source of tensor bytes (offsets relative to
+    /// `content.tensor_data_offset`); `path` names it in messages.
+    pub fn from_parts(path: PathBuf, content: Content, reader: Box<dyn GgufBytes>) -> Self {
+        Self { path, content, reader }
     }
 
     /// `general.architecture`.

@@ -1,3 +1,4 @@
-//! Turning files on disk into a model: GGUF today; safetensors and synthetic weights join here.
+//! Turning files on disk into a model: GGUF files, and synthetic models of a named shape.
 
 pub mod gguf;
+pub mod synthetic;

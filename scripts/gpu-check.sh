@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Every GPU test and benchmark of the CUDA backend, in one call on a GPU machine, with a table last.
+#
+#   scripts/gpu-check.sh pack          # here (no GPU needed): builds and packs .device/ (~60 MB)
+#   scripts/gpu-check.sh run [PHASES]  # there, from the repo root; logs in /tmp/gpu-check, packed into
+#                                      # $OUT/gpu-check.tgz beside $OUT/table.md when $OUT is set
+#
+# pack: the CUDA toolchain (../shared/tools/cuda-toolchain.sh), a release build of `bodega` and of the
+# test binary tests/gpu.rs (portable x86-64-v3, stripped, xz), a 4-block SmolLM2 for the real-weight
+# tests (scripts/truncate-gguf.py; the demo file does not fit the carry) and llama.cpp's source with
+# its build script (../shared/tools/llama-cpp.sh gpu-src).
+# run: PHASES is any of `tests bench llama` (default: all). llama.cpp builds in the background while
+# the tests run; then both engines are benchmarked on a synthetic Llama-3.2-1B in F16 and Q8_0:
+# single-stream prompt (512) and decode (128) speed, and aggregate decode at 1/4/16/64 sequences of
+# 128 prompt + 128 generated tokens (llama-batched-bench vs `bodega bench`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=.device
+
+pack() {
+  eval "$(../shared/tools/cuda-toolchain.sh)"
+  export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-target-cuda}
+  # LTO off: the GPU does the work; a fat-LTO build of candle's CUDA backend takes far longer here.
+  export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+  cargo build --release --features cuda --locked --bin bodega
+  local test_bin
+  test_bin=$(cargo test --release --features cuda --locked --test gpu --no-run --message-format=json \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable"): print(m["executable"])')
+  mkdir -p "$dev"
+  strip -o "$dev/bodega" "$CARGO_TARGET_DIR/release/bodega"
+  strip -o "$dev/gpu" "$test_bin"
+  xz -f -T2 -6 "$dev/bodega" "$dev/gpu"
+  local model
+  model=$(scripts/fetch-test-models.sh | head -n 1)
+  if [ ! -f "$dev/smollm2-4l.gguf.xz" ]; then
+    # The gguf package, in a venv of its own under ~/.cache/bodega.
+    local venv=${BODEGA_CACHE:-$HOME/.cache/bodega}/venv-gguf
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import gguf' 2>/dev/null \
+      || { python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check gguf; }
+    "$venv/bin/python" scripts/truncate-gguf.py "$model" "$dev/smollm2-4l.gguf" --layers 4
+    xz -f -T2 -6 "$dev/smollm2-4l.gguf"
+  fi
+  [ -f "$dev/llama-src.tgz" ] || ../shared/tools/llama-cpp.sh gpu-src "$dev" >/dev/null
+  du -ch "$dev"/* | tail -n 1
+}
+
+run() {
+  local phases=${*:-tests bench llama}
+  local out=/tmp/gpu-check bin=/tmp/gpu-check-bin
+  mkdir -p "$out" "$bin"
+  export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/nvidia/lib64
+  python3 - "$dev" "$bin" <<'PY'
+import lzma, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+for name in os.listdir(src):
+    if name.endswith(".xz"):
+        target = os.path.join(dst, name[:-3])
+        with lzma.open(os.path.join(src, name)) as f, open(target, "wb") as g:
+            shutil.copyfileobj(f, g)
+        os.chmod(target, 0o755)
+PY
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
+  local llama_pid=""
+  if [[ $phases == *llama* ]]; then
+    (bash "$dev/build-llama-gpu.sh" >"$out/llama-build.log" 2>&1) &
+    llama_pid=$!
+  fi
+  if [[ $phases == *tests* ]]; then
+    BODEGA_GPU_MODEL=$bin/smollm2-4l.gguf timeout 300 "$bin/gpu" --test-threads=1 --nocapture 2>&1 \
+      | tee "$out/gpu-tests.log" || true
+  fi
+  local peak=${PEAK_GBS:-3350}
+  if [[ $phases == *bench* ]]; then
+    for type in f16 q8_0; do
+      timeout 120 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --depth 0 --input-len 512 \
+        --output-len 128 --repeat 3 --warmup 1 --peak-bandwidth "$peak" --ctx-size 4096 --kv-memory 4G \
+        --json "$out/bodega-$type-single.json" 2>&1 | tee "$out/bodega-$type-single.log" || true
+      # Rows of 10 × N requests each (bench's default), N in flight.
+      timeout 180 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --concurrency 1,4,16,64 \
+        --warmup 2 --input-len 128 --output-len 128 --max-seqs 64 --ctx-size 512 --kv-memory 4G \
+        --peak-bandwidth "$peak" --json "$out/bodega-$type-sweep.json" 2>&1 | tee "$out/bodega-$type-sweep.log" || true
+    done
+  fi
+  if [[ -n $llama_pid ]]; then
+    wait "$llama_pid" || { tail -n 30 "$out/llama-build.log"; return 1; }
+    local lbin=/tmp/llama.cpp/build/bin
+    for type in f16 q8_0; do
+      PYTHONPATH=/tmp/llama.cpp/gguf-py python3 scripts/synthetic-gguf.py "/tmp/llama-1b-$type.gguf" "$type" >/dev/null
+      "$lbin/llama-bench" -m "/tmp/llama-1b-$type.gguf" -p 512 -n 128 -fa 1 -ngl 99 -r 3 2>&1 \
+        | tee "$out/llama-$type-bench.log" || true
+      "$lbin/llama-batched-bench" -m "/tmp/llama-1b-$type.gguf" -c 20000 -b 2048 -ub 512 -npp 128 -ntg 128 \
+        -npl 1,4,16,64 -fa on -ngl 99 2>&1 | tee "$out/llama-$type-batched.log" || true
+    done
+  fi
+  python3 scripts/gpu-table.py "$out" | tee "$out/table.md"
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/gpu-check.tgz" -C "$(dirname "$out")" "$(basename "$out")"
+    cp "$out/table.md" "$OUT/"
+  fi
+}
+
+case "${1:-}" in
+  pack) pack ;;
+  run) shift; run "$@" ;;
+  *) sed -n 2,14p "$0"; exit 2 ;;
+esac

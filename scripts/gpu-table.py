@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Prints the table scripts/gpu-check.sh ends with, from the logs and reports it wrote in DIR:
+test results, attention kernel throughput, and bodega vs llama.cpp on a synthetic Llama-3.2-1B."""
+import json
+import os
+import re
+import sys
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def bodega_single(d, t):
+    rep = read(os.path.join(d, f"bodega-{t}-single.json"))
+    if not rep:
+        return None, None
+    runs = json.loads(rep)["single_stream"]
+    mean = lambda k: sum(r[k] for r in runs) / len(runs)
+    return mean("prefill_tok_s"), mean("decode_tok_s")
+
+
+def bodega_batch(d, t, n):
+    """Engine decode tok/s of the sweep's row with N requests in flight."""
+    rep = read(os.path.join(d, f"bodega-{t}-sweep.json"))
+    if not rep:
+        return None
+    report = json.loads(rep)
+    labels = [p["label"] for p in report["plan"].get("rows", [])
+              if p["classes"] and p["classes"][0]["load"].get("concurrency") == n]
+    for row in report["rows"]:
+        if row["target"] == "A" and row["row"] in labels:
+            return (row.get("engine_mean") or {}).get("decode_tok_s")
+    return None
+
+
+def llama_single(d, t):
+    log = read(os.path.join(d, f"llama-{t}-bench.log"))
+    pp = re.search(r"\|\s*pp512\s*\|\s*([\d.]+)", log)
+    tg = re.search(r"\|\s*tg128\s*\|\s*([\d.]+)", log)
+    return (float(pp.group(1)) if pp else None), (float(tg.group(1)) if tg else None)
+
+
+def llama_batch(d, t, n):
+    log = read(os.path.join(d, f"llama-{t}-batched.log"))
+    for line in log.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and cells[0] == "128" and cells[1] == "128" and cells[2] == str(n):
+            return float(cells[7])  # S_TG t/s
+    return None
+
+
+def fmt(x):
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def ratio(a, b):
+    return "—" if a is None or b is None else f"{a / b:.2f}"
+
+
+def main():
+    d = sys.argv[1]
+    print(f"device: {read(os.path.join(d, 'device.txt')).strip()}")
+    tests = read(os.path.join(d, "gpu-tests.log"))
+    for line in tests.splitlines():
+        if line.startswith("test result:") or re.match(r"(decode|prefill) attention|measured peak|teacher-forced|.*requests identical", line):
+            print(line)
+    print()
+    print("| synthetic Llama-3.2-1B | bodega | llama.cpp | bodega / llama.cpp |")
+    print("|---|---|---|---|")
+    for t in ["f16", "q8_0"]:
+        bp, bt = bodega_single(d, t)
+        lp, lt = llama_single(d, t)
+        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(lt)} | {ratio(bt, lt)} |")
+        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(lp)} | {ratio(bp, lp)} |")
+        for n in [1, 4, 16, 64]:
+            b, l = bodega_batch(d, t, n), llama_batch(d, t, n)
+            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(l)} | {ratio(b, l)} |")
+
+
+if __name__ == "__main__":
+    main()
