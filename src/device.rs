@@ -60,22 +60,37 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        DeviceChoice::Auto => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+        DeviceChoice::Auto => Ok(open_cuda(0).unwrap_or(Device::Cpu)),
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Auto => Ok(Device::Cpu),
         #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(n) => Device::new_cuda(n)
-            .map_err(|e| Error::InvalidRequest(format!("cannot open CUDA device {n}: {}", first_line(&e.to_string())))),
-        DeviceChoice::Cuda(_) | DeviceChoice::Metal => Err(Error::InvalidRequest(format!(
-            "this build of bodega has no {} backend (compiled in: {})",
-            if matches!(choice, DeviceChoice::Metal) { "Metal" } else { "CUDA" },
-            compiled_backends().join(", ")
-        ))),
+        DeviceChoice::Cuda(n) => open_cuda(n),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(not_compiled_in("CUDA")),
+        DeviceChoice::Metal => Err(not_compiled_in("Metal")),
     }
 }
 
-/// The first line of a driver error (candle's CUDA errors carry a backtrace-like tail).
+/// The error for a backend this build lacks.
+fn not_compiled_in(backend: &str) -> Error {
+    Error::InvalidRequest(format!(
+        "this build of bodega has no {backend} backend (compiled in: {})",
+        compiled_backends().join(", ")
+    ))
+}
+
+/// Opens CUDA device `n` for bodega's single-stream use.
 #[cfg(feature = "cuda")]
-fn first_line(message: &str) -> &str {
-    message.lines().next().unwrap_or(message)
+fn open_cuda(n: usize) -> Result<Device> {
+    let device = Device::new_cuda(n).map_err(|e| {
+        let message = e.to_string();
+        // candle's CUDA errors carry a backtrace-like tail: the first line says it.
+        Error::InvalidRequest(format!("cannot open CUDA device {n}: {}", message.lines().next().unwrap_or("")))
+    })?;
+    if let Device::Cuda(cuda) = &device {
+        // SAFETY: every tensor bodega creates on this device is used on its one stream (candle's),
+        // so the cross-stream events cudarc records around each launch only cost time.
+        unsafe { cuda.disable_event_tracking() };
+    }
+    Ok(device)
 }

@@ -55,7 +55,8 @@ pub fn build_step(chunks: &[SeqChunk<'_>], block_size: usize, device: &Device) -
         token_ids: Tensor::from_vec(token_ids, total, device)?,
         positions: Tensor::from_vec(positions, total, device)?,
         attention: meta,
-        logits_rows: Tensor::from_vec(logits_rows, n_rows, device)?,
+        // A step of prefill chunks alone samples nothing; a GPU cannot allocate an empty buffer.
+        logits_rows: Tensor::from_vec(logits_rows, n_rows, if n_rows == 0 { &Device::Cpu } else { device })?,
     })
 }
 

@@ -22,9 +22,9 @@ const BLOCK: usize = 16;
 /// reads a slot it should not shows up.
 const POISON: f32 = 1.0e30;
 
-/// The GPU; fails (never skips) without one.
+/// The GPU, opened as `--device cuda` opens it; fails (never skips) without one.
 fn cuda() -> Device {
-    Device::new_cuda(0).unwrap_or_else(|e| {
+    bodega::device::select(bodega::device::DeviceChoice::Cuda(0)).unwrap_or_else(|e| {
         panic!("tests/gpu.rs needs an NVIDIA GPU and its driver ({e}); run it on the GPU machine: scripts/gpu-check.sh")
     })
 }

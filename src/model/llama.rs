@@ -257,6 +257,9 @@ impl Model for Llama {
             })?;
             x = self.residual(x, &block.ffn_norm, block.post_ffn_norm.as_ref(), |h| self.feed_forward(block, h))?;
         }
+        if input.logits_rows.dim(0)? == 0 {
+            return Ok(Tensor::zeros((0, self.info.vocab_size), candle_core::DType::F32, &Device::Cpu)?);
+        }
         let x = x.index_select(&input.logits_rows, 0)?;
         let x = self.norm(&x, &self.output_norm)?;
         self.output.forward(&x)

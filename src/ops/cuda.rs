@@ -4,8 +4,10 @@
 
 use super::cpu::AttentionParams;
 use super::AttentionMetadata;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaFunc, CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
 mod ptx {
@@ -19,7 +21,7 @@ const PARTITION_KEYS: usize = 256;
 
 /// The kernel `name` of kernel family `family`, from the PTX of the newest compiled architecture
 /// that the device runs.
-fn function(dev: &CudaDevice, family: &str, name: &str) -> Result<CudaFunc> {
+fn function(dev: &CudaDevice, family: &str, name: &str) -> Result<CudaFunction> {
     let (major, minor) = dev.cuda_stream().context().compute_capability().w()?;
     let cc = (major * 10 + minor) as u32;
     let Some(&(_, arch, source)) =
@@ -31,7 +33,7 @@ fn function(dev: &CudaDevice, family: &str, name: &str) -> Result<CudaFunc> {
             ptx::ARCHS
         );
     };
-    dev.get_or_load_custom_func(name, &format!("bodega_{family}_sm{arch}"), source)
+    Ok(dev.get_or_load_custom_func(name, &format!("bodega_{family}_sm{arch}"), source)?.into_cuda_function())
 }
 
 /// Kernel-name suffix of a cache storage type.
@@ -78,10 +80,11 @@ pub fn kv_write(
     };
     let offset = cache_l.start_offset();
     let args = (&src, &slots, offset, row_len as u32, cfg);
+    let stream = dev.cuda_stream();
     match &mut cache.slice {
-        CudaStorageSlice::F32(c) => launch_kv_write(&func, c, args),
-        CudaStorageSlice::F16(c) => launch_kv_write(&func, c, args),
-        CudaStorageSlice::BF16(c) => launch_kv_write(&func, c, args),
+        CudaStorageSlice::F32(c) => launch_kv_write(&stream, &func, c, args),
+        CudaStorageSlice::F16(c) => launch_kv_write(&stream, &func, c, args),
+        CudaStorageSlice::BF16(c) => launch_kv_write(&stream, &func, c, args),
         _ => unreachable!("dtype_suffix accepted the cache"),
     }
 }
@@ -90,12 +93,13 @@ pub fn kv_write(
 type KvWriteArgs<'a> = (&'a CudaView<'a, f32>, &'a CudaSlice<u32>, usize, u32, LaunchConfig);
 
 fn launch_kv_write<T: DeviceRepr>(
-    func: &CudaFunc,
+    stream: &CudaStream,
+    func: &CudaFunction,
     cache: &mut CudaSlice<T>,
     (src, slots, offset, row_len, cfg): KvWriteArgs<'_>,
 ) -> Result<()> {
     let mut cache = cache.slice_mut(offset..);
-    let mut builder = func.builder();
+    let mut builder = stream.launch_builder(func);
     builder.arg(src).arg(slots).arg(&mut cache).arg(&row_len);
     // SAFETY: the kernel reads T rows of `row_len` f32 and writes them to slots that the caller
     // checked are inside the cache.
@@ -231,7 +235,8 @@ pub fn paged_attention(
     };
     let (tables, cu) = (packed.slice(..cu_at), packed.slice(cu_at..ctx_at));
     let (ctx, work) = (packed.slice(ctx_at..work_at), packed.slice(work_at..));
-    let mut builder = func.builder();
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
     builder.arg(&q);
     match (&k.slice, &v.slice) {
         (CudaStorageSlice::F32(k), CudaStorageSlice::F32(v)) => builder.arg(k).arg(v),
@@ -253,7 +258,7 @@ pub fn paged_attention(
             block_dim: (d.min(128) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut builder = reduce.builder();
+        let mut builder = stream.launch_builder(&reduce);
         let dims = [tokens as u32, shape.num_heads as u32, d as u32, partitions as u32];
         builder.arg(&part_acc).arg(&part_ml).arg(&out).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
         // SAFETY: reads the partitions written above, writes `out` of `tokens * heads * d`.

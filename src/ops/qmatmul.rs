@@ -61,12 +61,14 @@ impl QWeights {
             _ if !tensor.device().is_cpu()
                 && matches!(tensor.dtype(), GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32) =>
             {
-                let dense = match tensor.dtype() {
-                    GgmlDType::BF16 => tensor.dequantize(&tensor.device())?.to_dtype(DType::BF16)?,
-                    GgmlDType::F32 => tensor.dequantize(&tensor.device())?,
-                    _ => tensor.dequantize_f16(&tensor.device())?,
+                // candle's GPU dequantize does not take F16/BF16: reinterpret the raw bytes instead.
+                let dtype = match tensor.dtype() {
+                    GgmlDType::F16 => DType::F16,
+                    GgmlDType::BF16 => DType::BF16,
+                    _ => DType::F32,
                 };
-                Ok(Self::Dense(dense))
+                let bytes = tensor.data()?;
+                Ok(Self::Dense(Tensor::from_raw_buffer(&bytes, dtype, tensor.shape().dims(), &tensor.device())?))
             }
             _ => Ok(Self::Candle { matmul: QMatMul::from_arc(tensor.clone())?, tensor }),
         }
