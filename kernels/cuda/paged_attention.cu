@@ -141,6 +141,9 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
         last_s[r] = (r < rows && r % gc < heads_here) ? pos : 0;
         if (!(r < rows && r % gc < heads_here)) first_s[r] = 1;  // empty range: first > last
     }
+    // The row state must be visible to every warp even when the tile loop below does not run (an
+    // empty partition still writes its rows' max and denominator).
+    __syncthreads();
     float acc[C::RPT][C::DPT];
 #pragma unroll
     for (int a = 0; a < C::RPT; a++)
