@@ -15,6 +15,8 @@ export BODEGA_TEST_PYTHON="$venv/bin/python"
 command -v curl >/dev/null || { echo "error: the server tests need curl (apt-get install curl)" >&2; exit 1; }
 cargo fmt --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-macos.sh
+scripts/test-metal-emulated.sh
 cargo test --workspace --locked
 
 # The NEON kernels: cross-compile the dependency-free kernel crate and run its tests under qemu

@@ -59,6 +59,15 @@ pub enum Error {
     /// A benchmark that cannot run as asked: a bad scenario, flag or dataset, or an unreachable target.
     #[error("{0}")]
     Bench(String),
+    /// A memory plan that does not fit the device (unified memory on a Mac): what is needed and what is
+    /// available, and the flag or choice that changes it.
+    #[error("{message}")]
+    MemoryBudget {
+        /// What does not fit, with the numbers.
+        message: String,
+        /// The next step.
+        hint: String,
+    },
     /// The engine thread is gone (it panicked or was shut down).
     #[error("the engine has stopped")]
     EngineStopped,

@@ -123,7 +123,8 @@ pub struct Machine {
     pub memory_bytes: Option<u64>,
     /// Peak memory bandwidth used for the percentages, in GB/s.
     pub peak_bandwidth_gb_s: Option<f64>,
-    /// `measured` (the CPU probe) or `given` (--peak-bandwidth).
+    /// `measured` (the CPU probe), `published` (a Mac GPU's figure from `apple_chips`) or `given`
+    /// (--peak-bandwidth).
     pub peak_bandwidth_source: Option<String>,
 }
 

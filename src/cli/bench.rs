@@ -116,7 +116,8 @@ pub struct BenchArgs {
     /// a mismatch. Example: --check
     #[arg(long)]
     check: bool,
-    /// Peak memory bandwidth of the device in GB/s (default: measured on the CPU).
+    /// Peak memory bandwidth of the device in GB/s (default: Apple's published figure on a Mac's GPU,
+    /// else measured on the CPU).
     /// Example: --peak-bandwidth 3350
     #[arg(long, value_name = "GB/S")]
     peak_bandwidth: Option<f64>,
@@ -190,6 +191,8 @@ fn scenario(config: &str) -> anyhow::Result<Settings> {
 async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     let mut infos = Vec::new();
+    // A Mac GPU's published peak bandwidth, from the chip table.
+    let mut gpu_peak = None;
     let tokenizer = match &args.url {
         Some(url) => {
             let http = HttpTarget::connect(url, args.served_model.clone(), args.api_key.as_deref()).await?;
@@ -206,13 +209,17 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
                 url: None,
                 model: loaded.path.display().to_string(),
                 quant: loaded.quant.clone(),
-                device: Some(format!(
-                    "{} ({} threads)",
-                    crate::device::describe(global.device),
-                    rayon::current_num_threads()
-                )),
+                device: Some(match &loaded.gpu {
+                    Some(gpu) => format!("{} ({gpu})", crate::device::describe(global.device)),
+                    None => format!(
+                        "{} ({} threads)",
+                        crate::device::describe(global.device),
+                        rayon::current_num_threads()
+                    ),
+                }),
                 engine: serde_json::to_value(&args.engine).ok(),
             });
+            gpu_peak = loaded.gpu.as_deref().and_then(crate::bench::apple_chips::peak_bandwidth_gb_s);
             targets.push(("A".to_string(), Arc::new(Target::InProcess(Arc::new(loaded.engine)))));
             loaded.tokenizer
         }
@@ -225,6 +232,7 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
     let in_process = args.url.is_none();
     let peak_bandwidth = match args.peak_bandwidth {
         Some(given) => Some((given, "given")),
+        None if gpu_peak.is_some() => gpu_peak.map(|peak| (peak, "published")),
         None if in_process => Some((tokio::task::block_in_place(measure_cpu_bandwidth), "measured")),
         None => None,
     };

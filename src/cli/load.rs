@@ -65,6 +65,8 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Its main weight type (`Q4_1`, ...), for reports.
     pub quant: Option<String>,
+    /// The GPU it runs on (`Apple M2 Pro`), for reports; `None` on the CPU.
+    pub gpu: Option<String>,
 }
 
 /// Resolves `reference` to a GGUF file, pulling it (with progress on stderr) when it is a Hub
@@ -90,6 +92,9 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     let device = crate::device::select(global.device)?;
     let path = model_file(reference, global)?;
     let mut file = GgufFile::open(&path)?;
+    if let Some(memory) = crate::device::unified_memory(&device) {
+        memory.check_weights(file.weight_bytes())?;
+    }
     let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
     let quant = file.main_weight_type();
     let model = crate::model::from_gguf(&mut file, &device)?;
@@ -103,6 +108,7 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
         ..EngineConfig::default()
     };
     let on_cpu = device.is_cpu();
+    let gpu = crate::device::gpu_name(&device);
     let engine = Engine::start(model, tokenizer.clone(), device, config)?;
     let (blocks, block_size) = engine.kv_blocks();
     tracing::info!(
@@ -120,7 +126,7 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
         let kernels = crate::ops::cpu_kernel_path()?;
         tracing::info!("CPU quantized matmul: {kernels} kernels, {} threads", bodega_cpu_kernels::threads());
     }
-    Ok(Loaded { engine, tokenizer, path, quant })
+    Ok(Loaded { engine, tokenizer, path, quant, gpu })
 }
 
 #[cfg(test)]

@@ -189,6 +189,7 @@ fn hint(e: &Error) -> Option<String> {
             Some("bodega runs llama, mistral, qwen2, qwen3 and gemma3 GGUF files".into())
         }
         Error::Hub(e) => pull::hint(e),
+        Error::MemoryBudget { hint, .. } => Some(hint.clone()),
         Error::SafetensorsUnsupported { .. } => Some(
             "pull a GGUF build of the model instead, e.g. bodega pull ORG/NAME-GGUF:Q4_K_M (`bodega list` shows what is cached)"
                 .into(),

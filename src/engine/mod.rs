@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelInfo};
 use crate::ops::PagedKvCache;
 use crate::tokenizer::Tokenizer;
+use crate::unified_memory::activation_bytes;
 use candle_core::{DType, Device};
 use kv::PoolStats;
 use scheduler::{Scheduler, SchedulerConfig};
@@ -59,9 +60,9 @@ impl Default for EngineConfig {
     }
 }
 
-/// The default KV budget: a quarter of the memory available now (after the weights are loaded),
-/// leaving the rest to the OS and other programs (on unified memory the GPU shares the same pool),
-/// and never more than `max_seqs` full-context sequences need.
+/// The default KV budget where the device has no unified-memory plan (`crate::unified_memory` on a
+/// Mac's GPU): a quarter of the memory available now (after the weights are loaded), leaving the rest
+/// to the OS and other programs, and never more than `max_seqs` full-context sequences need.
 pub fn default_kv_memory(needed: u64) -> u64 {
     let available = available_memory().unwrap_or(4 << 30);
     (available / 4).min(needed)
@@ -167,6 +168,7 @@ pub struct Engine {
     context_length: usize,
     block_size: usize,
     num_blocks: usize,
+    kv_dtype: DType,
     stats: Arc<Mutex<EngineStats>>,
 }
 
@@ -185,11 +187,17 @@ impl Engine {
                 "block size, --max-seqs and --max-batched-tokens must be positive".into(),
             ));
         }
-        let per_block =
-            PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, DType::F32);
+        let kv_dtype = crate::device::kv_dtype(&device);
+        let per_block = PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, kv_dtype);
         let context = config.context_length.min(info.context_length).max(2);
         let needed = (config.max_seqs * context.div_ceil(bs) * per_block) as u64;
-        let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory(needed));
+        let budget = match crate::device::unified_memory(&device) {
+            Some(memory) => {
+                let activations = activation_bytes(&info, config.max_batched_tokens, config.max_seqs, context);
+                memory.kv_pool(info.weight_bytes as u64, activations, config.kv_memory, needed, 2 * per_block as u64)?
+            }
+            None => config.kv_memory.unwrap_or_else(|| default_kv_memory(needed)),
+        };
         let num_blocks = (budget / per_block as u64) as usize;
         if num_blocks < 2 {
             return Err(Error::InvalidRequest(format!(
@@ -198,7 +206,7 @@ impl Engine {
         }
         let context_length = context.min(num_blocks * bs);
         let cache =
-            PagedKvCache::new(info.num_layers, num_blocks, bs, info.num_kv_heads, info.head_dim, DType::F32, &device)?;
+            PagedKvCache::new(info.num_layers, num_blocks, bs, info.num_kv_heads, info.head_dim, kv_dtype, &device)?;
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 block_size: bs,
@@ -216,7 +224,7 @@ impl Engine {
             .spawn(move || worker.run(inbox))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
         tracing::debug!("KV cache: {num_blocks} blocks of {bs} tokens ({} MiB)", (num_blocks * per_block) >> 20);
-        Ok(Self { commands, thread: Some(thread), info, context_length, block_size: bs, num_blocks, stats })
+        Ok(Self { commands, thread: Some(thread), info, context_length, block_size: bs, num_blocks, kv_dtype, stats })
     }
 
     /// Queues a request. Fails at once if it can never run: empty, or a prompt plus `max_tokens`
@@ -261,9 +269,9 @@ impl Engine {
         &self.info
     }
 
-    /// Bytes of cached keys and values one token takes over all layers (f32 on the CPU).
+    /// Bytes of cached keys and values one token takes over all layers (f32 on the CPU, f16 on GPUs).
     pub fn kv_bytes_per_token(&self) -> usize {
-        PagedKvCache::bytes_per_block(self.info.num_layers, 1, self.info.num_kv_heads, self.info.head_dim, DType::F32)
+        PagedKvCache::bytes_per_block(self.info.num_layers, 1, self.info.num_kv_heads, self.info.head_dim, self.kv_dtype)
     }
 
     /// KV blocks in the pool and tokens per block.

@@ -16,12 +16,9 @@ struct KvWrite<'a> {
     slot_mapping: &'a [u32],
 }
 
-impl InplaceOp2 for KvWrite<'_> {
-    fn name(&self) -> &'static str {
-        "kv-write"
-    }
-
-    fn cpu_fwd(&self, cache: &mut CpuStorage, cache_l: &Layout, src: &CpuStorage, src_l: &Layout) -> Result<()> {
+impl KvWrite<'_> {
+    /// Checks that the source rows fit the cache and every slot exists; returns the row length.
+    fn row_len(&self, cache_l: &Layout, src_l: &Layout) -> Result<usize> {
         let (_, block_size, kv_heads, head_dim) = cache_l.shape().dims4()?;
         let row_len = kv_heads * head_dim;
         let (tokens, src_heads, src_dim) = src_l.shape().dims3()?;
@@ -32,6 +29,18 @@ impl InplaceOp2 for KvWrite<'_> {
         if self.slot_mapping.iter().any(|&s| s as usize >= slots) {
             candle_core::bail!("kv-write: slot out of range ({slots} slots of {block_size} tokens each block)");
         }
+        Ok(row_len)
+    }
+}
+
+impl InplaceOp2 for KvWrite<'_> {
+    fn name(&self) -> &'static str {
+        "kv-write"
+    }
+
+    fn cpu_fwd(&self, cache: &mut CpuStorage, cache_l: &Layout, src: &CpuStorage, src_l: &Layout) -> Result<()> {
+        let row_len = self.row_len(cache_l, src_l)?;
+        let tokens = self.slot_mapping.len();
         match (cache, src) {
             (CpuStorage::F32(cache), CpuStorage::F32(src)) => {
                 let src = &src[src_l.start_offset()..src_l.start_offset() + tokens * row_len];
@@ -41,5 +50,17 @@ impl InplaceOp2 for KvWrite<'_> {
             }
             _ => candle_core::bail!("kv-write: the CPU cache holds f32 keys and values"),
         }
+    }
+
+    #[cfg(target_os = "macos")]
+    fn metal_fwd(
+        &self,
+        cache: &mut candle_core::MetalStorage,
+        cache_l: &Layout,
+        src: &candle_core::MetalStorage,
+        src_l: &Layout,
+    ) -> Result<()> {
+        let row_len = self.row_len(cache_l, src_l)?;
+        super::metal::kv_write(cache, cache_l, src, src_l, self.slot_mapping, row_len)
     }
 }

@@ -26,6 +26,25 @@ struct PagedAttention<'a> {
     window: usize,
 }
 
+impl PagedAttention<'_> {
+    /// Checks the shapes and the metadata against the caches; returns the call's parameters.
+    fn params(&self, q_l: &Layout, k_l: &Layout, v_l: &Layout) -> Result<AttentionParams> {
+        let (tokens, num_heads, head_dim) = q_l.shape().dims3()?;
+        let (num_blocks, block_size, num_kv_heads, kd) = k_l.shape().dims4()?;
+        if kd != head_dim || k_l.shape() != v_l.shape() || num_heads % num_kv_heads != 0 {
+            candle_core::bail!("paged-attention: q {:?} does not match cache {:?}", q_l.shape(), k_l.shape());
+        }
+        if tokens != self.meta.num_tokens() {
+            candle_core::bail!("paged-attention: {tokens} queries but metadata for {}", self.meta.num_tokens());
+        }
+        self.meta.validate(block_size, num_blocks)?;
+        if !(k_l.is_contiguous() && v_l.is_contiguous()) {
+            candle_core::bail!("paged-attention: caches must be contiguous");
+        }
+        Ok(AttentionParams { num_heads, num_kv_heads, head_dim, block_size, scale: self.scale, window: self.window })
+    }
+}
+
 impl CustomOp3 for PagedAttention<'_> {
     fn name(&self) -> &'static str {
         "paged-attention"
@@ -40,23 +59,11 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         v_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (tokens, num_heads, head_dim) = q_l.shape().dims3()?;
-        let (num_blocks, block_size, num_kv_heads, kd) = k_l.shape().dims4()?;
-        if kd != head_dim || k_l.shape() != v_l.shape() || num_heads % num_kv_heads != 0 {
-            candle_core::bail!("paged-attention: q {:?} does not match cache {:?}", q_l.shape(), k_l.shape());
-        }
-        if tokens != self.meta.num_tokens() {
-            candle_core::bail!("paged-attention: {tokens} queries but metadata for {}", self.meta.num_tokens());
-        }
-        self.meta.validate(block_size, num_blocks)?;
-        if !(k_l.is_contiguous() && v_l.is_contiguous()) {
-            candle_core::bail!("paged-attention: caches must be contiguous");
-        }
-        let params =
-            AttentionParams { num_heads, num_kv_heads, head_dim, block_size, scale: self.scale, window: self.window };
+        let params = self.params(q_l, k_l, v_l)?;
+        let len = q_l.shape().elem_count();
         match (q, k, v) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let q = &q[q_l.start_offset()..q_l.start_offset() + tokens * num_heads * head_dim];
+                let q = &q[q_l.start_offset()..q_l.start_offset() + len];
                 let k = &k[k_l.start_offset()..];
                 let v = &v[v_l.start_offset()..];
                 let mut out = vec![0f32; q.len()];
@@ -65,5 +72,20 @@ impl CustomOp3 for PagedAttention<'_> {
             }
             _ => candle_core::bail!("paged-attention: the CPU path takes f32 queries and caches"),
         }
+    }
+
+    #[cfg(target_os = "macos")]
+    fn metal_fwd(
+        &self,
+        q: &candle_core::MetalStorage,
+        q_l: &Layout,
+        k: &candle_core::MetalStorage,
+        k_l: &Layout,
+        v: &candle_core::MetalStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        let params = self.params(q_l, k_l, v_l)?;
+        let out = super::metal::paged_attention((q, q_l), (k, k_l), (v, v_l), self.meta, params)?;
+        Ok((out, q_l.shape().clone()))
     }
 }

@@ -126,7 +126,7 @@ impl GgufFile {
     pub fn main_weight_type(&self) -> Option<String> {
         let mut bytes: Vec<(GgmlDType, usize)> = Vec::new();
         for info in self.content.tensor_infos.values() {
-            let size = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let size = tensor_bytes(info);
             match bytes.iter_mut().find(|(t, _)| *t == info.ggml_dtype) {
                 Some((_, total)) => *total += size,
                 None => bytes.push((info.ggml_dtype, size)),
@@ -145,6 +145,11 @@ impl GgufFile {
     /// over its parts), as model listings show it.
     pub fn parameter_count(&self) -> u64 {
         self.content.tensor_infos.values().map(|info| info.shape.elem_count() as u64).sum()
+    }
+
+    /// Bytes of all tensors in this file: what loading the weights takes, known before loading them.
+    pub fn weight_bytes(&self) -> u64 {
+        self.content.tensor_infos.values().map(|info| tensor_bytes(info) as u64).sum()
     }
 
     /// Whether the file has a tensor of this name.
@@ -230,4 +235,9 @@ fn ggml_type_name(code: u32) -> String {
         _ => return format!("ggml type {code}"),
     };
     format!("{name} (ggml type {code})")
+}
+
+/// Bytes of one tensor's data.
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> usize {
+    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
 }
