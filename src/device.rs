@@ -71,25 +71,25 @@ pub fn kv_dtype(device: &Device) -> DType {
 /// The unified-memory budget of `device`: on a Mac's GPU, what Metal recommends it use at most
 /// (`recommendedMaxWorkingSetSize`); `None` on devices with memory of their own or none to budget.
 pub fn unified_memory(device: &Device) -> Option<UnifiedMemory> {
-    match device {
-        #[cfg(target_os = "macos")]
-        Device::Metal(metal) => {
-            Some(UnifiedMemory::new(metal.metal_device().recommended_max_working_set_size() as u64))
-        }
-        _ => None,
+    #[cfg(target_os = "macos")]
+    if let Device::Metal(metal) = device {
+        return Some(UnifiedMemory::new(metal.metal_device().recommended_max_working_set_size() as u64));
     }
+    #[cfg(not(target_os = "macos"))]
+    let _ = device; // no Metal device exists off macOS
+    None
 }
 
 /// The GPU's name (`Apple M2 Pro`), for reports; `None` on the CPU.
 pub fn gpu_name(device: &Device) -> Option<String> {
-    match device {
-        #[cfg(target_os = "macos")]
-        Device::Metal(metal) => {
-            use objc2_metal::MTLDevice;
-            Some(metal.metal_device().as_ref().name().to_string())
-        }
-        _ => None,
+    #[cfg(target_os = "macos")]
+    if let Device::Metal(metal) = device {
+        use objc2_metal::MTLDevice;
+        return Some(metal.metal_device().as_ref().name().to_string());
     }
+    #[cfg(not(target_os = "macos"))]
+    let _ = device; // no Metal device exists off macOS
+    None
 }
 
 /// Opens the chosen device. `auto` takes Metal on a Mac (the CPU if Metal cannot start there).

@@ -63,6 +63,8 @@ kernel void paged_attention_decode(
 {
     constexpr uint HALF = D / 2;                // key elements each lane dots: lane = (key, half)
     constexpr uint PER_LANE = D / SIMD_WIDTH;   // output elements each lane accumulates
+    threadgroup float4 q_tg[MAX_GROUP][D / 4];     // the group's scaled queries
+    threadgroup float partial_tg[MAX_GROUP][SIMD_WIDTH]; // per head: each lane's half-dot of one key
     const uint group = p.num_heads / p.num_kv_heads;
     const uint chunks = (group + MAX_GROUP - 1) / MAX_GROUP;
     const uint kv_head = tg.x / chunks;
@@ -79,8 +81,6 @@ kernel void paged_attention_decode(
     const uint end = min(ctx, (part + 1) * PARTITION_SIZE);
     device const uint* table = block_tables + (ulong)seq * p.max_blocks;
 
-    threadgroup float4 q_tg[MAX_GROUP][D / 4];
-    threadgroup float partial_tg[MAX_GROUP][SIMD_WIDTH];
     for (uint i = lane; i < heads * (D / 4); i += SIMD_WIDTH) {
         const uint h = i / (D / 4), c = i % (D / 4);
         device const T* qh = q + ((ulong)row * p.num_heads + kv_head * group + head0 + h) * D;
@@ -216,6 +216,11 @@ kernel void paged_attention_prefill(
     constexpr uint NSG = prefill_simdgroups<D>();
     constexpr uint ROWS = 8 * NSG;
     constexpr uint THREADS = SIMD_WIDTH * NSG;
+    threadgroup float q_tg[ROWS * D];        // this tile's scaled queries; later its outputs
+    threadgroup float kv_tg[BLOCK_SIZE * D]; // one block of keys, then of values
+    threadgroup float s_tg[NSG * 8 * BLOCK_SIZE]; // per simdgroup: 8 rows x 16 keys of scores, then P
+    threadgroup float a_tg[NSG * 64];        // per simdgroup: diag(alpha), the rescale of O
+    threadgroup float l_tg[ROWS];
     const uint kv_head = tg.x, seq = tg.y, tile = tg.z;
     const uint row0 = cu_query_lens[seq];
     const uint q_len = cu_query_lens[seq + 1] - row0;
@@ -227,12 +232,6 @@ kernel void paged_attention_prefill(
     const uint ctx = context_lens[seq];
     const uint pos0 = ctx - q_len;  // position of query 0
     device const uint* table = block_tables + (ulong)seq * p.max_blocks;
-
-    threadgroup float q_tg[ROWS * D];        // this tile's scaled queries; later its outputs
-    threadgroup float kv_tg[BLOCK_SIZE * D]; // one block of keys, then of values
-    threadgroup float s_tg[NSG * 8 * BLOCK_SIZE]; // per simdgroup: 8 rows x 16 keys of scores, then P
-    threadgroup float a_tg[NSG * 64];        // per simdgroup: diag(alpha), the rescale of O
-    threadgroup float l_tg[ROWS];
 
     // Row f of the sequence is (query f / group, head f % group); padding rows repeat the last row.
     for (uint i = tid; i < ROWS * D; i += THREADS) {

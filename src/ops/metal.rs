@@ -120,7 +120,7 @@ pub fn kv_write(
     let encoder: &ComputeCommandEncoder = guard.as_ref();
     encoder.set_compute_pipeline_state(&pipeline);
     encoder.set_input_buffer(0, Some(src.buffer()), src_offset);
-    encoder.set_input_buffer(1, Some(&slots), 0);
+    encoder.set_input_buffer(1, Some(&*slots), 0);
     encoder.set_output_buffer(2, Some(cache.buffer()), cache_l.start_offset() * dtype.size_in_bytes());
     encoder.set_bytes(3, &params);
     encoder.dispatch_thread_groups(size(slot_mapping.len(), 1, 1), size(threads, 1, 1));
@@ -166,15 +166,15 @@ impl MetadataBuffers {
     }
 
     fn bind(&self, encoder: &ComputeCommandEncoder, first_index: usize) {
-        encoder.set_input_buffer(first_index, Some(&self.block_tables), 0);
-        encoder.set_input_buffer(first_index + 1, Some(&self.cu_query_lens), 0);
-        encoder.set_input_buffer(first_index + 2, Some(&self.context_lens), 0);
+        encoder.set_input_buffer(first_index, Some(&*self.block_tables), 0);
+        encoder.set_input_buffer(first_index + 1, Some(&*self.cu_query_lens), 0);
+        encoder.set_input_buffer(first_index + 2, Some(&*self.context_lens), 0);
     }
 
     /// Binds only the query and context lengths (the reduce kernel needs no table).
     fn bind_lengths(&self, encoder: &ComputeCommandEncoder, first_index: usize) {
-        encoder.set_input_buffer(first_index, Some(&self.cu_query_lens), 0);
-        encoder.set_input_buffer(first_index + 1, Some(&self.context_lens), 0);
+        encoder.set_input_buffer(first_index, Some(&*self.cu_query_lens), 0);
+        encoder.set_input_buffer(first_index + 1, Some(&*self.context_lens), 0);
     }
 }
 
@@ -244,19 +244,19 @@ pub fn paged_attention(
         encoder.set_input_buffer(1, Some(k.buffer()), k_offset);
         encoder.set_input_buffer(2, Some(v.buffer()), v_offset);
         buffers.bind(encoder, 3);
-        encoder.set_output_buffer(6, Some(&part_acc), 0);
-        encoder.set_output_buffer(7, Some(&part_max), 0);
-        encoder.set_output_buffer(8, Some(&part_sum), 0);
+        encoder.set_output_buffer(6, Some(&*part_acc), 0);
+        encoder.set_output_buffer(7, Some(&*part_max), 0);
+        encoder.set_output_buffer(8, Some(&*part_sum), 0);
         encoder.set_bytes(9, &kernel_params);
         let chunks = group.div_ceil(MAX_GROUP);
         encoder.dispatch_thread_groups(size(params.num_kv_heads * chunks, seqs, partitions), size(SIMD_WIDTH, 1, 1));
 
         encoder.set_compute_pipeline_state(&reduce);
-        encoder.set_input_buffer(0, Some(&part_acc), 0);
-        encoder.set_input_buffer(1, Some(&part_max), 0);
-        encoder.set_input_buffer(2, Some(&part_sum), 0);
+        encoder.set_input_buffer(0, Some(&*part_acc), 0);
+        encoder.set_input_buffer(1, Some(&*part_max), 0);
+        encoder.set_input_buffer(2, Some(&*part_sum), 0);
         buffers.bind_lengths(encoder, 3);
-        encoder.set_output_buffer(5, Some(&out), 0);
+        encoder.set_output_buffer(5, Some(&*out), 0);
         encoder.set_bytes(6, &kernel_params);
         encoder.dispatch_thread_groups(size(params.num_heads, seqs, 1), size(SIMD_WIDTH, 1, 1));
     }
@@ -271,7 +271,7 @@ pub fn paged_attention(
         encoder.set_input_buffer(1, Some(k.buffer()), k_offset);
         encoder.set_input_buffer(2, Some(v.buffer()), v_offset);
         buffers.bind(encoder, 3);
-        encoder.set_output_buffer(6, Some(&out), 0);
+        encoder.set_output_buffer(6, Some(&*out), 0);
         encoder.set_bytes(7, &kernel_params);
         encoder.dispatch_thread_groups(size(params.num_kv_heads, seqs, tiles), size(SIMD_WIDTH * simdgroups, 1, 1));
     }
@@ -279,6 +279,6 @@ pub fn paged_attention(
     if q.dtype() == dtype {
         Ok(out)
     } else {
-        out.to_dtype(&Layout::contiguous(q_l.shape()), q.dtype())
+        out.to_dtype(&Layout::contiguous(q_l.shape().clone()), q.dtype())
     }
 }
