@@ -97,8 +97,9 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         #[cfg(target_os = "macos")]
-        DeviceChoice::Metal => Device::new_metal(0)
-            .map_err(|e| Error::InvalidRequest(format!("cannot open the Metal device: {e}"))),
+        DeviceChoice::Metal => {
+            Device::new_metal(0).map_err(|e| Error::InvalidRequest(format!("cannot open the Metal device: {e}")))
+        }
         #[cfg(target_os = "macos")]
         DeviceChoice::Auto => Ok(Device::new_metal(0).unwrap_or_else(|e| {
             tracing::warn!("Metal is unavailable ({e}); running on the CPU");

@@ -54,7 +54,14 @@ impl UnifiedMemory {
     /// The KV pool in bytes. `requested` (`--kv-memory`) must fit beside the weights and activations;
     /// by default the pool takes what remains, at most `needed` (every sequence at full context).
     /// Fails when the pool would hold less than `min_pool` bytes.
-    pub fn kv_pool(&self, weights: u64, activations: u64, requested: Option<u64>, needed: u64, min_pool: u64) -> Result<u64> {
+    pub fn kv_pool(
+        &self,
+        weights: u64,
+        activations: u64,
+        requested: Option<u64>,
+        needed: u64,
+        min_pool: u64,
+    ) -> Result<u64> {
         let fixed = weights + activations;
         let left = self.usable().saturating_sub(fixed);
         let plan = format!(

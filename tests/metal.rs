@@ -22,7 +22,13 @@ fn random(rng: &mut ChaCha8Rng, shape: (usize, usize, usize), dtype: DType) -> T
 }
 
 /// Largest |Metal - CPU| for one call.
-fn max_error(gpu: &Device, dtype: DType, (heads, kv_heads, dim): (usize, usize, usize), seqs: &[(usize, usize)], window: usize) -> f32 {
+fn max_error(
+    gpu: &Device,
+    dtype: DType,
+    (heads, kv_heads, dim): (usize, usize, usize),
+    seqs: &[(usize, usize)],
+    window: usize,
+) -> f32 {
     let mut rng = ChaCha8Rng::seed_from_u64((heads * 1000 + dim + window) as u64);
     let num_blocks = seqs.iter().map(|(ctx, _)| ctx.div_ceil(BLOCK)).sum::<usize>() + 2;
     let cpu_cache = PagedKvCache::new(1, num_blocks, BLOCK, kv_heads, dim, DType::F32, &Device::Cpu).unwrap();

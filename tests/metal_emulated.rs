@@ -135,7 +135,11 @@ impl Driver {
         let out = child.wait_with_output().unwrap();
         if !out.status.success() {
             let log = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("driver failed ({}): {}", out.status, log.lines().take(12).collect::<Vec<_>>().join("\n")));
+            return Err(format!(
+                "driver failed ({}): {}",
+                out.status,
+                log.lines().take(12).collect::<Vec<_>>().join("\n")
+            ));
         }
         Ok(std::fs::read(outp).unwrap())
     }
@@ -215,8 +219,14 @@ impl Case {
             meta.context_lens.push(ctx as u32);
         }
         let scale = 1.0 / (d as f32).sqrt();
-        let params =
-            AttentionParams { num_heads: h, num_kv_heads: kvh, head_dim: d, block_size: BLOCK, scale, window: self.window };
+        let params = AttentionParams {
+            num_heads: h,
+            num_kv_heads: kvh,
+            head_dim: d,
+            block_size: BLOCK,
+            scale,
+            window: self.window,
+        };
         let mut expected = vec![0f32; q.len()];
         cpu::paged_attention(&q, (&k_cache, &v_cache), &meta, params, &mut expected);
 
@@ -269,7 +279,11 @@ fn check_all(build: Build, pairs: &[(usize, usize)], dims: &[usize], seqs: &[(us
                 worst = worst.max(case.run(driver(build), seed).unwrap_or_else(|e| panic!("{e}")));
             }
         }
-        println!("{dtype:?}: max abs error {worst:.2e} (tolerance {:.0e}) over {} cases", dtype.tolerance(), pairs.len() * dims.len());
+        println!(
+            "{dtype:?}: max abs error {worst:.2e} (tolerance {:.0e}) over {} cases",
+            dtype.tolerance(),
+            pairs.len() * dims.len()
+        );
     }
 }
 

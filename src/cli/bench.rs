@@ -211,11 +211,9 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
                 quant: loaded.quant.clone(),
                 device: Some(match &loaded.gpu {
                     Some(gpu) => format!("{} ({gpu})", crate::device::describe(global.device)),
-                    None => format!(
-                        "{} ({} threads)",
-                        crate::device::describe(global.device),
-                        rayon::current_num_threads()
-                    ),
+                    None => {
+                        format!("{} ({} threads)", crate::device::describe(global.device), rayon::current_num_threads())
+                    }
                 }),
                 engine: serde_json::to_value(&args.engine).ok(),
             });

@@ -271,7 +271,13 @@ impl Engine {
 
     /// Bytes of cached keys and values one token takes over all layers (f32 on the CPU, f16 on GPUs).
     pub fn kv_bytes_per_token(&self) -> usize {
-        PagedKvCache::bytes_per_block(self.info.num_layers, 1, self.info.num_kv_heads, self.info.head_dim, self.kv_dtype)
+        PagedKvCache::bytes_per_block(
+            self.info.num_layers,
+            1,
+            self.info.num_kv_heads,
+            self.info.head_dim,
+            self.kv_dtype,
+        )
     }
 
     /// KV blocks in the pool and tokens per block.

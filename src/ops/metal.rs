@@ -58,13 +58,15 @@ fn pipeline(device: &MetalDevice, source: Source, name: &str) -> Result<ComputeP
     let library = match compiled.libraries.get(&(device.id(), source)) {
         Some(library) => library.clone(),
         None => {
-            let library = device.metal_device().new_library_with_source(source.text(), None).map_err(MetalError::from)?;
+            let library =
+                device.metal_device().new_library_with_source(source.text(), None).map_err(MetalError::from)?;
             compiled.libraries.insert((device.id(), source), library.clone());
             library
         }
     };
     let function = library.get_function(name, None).map_err(MetalError::from)?;
-    let pipeline = device.metal_device().new_compute_pipeline_state_with_function(&function).map_err(MetalError::from)?;
+    let pipeline =
+        device.metal_device().new_compute_pipeline_state_with_function(&function).map_err(MetalError::from)?;
     compiled.pipelines.insert((device.id(), name.to_string()), pipeline.clone());
     Ok(pipeline)
 }
