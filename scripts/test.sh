@@ -16,7 +16,7 @@ command -v curl >/dev/null || { echo "error: the server tests need curl (apt-get
 cargo fmt --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-macos.sh
-scripts/test-metal-emulated.sh
+scripts/test-metal-emulated.sh --setup-only
 cargo test --workspace --locked
 
 # The NEON kernels: cross-compile the dependency-free kernel crate and run its tests under qemu
