@@ -32,11 +32,14 @@ pub enum Error {
     },
     /// A model whose architecture (GGUF `general.architecture`, `config.json` `model_type`) bodega has no
     /// implementation for.
-    #[error("unsupported architecture '{0}' (supported: {})", crate::model::config::SUPPORTED_ARCHITECTURES)]
+    #[error("unsupported architecture '{0}' (supported: {supported})", supported = crate::model::config::SUPPORTED_ARCHITECTURES)]
     UnsupportedArchitecture(String),
     /// A tensor stored in a type bodega cannot multiply with.
     #[error("unsupported weight type {0} (bodega reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, F16, BF16, F32)")]
     UnsupportedWeightType(String),
+    /// A quantization scheme bodega has no kernels or conversion for (MLX 3-bit, `mxfp4`, ...).
+    #[error("unsupported quantization: {0}")]
+    UnsupportedQuantization(String),
     /// The GGUF metadata lacks a key or has one of the wrong type.
     #[error("model metadata: {0}")]
     Metadata(String),
@@ -68,9 +71,9 @@ pub enum Error {
     Hub(#[from] crate::hub::HubError),
     /// A path that is neither a GGUF file nor a model folder bodega can read.
     #[error(
-        "{} is not a model bodega reads (supported: a .gguf file, or a folder with config.json and \
+        "{path} is not a model bodega reads (supported: a .gguf file, or a folder with config.json and \
          .safetensors weights, plain f32/f16/bf16 or MLX-quantized 4/8-bit)",
-        .0.display()
+        path = .0.display()
     )]
     UnsupportedFormat(PathBuf),
     /// A tensor operation failed.

@@ -20,7 +20,6 @@ struct Linear {
 }
 
 impl Linear {
-
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.forward(x)?;
         Ok(match &self.bias {

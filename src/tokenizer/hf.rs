@@ -14,10 +14,15 @@ pub(super) fn read(dir: &Path) -> Result<(tokenizers::Tokenizer, Specials, Optio
     if !file.is_file() {
         return Err(Error::Tokenizer(format!("{} has no tokenizer.json", dir.display())));
     }
-    let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| Error::Tokenizer(format!("{}: {e}", file.display())))?;
+    let inner =
+        tokenizers::Tokenizer::from_file(&file).map_err(|e| Error::Tokenizer(format!("{}: {e}", file.display())))?;
     let optional = |name: &str| -> Result<Value> {
         let path = dir.join(name);
-        if path.is_file() { read_json(&path) } else { Ok(Value::Null) }
+        if path.is_file() {
+            read_json(&path)
+        } else {
+            Ok(Value::Null)
+        }
     };
     let config = optional("tokenizer_config.json")?;
     let generation = optional("generation_config.json")?;
@@ -30,7 +35,9 @@ pub(super) fn read(dir: &Path) -> Result<(tokenizers::Tokenizer, Specials, Optio
     let eos = token("eos_token").or_else(|| first_id(&generation, "eos_token_id"));
     let mut stop_ids: Vec<u32> = eos.into_iter().collect();
     for source in [&generation, &model] {
-        stop_ids.extend(ids(source.get("eos_token_id")).into_iter().filter(|id| !stop_ids.contains(id)).collect::<Vec<_>>());
+        stop_ids.extend(
+            ids(source.get("eos_token_id")).into_iter().filter(|id| !stop_ids.contains(id)).collect::<Vec<_>>(),
+        );
     }
     // Without `add_bos_token`, BOS is added when tokenizer.json's post-processor adds it.
     let adds_bos = || {

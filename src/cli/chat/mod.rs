@@ -14,7 +14,6 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use conversation::{Conversation, Overflow};
 use input::{Command, Input, LineAssembler, Setting, COMMANDS};
-use thinking::ThinkingView;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -22,6 +21,7 @@ use rustyline::{Editor, Helper, Highlighter, Hinter, Validator};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use thinking::ThinkingView;
 
 pub(super) const EXAMPLES: &str = "\
 Examples:

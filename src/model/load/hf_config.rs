@@ -3,7 +3,7 @@
 //! Gemma 3). Anything bodega would compute differently from transformers is refused by name.
 
 use crate::error::{Error, Result};
-use crate::model::config::{ModelConfig, Variant, GEMMA3_SLIDING_PATTERN, SUPPORTED_ARCHITECTURES};
+use crate::model::config::{ModelConfig, Variant, GEMMA3_SLIDING_PATTERN};
 use crate::model::rope::{RopeConfig, RopeStyle};
 use serde_json::Value;
 
@@ -127,7 +127,8 @@ fn llama3_freq_factors(scaling: &Value, factor: f64, rope: &RopeConfig) -> Resul
     let get = |key: &str| {
         scaling.get(key).and_then(Value::as_f64).ok_or_else(|| Error::Metadata(format!("llama3 RoPE needs `{key}`")))
     };
-    let (low, high, original) = (get("low_freq_factor")?, get("high_freq_factor")?, get("original_max_position_embeddings")?);
+    let (low, high, original) =
+        (get("low_freq_factor")?, get("high_freq_factor")?, get("original_max_position_embeddings")?);
     let (low_wavelen, high_wavelen) = (original / low, original / high);
     Ok((0..rope.dim / 2)
         .map(|i| {
@@ -178,7 +179,9 @@ impl Fields<'_> {
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::Metadata(format!("config.json: `{key}` is not a number"))),
+            Some(v) => {
+                v.as_f64().map(Some).ok_or_else(|| Error::Metadata(format!("config.json: `{key}` is not a number")))
+            }
         }
     }
 }

@@ -36,7 +36,7 @@ impl Quantization {
         let Some(q) = json.get("quantization").filter(|q| q.is_object()) else { return Ok(None) };
         let mode = q.get("mode").and_then(Value::as_str).unwrap_or("affine");
         if mode != "affine" {
-            return Err(Error::UnsupportedWeightType(format!(
+            return Err(Error::UnsupportedQuantization(format!(
                 "MLX quantization mode '{mode}' (bodega reads MLX affine 4-bit and 8-bit)"
             )));
         }
@@ -67,7 +67,7 @@ fn parse_quant(q: &Value) -> Result<Option<Quant>> {
     let field = |k: &str| q.get(k).and_then(Value::as_u64).map(|v| v as usize);
     let (Some(bits), Some(group_size)) = (field("bits"), field("group_size")) else { return Ok(None) };
     if !matches!(bits, 4 | 8) || group_size == 0 || group_size % (32 / bits) != 0 {
-        return Err(Error::UnsupportedWeightType(format!(
+        return Err(Error::UnsupportedQuantization(format!(
             "MLX {bits}-bit with groups of {group_size} (bodega reads MLX affine 4-bit and 8-bit)"
         )));
     }
@@ -94,7 +94,7 @@ impl Packed<'_> {
     /// Checks that the arrays have the sizes the shape implies.
     pub fn check(&self) -> Result<()> {
         let Quant { bits, group_size } = self.quant;
-        let ok = self.cols % group_size == 0
+        let ok = self.cols.is_multiple_of(group_size)
             && self.words.len() * 32 == self.rows * self.cols * bits
             && self.scales.len() == self.rows * self.cols / group_size
             && self.biases.len() == self.scales.len();
@@ -133,7 +133,7 @@ impl Packed<'_> {
     pub fn to_q4_1(&self) -> Option<Vec<u8>> {
         let exact_f16 = |x: &f32| f16::from_f32(*x).to_f32() == *x;
         if self.quant.bits != 4
-            || self.quant.group_size % Q4_1_BLOCK != 0
+            || !self.quant.group_size.is_multiple_of(Q4_1_BLOCK)
             || !self.scales.iter().chain(self.biases).all(exact_f16)
         {
             return None;
@@ -182,7 +182,9 @@ mod tests {
     fn unsupported_modes_and_widths_are_named() {
         let e = Quantization::from_config(&serde_json::json!({"quantization": {"bits": 3, "group_size": 64}}));
         assert!(e.unwrap_err().to_string().contains("MLX 3-bit"));
-        let e = Quantization::from_config(&serde_json::json!({"quantization": {"mode": "mxfp4", "bits": 4, "group_size": 32}}));
+        let e = Quantization::from_config(
+            &serde_json::json!({"quantization": {"mode": "mxfp4", "bits": 4, "group_size": 32}}),
+        );
         assert!(e.unwrap_err().to_string().contains("mxfp4"));
     }
 

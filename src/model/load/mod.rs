@@ -61,14 +61,14 @@ pub enum ModelFiles {
     /// A `.gguf` file.
     Gguf(gguf::GgufFile),
     /// A folder with `config.json` and safetensors (plain or MLX-quantized).
-    Safetensors(safetensors::SafetensorsModel),
+    Safetensors(Box<safetensors::SafetensorsModel>),
 }
 
 impl ModelFiles {
     /// Opens a `.gguf` file or a model folder; anything else is an error naming what is supported.
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            return Ok(Self::Safetensors(safetensors::SafetensorsModel::open(path)?));
+            return Ok(Self::Safetensors(Box::new(safetensors::SafetensorsModel::open(path)?)));
         }
         match gguf::GgufFile::open(path) {
             Ok(file) => Ok(Self::Gguf(file)),
@@ -91,7 +91,7 @@ impl ModelFiles {
     pub fn weights(&mut self) -> &mut dyn WeightSource {
         match self {
             Self::Gguf(file) => file,
-            Self::Safetensors(model) => model,
+            Self::Safetensors(model) => model.as_mut(),
         }
     }
 

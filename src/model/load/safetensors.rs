@@ -27,6 +27,9 @@ pub struct SafetensorsModel {
 impl SafetensorsModel {
     /// Opens `dir`: reads `config.json`, finds the weight files and maps them.
     pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.join("config.json").is_file() {
+            return Err(Error::UnsupportedFormat(dir.to_path_buf()));
+        }
         let json = read_json(&dir.join("config.json"))?;
         let config = hf_config::config(&json)?;
         let mlx = Quantization::from_config(&json)?;
@@ -97,7 +100,8 @@ impl SafetensorsModel {
         let f32s = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
         let scales = f32s(self.load(&format!("{module}.scales"), &cpu)?)?;
         let biases = f32s(self.load(&format!("{module}.biases"), &cpu)?)?;
-        let packed = Packed { words: &words, scales: &scales, biases: &biases, rows, cols: width * 32 / quant.bits, quant };
+        let packed =
+            Packed { words: &words, scales: &scales, biases: &biases, rows, cols: width * 32 / quant.bits, quant };
         packed.check()?;
         if let Some(blocks) = packed.to_q4_1() {
             let storage = QStorage::from_data(Cow::Owned(blocks), device, GgmlDType::Q4_1)?;
@@ -174,13 +178,17 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     let mut files: Vec<PathBuf> = if index.is_file() {
         let json = read_json(&index)?;
-        let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-            Error::Metadata(format!("{}: no weight_map", index.display()))
-        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::Metadata(format!("{}: no weight_map", index.display())))?;
         map.values().filter_map(Value::as_str).map(|f| dir.join(f)).collect()
     } else {
         let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect()
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect()
     };
     files.sort();
     files.dedup();
