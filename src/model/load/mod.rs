@@ -72,7 +72,10 @@ impl ModelFiles {
         }
         match gguf::GgufFile::open(path) {
             Ok(file) => Ok(Self::Gguf(file)),
-            Err(Error::BadGguf { reason, .. }) if reason.starts_with("not a GGUF file") => {
+            // A `.gguf` without the magic is a damaged GGUF; anything else is another format.
+            Err(Error::BadGguf { reason, .. })
+                if reason.starts_with("not a GGUF file") && path.extension().is_none_or(|x| x != "gguf") =>
+            {
                 Err(Error::UnsupportedFormat(path.to_path_buf()))
             }
             Err(e) => Err(e),
