@@ -11,7 +11,6 @@ use crate::bench::plan::Plan;
 use crate::bench::report::{mean_and_std, Report, TargetInfo};
 use crate::bench::resources::{measure_cpu_bandwidth, Machine};
 use crate::bench::target::Target;
-use crate::model::load::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -199,7 +198,7 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
             infos.push(http_info("A", &http));
             targets.push(("A".to_string(), Arc::new(Target::Http(http))));
             let path = tokio::task::block_in_place(|| model_file(&args.model, global))?;
-            Arc::new(Tokenizer::from_gguf(&GgufFile::open(&path)?)?)
+            Arc::new(Tokenizer::from_path(&path)?)
         }
         None => {
             let loaded = tokio::task::block_in_place(|| load(&args.model, &args.engine, global))?;

@@ -4,10 +4,10 @@
 use super::pull::Bars;
 use super::GlobalArgs;
 use crate::engine::{Engine, EngineConfig};
-use crate::error::Error;
 use crate::hub::{Fetch, PullEvent};
-use crate::model::load::gguf::GgufFile;
+use crate::model::load::{LoadOptions, ModelFiles};
 use crate::tokenizer::Tokenizer;
+use candle_core::DType;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +34,42 @@ pub struct EngineArgs {
     /// Do not reuse the KV cache of shared prompt prefixes. Example: --no-prefix-cache
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Dtype of unquantized weights (safetensors, F16/BF16/F32 GGUF tensors, dequantized MLX):
+    /// auto = f32 on the CPU, the model's bf16/f16 on GPUs. Example: --dtype f16
+    #[arg(long, value_enum, default_value_t = WeightDtype::Auto)]
+    dtype: WeightDtype,
+    /// Let a thinking model (Qwen3) think before it answers: its chat template's `enable_thinking`
+    /// (default: the template's own default). Example: --think
+    #[arg(long, overrides_with = "no_think")]
+    think: bool,
+    /// Ask a thinking model to answer without thinking (`enable_thinking=false`). Example: --no-think
+    #[arg(long, overrides_with = "think")]
+    no_think: bool,
+}
+
+/// `--dtype` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// f32 on the CPU, the model's half type on GPUs.
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl WeightDtype {
+    fn requested(self) -> Option<DType> {
+        match self {
+            Self::Auto => None,
+            Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
+            Self::Bf16 => Some(DType::BF16),
+        }
+    }
 }
 
 /// Parses `1024`, `512K`, `512M`, `2G`, `1.5G` (binary multiples; a trailing `B`/`iB` is allowed).
@@ -69,7 +105,7 @@ pub struct Loaded {
     pub gpu: Option<String>,
 }
 
-/// Resolves `reference` to a GGUF file, pulling it (with progress on stderr) when it is a Hub
+/// Resolves `reference` to a GGUF file or a model folder, pulling it (with progress on stderr) when it is a Hub
 /// repository that is not cached, unless `--no-pull`.
 pub fn model_file(reference: &str, global: &GlobalArgs) -> anyhow::Result<PathBuf> {
     let mut bars = Bars::new(global.quiet);
@@ -80,9 +116,6 @@ pub fn model_file(reference: &str, global: &GlobalArgs) -> anyhow::Result<PathBu
     };
     let path = crate::hub::resolve(reference, fetch)?;
     bars.finish();
-    if path.is_dir() {
-        return Err(Error::SafetensorsUnsupported { path }.into());
-    }
     Ok(path)
 }
 
@@ -91,13 +124,24 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     let started = Instant::now();
     let device = crate::device::select(global.device)?;
     let path = model_file(reference, global)?;
-    let mut file = GgufFile::open(&path)?;
+    let mut files = ModelFiles::open(&path)?;
     if let Some(memory) = crate::device::unified_memory(&device) {
-        memory.check_weights(file.weight_bytes())?;
+        memory.check_weights(files.weight_bytes())?;
     }
-    let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
-    let quant = file.main_weight_type();
-    let model = crate::model::from_gguf(&mut file, &device)?;
+    let mut tokenizer = match &files {
+        ModelFiles::Gguf(file) => Tokenizer::from_gguf(file)?,
+        ModelFiles::Safetensors(folder) => Tokenizer::from_folder(folder.dir())?,
+    };
+    if engine_args.think || engine_args.no_think {
+        tokenizer.set_template_default("enable_thinking", engine_args.think.into());
+    }
+    let tokenizer = Arc::new(tokenizer);
+    let quant = files.quantization();
+    let options = LoadOptions::for_device(&device, engine_args.dtype.requested(), files.native_dtype());
+    let model = crate::model::load(&mut files, options, &device)?;
+    if let ModelFiles::Safetensors(folder) = &files {
+        notice_dequantized(folder.dequantized(), options.dense_dtype, global);
+    }
     let info = model.info().clone();
     let config = EngineConfig {
         context_length: engine_args.ctx_size.map_or(info.context_length, |n| n as usize),
@@ -112,9 +156,11 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     let engine = Engine::start(model, tokenizer.clone(), device, config)?;
     let (blocks, block_size) = engine.kv_blocks();
     tracing::info!(
-        "loaded {} ({}, {} layers, {:.0} MiB of weights, context {}, KV cache {} blocks of {}) in {:.2}s",
+        "loaded {} ({}, {} {}, {} layers, {:.0} MiB of weights, context {}, KV cache {} blocks of {}) in {:.2}s",
         path.display(),
         info.architecture,
+        files.format(),
+        quant.as_deref().unwrap_or("-"),
         info.num_layers,
         info.weight_bytes as f64 / (1 << 20) as f64,
         engine.context_length(),
@@ -127,6 +173,19 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
         tracing::info!("CPU quantized matmul: {kernels} kernels, {} threads", bodega_cpu_kernels::threads());
     }
     Ok(Loaded { engine, tokenizer, path, quant, gpu })
+}
+
+/// The one line saying that MLX matrices run dequantized (slower and larger than their own format).
+fn notice_dequantized(modules: &[String], dtype: DType, global: &GlobalArgs) {
+    if modules.is_empty() || global.quiet {
+        return;
+    }
+    eprintln!(
+        "notice: {} MLX-quantized matrices have no exact block format here and run dequantized to {} \
+         (docs/mlx.md)",
+        modules.len(),
+        format!("{dtype:?}").to_lowercase()
+    );
 }
 
 #[cfg(test)]

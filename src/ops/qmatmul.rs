@@ -7,10 +7,10 @@ use crate::error::{Error, Result};
 use bodega_cpu_kernels::{KernelPath, QuantFormat, QuantMatrix};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use std::sync::Arc;
 
-/// A quantized weight matrix `[N, K]`.
+/// A weight matrix `[N, K]`: quantized, or dense in the `--dtype` chosen for unquantized weights.
 #[derive(Debug, Clone)]
 pub enum QWeights {
     /// bodega's CPU kernels.
@@ -22,6 +22,8 @@ pub enum QWeights {
         /// Its matmul.
         matmul: QMatMul,
     },
+    /// Unquantized values (f32, f16 or bf16) multiplied by candle's matmul.
+    Dense(Tensor),
 }
 
 /// The kernels' name for a GGUF type they read.
@@ -59,11 +61,18 @@ impl QWeights {
         }
     }
 
+    /// Takes an unquantized `[N, K]` matrix as it is (its dtype is the one computed in).
+    pub fn dense(weights: Tensor) -> Result<Self> {
+        weights.dims2()?;
+        Ok(Self::Dense(weights.contiguous()?))
+    }
+
     /// Bytes of weight storage.
     pub fn storage_bytes(&self) -> usize {
         match self {
             Self::Cpu(m) => m.bytes().len(),
             Self::Candle { tensor, .. } => tensor.storage_size_in_bytes(),
+            Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
         }
     }
 
@@ -72,6 +81,7 @@ impl QWeights {
         Ok(match self {
             Self::Cpu(m) => (m.rows(), m.cols()),
             Self::Candle { tensor, .. } => tensor.shape().dims2()?,
+            Self::Dense(w) => w.dims2()?,
         })
     }
 
@@ -80,6 +90,7 @@ impl QWeights {
         Ok(match self {
             Self::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&CpuMatMul(m.clone()))?,
             Self::Candle { matmul, .. } => matmul.forward(x)?,
+            Self::Dense(w) => x.to_dtype(w.dtype())?.broadcast_matmul(&w.t()?)?.to_dtype(DType::F32)?,
         })
     }
 
@@ -97,6 +108,11 @@ impl QWeights {
                 Ok(Tensor::from_vec(rows, (ids.len(), k), &candle_core::Device::Cpu)?)
             }
             Self::Candle { tensor, .. } => Ok(tensor.embedding(ids)?),
+            Self::Dense(w) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(w.dim(1)?);
+                Ok(w.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?.reshape(dims)?)
+            }
         }
     }
 }

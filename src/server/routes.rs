@@ -53,7 +53,8 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Resu
         let req: ChatRequest = parse(body, state.config.body_limit)?;
         check_model(&state, &req.common)?;
         let messages = req.messages()?;
-        let (_, ids) = state.tokenizer.encode_chat(&messages).map_err(ApiError::from)?;
+        let (_, ids) =
+            state.tokenizer.encode_chat_with(&messages, &req.chat_template_kwargs).map_err(ApiError::from)?;
         respond(state.clone(), Api::Chat, &req.common, ids).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)

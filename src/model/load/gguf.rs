@@ -241,3 +241,21 @@ fn ggml_type_name(code: u32) -> String {
 fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> usize {
     info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
 }
+
+impl super::WeightSource for GgufFile {
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+
+    fn matrix(&mut self, name: &str, device: &Device) -> Result<super::Matrix> {
+        let t = self.tensor(name, device)?;
+        Ok(match t.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => super::Matrix::Dense(t.dequantize(device)?),
+            _ => super::Matrix::Quantized(t),
+        })
+    }
+
+    fn vector(&mut self, name: &str, device: &Device) -> Result<candle_core::Tensor> {
+        Ok(self.tensor(name, device)?.dequantize(device)?)
+    }
+}
