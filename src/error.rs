@@ -71,6 +71,14 @@ pub enum Error {
         /// The model's folder.
         path: PathBuf,
     },
+    /// A speculative draft model that cannot propose for the target (another tokenizer).
+    #[error("the draft model {model} cannot propose for the target: {reason}")]
+    DraftMismatch {
+        /// The draft model's file.
+        model: String,
+        /// What differs.
+        reason: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

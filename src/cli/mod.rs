@@ -189,6 +189,9 @@ fn hint(e: &Error) -> Option<String> {
             Some("bodega runs llama, mistral, qwen2, qwen3 and gemma3 GGUF files".into())
         }
         Error::Hub(e) => pull::hint(e),
+        Error::DraftMismatch { .. } => Some(
+            "a draft must share the target's tokenizer (a smaller model of the same family, or the target cut with --draft-layers); --speculative ngram needs no draft".into(),
+        ),
         Error::SafetensorsUnsupported { .. } => Some(
             "pull a GGUF build of the model instead, e.g. bodega pull ORG/NAME-GGUF:Q4_K_M (`bodega list` shows what is cached)"
                 .into(),

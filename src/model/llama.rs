@@ -105,11 +105,17 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Reads the weights and hyper-parameters from a GGUF file.
-    pub fn from_gguf(file: &mut GgufFile, variant: Variant, device: &Device) -> Result<Self> {
+    /// Reads the weights and hyper-parameters from a GGUF file, only the first `max_layers` blocks
+    /// when given.
+    pub fn from_gguf(
+        file: &mut GgufFile,
+        variant: Variant,
+        device: &Device,
+        max_layers: Option<usize>,
+    ) -> Result<Self> {
         let key = |k: &str| format!("{}.{k}", variant.arch);
         let hidden = file.usize(&key("embedding_length"))?;
-        let num_layers = file.usize(&key("block_count"))?;
+        let num_layers = file.usize(&key("block_count"))?.min(max_layers.unwrap_or(usize::MAX));
         let num_heads = file.usize(&key("attention.head_count"))?;
         let num_kv_heads = file.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
         let head_dim = file.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden / num_heads.max(1));

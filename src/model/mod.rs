@@ -62,9 +62,15 @@ pub trait Model: Send {
 
 /// Builds the model a GGUF file describes, on `device`.
 pub fn from_gguf(file: &mut GgufFile, device: &Device) -> Result<Box<dyn Model>> {
+    from_gguf_layers(file, device, None)
+}
+
+/// [`from_gguf`] keeping only the first `max_layers` transformer blocks (all when `None`): a cheaper,
+/// weaker model with the same tokenizer, as a speculative draft (`--draft-layers`).
+pub fn from_gguf_layers(file: &mut GgufFile, device: &Device, max_layers: Option<usize>) -> Result<Box<dyn Model>> {
     let arch = file.architecture()?.to_string();
     match llama::Variant::from_architecture(&arch) {
-        Some(variant) => Ok(Box::new(llama::Llama::from_gguf(file, variant, device)?)),
+        Some(variant) => Ok(Box::new(llama::Llama::from_gguf(file, variant, device, max_layers)?)),
         None => Err(Error::UnsupportedArchitecture(arch)),
     }
 }
