@@ -116,9 +116,13 @@ fn greedy_with_the_model_as_its_own_draft_accepts_every_guess() {
     assert_eq!(accepted, proposed, "the target rejected its own greedy guesses");
 }
 
+/// SmolLM2-135M needs nearly all its layers to predict anything: cut to its first 4, 12, 20, 26 or 28
+/// of 30 layers, the target accepted none of its guesses; cut to 29 it accepts some and rejects some.
+const WEAKER_DRAFT_LAYERS: usize = 29;
+
 #[test]
 fn greedy_with_a_weaker_draft_rejects_some_guesses_and_changes_nothing() {
-    let (proposed, accepted) = assert_greedy_identity(Spec::Draft(Some(4)));
+    let (proposed, accepted) = assert_greedy_identity(Spec::Draft(Some(WEAKER_DRAFT_LAYERS)));
     assert!(accepted > 0 && accepted < proposed, "expected some rejections: {accepted} of {proposed} accepted");
 }
 
@@ -208,18 +212,18 @@ fn assert_sampling_is_exact(spec: Spec, n: usize) {
 
 #[test]
 fn sampling_with_ngram_guesses_follows_the_target_distribution() {
-    assert_sampling_is_exact(Spec::Ngram, 800);
+    assert_sampling_is_exact(Spec::Ngram, 500);
 }
 
 #[test]
 fn sampling_with_a_draft_model_follows_the_target_distribution() {
-    assert_sampling_is_exact(Spec::Draft(Some(4)), 800);
+    assert_sampling_is_exact(Spec::Draft(Some(WEAKER_DRAFT_LAYERS)), 500);
 }
 
 #[test]
 fn every_block_comes_back_after_many_rejections_and_preemptions() {
-    // 40 blocks for 24 sequences of up to 340 tokens: preemption, and a 2-layer draft that is
-    // mostly wrong at temperature 1.
+    // 40 blocks for 24 sequences of up to 340 tokens: preemption, and a 2-layer draft whose guesses
+    // are all rejected.
     let engine = engine(Spec::Draft(Some(2)), 40);
     let fixture = common::reference();
     let prompts: Vec<Vec<u32>> =
