@@ -124,8 +124,8 @@ impl AdaptiveK {
         Self { max, recent: max as f32, paused: 0 }
     }
 
-    /// Guesses to ask for this step (0: do not speculate this step).
-    pub fn next(&mut self) -> usize {
+    /// Guesses to ask for this step (0: do not speculate this step); counts the step when paused.
+    pub fn next_k(&mut self) -> usize {
         if self.max == 0 {
             return 0;
         }
@@ -265,20 +265,20 @@ mod tests {
     #[test]
     fn adaptive_k_grows_with_acceptance_and_pauses_on_failure() {
         let mut k = AdaptiveK::new(4);
-        assert_eq!(k.next(), 4);
+        assert_eq!(k.next_k(), 4);
         for _ in 0..6 {
             k.record(0);
         }
-        let probes: Vec<usize> = (0..PROBE_EVERY).map(|_| k.next()).collect();
+        let probes: Vec<usize> = (0..PROBE_EVERY).map(|_| k.next_k()).collect();
         assert_eq!(probes.iter().filter(|&&n| n == 0).count(), PROBE_EVERY as usize - 1);
         assert_eq!(probes.last(), Some(&1), "a paused sequence probes with one guess");
         for _ in 0..6 {
             k.record(4);
         }
-        assert_eq!(k.next(), 4);
+        assert_eq!(k.next_k(), 4);
         k.record(1);
         k.record(1);
         k.record(1);
-        assert_eq!(k.next(), 2, "one more than the recent average");
+        assert_eq!(k.next_k(), 2, "one more than the recent average");
     }
 }

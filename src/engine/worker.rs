@@ -232,7 +232,7 @@ impl Worker {
             // Room for the guesses and the token after them within max_tokens.
             let room = a.job.max_new_tokens.saturating_sub(seq.tokens.len() - a.prompt_len + 1);
             if room > 0 {
-                wanted.push((seq, a.adaptive.next().min(room)));
+                wanted.push((seq, a.adaptive.next_k().min(room)));
             }
         }
         let requests: Vec<ProposalRequest<'_>> = wanted
