@@ -85,6 +85,14 @@ pub enum Error {
         path = .0.display()
     )]
     UnsupportedFormat(PathBuf),
+    /// A speculative draft model that cannot propose for the target (another tokenizer).
+    #[error("the draft model {model} cannot propose for the target: {reason}")]
+    DraftMismatch {
+        /// The draft model's file.
+        model: String,
+        /// What differs.
+        reason: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

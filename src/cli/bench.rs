@@ -27,7 +27,8 @@ Examples:
   bodega bench smollm2-135m --depth 0,512,1024 --input-len 512 --output-len 128
   bodega bench smollm2-135m --request-rate 2,4 --burstiness 0.5 --slo ttft=500ms,tpot=50ms
   bodega bench smollm2-135m --url http://127.0.0.1:8080 --vs http://127.0.0.1:8081 --concurrency 4
-  bodega bench smollm2-135m --concurrency 8 --check";
+  bodega bench smollm2-135m --concurrency 8 --check
+  bodega bench smollm2-135m --config bench-configs/copy-edit.toml --speculative ngram --spec-compare";
 
 /// Scenarios shipped in `bench-configs/`, built in so that `--config NAME` works wherever bodega is
 /// installed.
@@ -111,6 +112,11 @@ pub struct BenchArgs {
     /// Goodput objectives (ms unless a unit is given). Example: --slo ttft=500ms,tpot=50ms
     #[arg(long, value_name = "SPEC")]
     slo: Option<String>,
+    /// With --speculative: run every row on the one loaded engine as A with speculative decoding off
+    /// and B with it on, interleaved on identical prompts, each run with a cold prefix cache; prints
+    /// B/A ratios. Example: --speculative ngram --spec-compare
+    #[arg(long, requires = "speculative", conflicts_with_all = ["url", "vs"])]
+    spec_compare: bool,
     /// Also run every prompt alone and check that greedy outputs under load are the same; exit 1 on
     /// a mismatch. Example: --check
     #[arg(long)]
@@ -202,8 +208,8 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
         }
         None => {
             let loaded = tokio::task::block_in_place(|| load(&args.model, &args.engine, global))?;
-            infos.push(TargetInfo {
-                label: "A".into(),
+            let info = |label: &str, engine: Option<Value>| TargetInfo {
+                label: label.into(),
                 kind: "in-process".into(),
                 url: None,
                 model: loaded.path.display().to_string(),
@@ -214,10 +220,25 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
                         format!("{} ({} threads)", crate::device::describe(global.device), rayon::current_num_threads())
                     }
                 }),
-                engine: serde_json::to_value(&args.engine).ok(),
-            });
+                engine,
+            };
             gpu_peak = loaded.gpu.as_deref().and_then(crate::bench::apple_chips::peak_bandwidth_gb_s);
-            targets.push(("A".to_string(), Arc::new(Target::InProcess(Arc::new(loaded.engine)))));
+            let flags = serde_json::to_value(&args.engine).ok();
+            let engine = Arc::new(loaded.engine);
+            if args.spec_compare {
+                let mut plain = flags.clone();
+                if let Some(Value::Object(map)) = &mut plain {
+                    map.insert("speculative".into(), Value::Null);
+                }
+                infos.push(info("A", plain));
+                infos.push(info("B", flags));
+                let (a, b) = (engine.clone(), engine);
+                targets.push(("A".to_string(), Arc::new(Target::InProcessSpeculating { engine: a, speculate: false })));
+                targets.push(("B".to_string(), Arc::new(Target::InProcessSpeculating { engine: b, speculate: true })));
+            } else {
+                infos.push(info("A", flags));
+                targets.push(("A".to_string(), Arc::new(Target::InProcess(engine))));
+            }
             loaded.tokenizer
         }
     };
@@ -381,6 +402,13 @@ fn load_table(report: &Report) -> Table {
     if engine {
         header.extend(["prefill tok/s", "decode tok/s", "decode BW"]);
     }
+    let spec = report
+        .rows
+        .iter()
+        .any(|r| r.engine_mean.as_ref().and_then(|e| e.get("spec_acceptance_rate")).is_some_and(|v| !v.is_null()));
+    if spec {
+        header.extend(["spec accept", "spec len"]);
+    }
     let mut table = new_table(header);
     for row in &report.rows {
         let s = (&row.mean, &row.std);
@@ -425,6 +453,15 @@ fn load_table(report: &Report) -> Table {
                 _ => "—".into(),
             };
             cells.push(Cell::new(text).set_alignment(CellAlignment::Right));
+        }
+        if spec {
+            let e = (row.engine_mean.as_ref().unwrap_or(&Value::Null), row.engine_std.as_ref().unwrap_or(&Value::Null));
+            let rate = e.0.get("spec_acceptance_rate").and_then(Value::as_f64);
+            cells.push(
+                Cell::new(rate.map_or("—".into(), |r| format!("{:.0}%", r * 100.0)))
+                    .set_alignment(CellAlignment::Right),
+            );
+            cells.push(cell(row.repeats, e, "/spec_mean_accepted_length", 2));
         }
         table.add_row(cells);
     }

@@ -2,12 +2,16 @@
 //! printed while loading.
 
 use super::pull::Bars;
-use super::GlobalArgs;
+use super::{GlobalArgs, UsageError};
+use crate::engine::speculative::draft::DraftModel;
+use crate::engine::speculative::ngram::PromptLookup;
+use crate::engine::speculative::{Proposer, Speculation, DEFAULT_SPEC_MAX_BATCH, DEFAULT_SPEC_TOKENS};
 use crate::engine::{Engine, EngineConfig};
+use crate::error::Error;
 use crate::hub::{Fetch, PullEvent};
 use crate::model::load::{LoadOptions, ModelFiles};
 use crate::tokenizer::Tokenizer;
-use candle_core::DType;
+use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +49,23 @@ pub struct EngineArgs {
     /// Ask a thinking model to answer without thinking (`enable_thinking=false`). Example: --no-think
     #[arg(long, overrides_with = "think")]
     no_think: bool,
+    /// Speculative decoding: `ngram` (guesses copied from earlier in the prompt and reply) or
+    /// `draft=MODEL` (a smaller model with the same tokenizer guesses). Example: --speculative ngram
+    #[arg(long, value_name = "ngram|draft=MODEL", value_parser = parse_speculative)]
+    speculative: Option<String>,
+    /// Most guessed tokens per sequence and step; each sequence adapts below it to its acceptance.
+    /// Example: --spec-tokens 6
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_SPEC_TOKENS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    spec_tokens: u32,
+    /// Speculation is off in a step where more than N sequences decode (the batch is then
+    /// compute-bound and guesses cost as much as tokens). Example: --spec-max-batch 8
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SPEC_MAX_BATCH as u32)]
+    spec_max_batch: u32,
+    /// With --speculative draft=MODEL: use only the draft's first N layers (a cheaper, weaker
+    /// draft). Example: --draft-layers 8
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    draft_layers: Option<u32>,
 }
 
 /// `--dtype` values.
@@ -69,6 +90,16 @@ impl WeightDtype {
             Self::F16 => Some(DType::F16),
             Self::Bf16 => Some(DType::BF16),
         }
+    }
+}
+
+/// Checks the form of `--speculative`.
+fn parse_speculative(s: &str) -> Result<String, String> {
+    match s.strip_prefix("draft=") {
+        Some("") => Err("draft= needs a model, e.g. draft=smollm2-135m".into()),
+        Some(_) => Ok(s.to_string()),
+        None if s == "ngram" => Ok(s.to_string()),
+        None => Err(format!("'{s}' is neither ngram nor draft=MODEL")),
     }
 }
 
@@ -128,10 +159,7 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     if let Some(memory) = crate::device::unified_memory(&device) {
         memory.check_weights(files.weight_bytes())?;
     }
-    let mut tokenizer = match &files {
-        ModelFiles::Gguf(file) => Tokenizer::from_gguf(file)?,
-        ModelFiles::Safetensors(folder) => Tokenizer::from_folder(folder.dir())?,
-    };
+    let mut tokenizer = tokenizer_of(&files)?;
     if engine_args.think || engine_args.no_think {
         tokenizer.set_template_default("enable_thinking", engine_args.think.into());
     }
@@ -153,7 +181,8 @@ pub fn load(reference: &str, engine_args: &EngineArgs, global: &GlobalArgs) -> a
     };
     let on_cpu = device.is_cpu();
     let gpu = crate::device::gpu_name(&device);
-    let engine = Engine::start(model, tokenizer.clone(), device, config)?;
+    let speculation = speculation(engine_args, &tokenizer, info.vocab_size, &device, global)?;
+    let engine = Engine::start_with(model, tokenizer.clone(), device, config, speculation)?;
     let (blocks, block_size) = engine.kv_blocks();
     tracing::info!(
         "loaded {} ({}, {} {}, {} layers, {:.0} MiB of weights, context {}, KV cache {} blocks of {}) in {:.2}s",
@@ -186,6 +215,61 @@ fn notice_dequantized(modules: &[String], dtype: DType, global: &GlobalArgs) {
         modules.len(),
         format!("{dtype:?}").to_lowercase()
     );
+}
+
+/// The speculative decoding the engine flags ask for, with its draft model loaded and checked.
+fn speculation(
+    args: &EngineArgs,
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+    device: &Device,
+    global: &GlobalArgs,
+) -> anyhow::Result<Option<Speculation>> {
+    let draft = args.speculative.as_deref().and_then(|s| s.strip_prefix("draft="));
+    if args.draft_layers.is_some() && draft.is_none() {
+        return Err(UsageError("--draft-layers needs --speculative draft=MODEL".into()).into());
+    }
+    let proposer: Box<dyn Proposer> = match (args.speculative.as_deref(), draft) {
+        (None, _) => return Ok(None),
+        (_, Some(reference)) => Box::new(load_draft(reference, args, tokenizer, vocab_size, device, global)?),
+        (Some(_), None) => Box::new(PromptLookup),
+    };
+    Ok(Some(Speculation { proposer, max_tokens: args.spec_tokens as usize, max_batch: args.spec_max_batch as usize }))
+}
+
+/// Loads a draft model (its first `layers` blocks when given), refusing one whose tokenizer is not
+/// the target's.
+fn load_draft(
+    reference: &str,
+    args: &EngineArgs,
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+    device: &Device,
+    global: &GlobalArgs,
+) -> anyhow::Result<DraftModel> {
+    let path = model_file(reference, global)?;
+    let mut files = ModelFiles::open(&path)?;
+    let mismatch = |reason: String| Error::DraftMismatch { model: path.display().to_string(), reason };
+    if let Some(reason) = tokenizer.difference(&tokenizer_of(&files)?) {
+        return Err(mismatch(reason).into());
+    }
+    let options = LoadOptions::for_device(device, args.dtype.requested(), files.native_dtype());
+    let layers = args.draft_layers.map(|n| n as usize);
+    let model = crate::model::load_layers(&mut files, options, device, layers)?;
+    let draft_vocab = model.info().vocab_size;
+    if draft_vocab != vocab_size {
+        return Err(mismatch(format!("its output layer has {draft_vocab} rows, the target's {vocab_size}")).into());
+    }
+    tracing::info!("draft model {} ({} layers)", path.display(), model.info().num_layers);
+    Ok(DraftModel::new(model, device.clone()))
+}
+
+/// The tokenizer and chat template stored with a model: in the GGUF metadata, or the folder's files.
+fn tokenizer_of(files: &ModelFiles) -> crate::error::Result<Tokenizer> {
+    match files {
+        ModelFiles::Gguf(file) => Tokenizer::from_gguf(file),
+        ModelFiles::Safetensors(folder) => Tokenizer::from_folder(folder.dir()),
+    }
 }
 
 #[cfg(test)]

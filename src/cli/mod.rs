@@ -189,6 +189,9 @@ fn hint(e: &Error) -> Option<String> {
             "bodega runs these architectures as GGUF files and as safetensors or MLX-quantized folders (README: Supported models)"
                 .into(),
         ),
+        Error::DraftMismatch { .. } => Some(
+            "a draft must share the target's tokenizer (a smaller model of the same family, or the target cut with --draft-layers); --speculative ngram needs no draft".into(),
+        ),
         Error::Hub(e) => pull::hint(e),
         Error::MemoryBudget { hint, .. } => Some(hint.clone()),
         _ => None,

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
+pub mod speculative;
 mod worker;
 
 pub use request::{
@@ -24,6 +25,7 @@ use crate::unified_memory::activation_bytes;
 use candle_core::{DType, Device};
 use kv::PoolStats;
 use scheduler::{Scheduler, SchedulerConfig};
+use speculative::{SpecCounts, Speculation};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -97,6 +99,11 @@ pub struct EngineStats {
     pub decode_steps: StepTotals,
     /// Steps that carry at least one prefill chunk: the compute-bound work.
     pub prefill_steps: StepTotals,
+    /// Speculative guesses proposed and accepted since the engine started.
+    pub speculation: SpecCounts,
+    /// Speculating sequence-steps verified since the engine started (each yields the accepted
+    /// guesses plus one token).
+    pub spec_verifications: u64,
 }
 
 /// Running totals over one kind of step, so that a benchmark can turn step timings into tok/s and
@@ -180,6 +187,18 @@ impl Engine {
         device: Device,
         config: EngineConfig,
     ) -> Result<Self> {
+        Self::start_with(model, tokenizer, device, config, None)
+    }
+
+    /// [`Engine::start`] with speculative decoding: the proposer gets room for as many tokens as the
+    /// engine's own KV pool holds.
+    pub fn start_with(
+        model: Box<dyn Model>,
+        tokenizer: Arc<Tokenizer>,
+        device: Device,
+        config: EngineConfig,
+        mut speculation: Option<Speculation>,
+    ) -> Result<Self> {
         let info = model.info().clone();
         let bs = config.block_size;
         if bs == 0 || config.max_seqs == 0 || config.max_batched_tokens == 0 {
@@ -216,9 +235,12 @@ impl Engine {
             num_blocks,
             config.prefix_caching,
         );
+        if let Some(spec) = &mut speculation {
+            spec.proposer.reserve(num_blocks, bs)?;
+        }
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (commands, inbox) = mpsc::channel();
-        let worker = worker::Worker::new(model, tokenizer, cache, device, scheduler, stats.clone());
+        let worker = worker::Worker::new(model, tokenizer, cache, device, scheduler, stats.clone(), speculation);
         let thread = std::thread::Builder::new()
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))
@@ -283,6 +305,17 @@ impl Engine {
     /// KV blocks in the pool and tokens per block.
     pub fn kv_blocks(&self) -> (usize, usize) {
         (self.num_blocks, self.block_size)
+    }
+
+    /// Switches speculative decoding on or off for the requests that follow (an engine started
+    /// without a proposer ignores it): a benchmark compares both on one loaded model.
+    pub fn set_speculation(&self, on: bool) -> Result<()> {
+        self.commands.send(worker::Command::Speculate(on)).map_err(|_| Error::EngineStopped)
+    }
+
+    /// Forgets the prefix cache, so that the requests that follow start cold.
+    pub fn clear_prefix_cache(&self) -> Result<()> {
+        self.commands.send(worker::Command::ClearPrefixCache).map_err(|_| Error::EngineStopped)
     }
 
     /// The engine's state after its last step.

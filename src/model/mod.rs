@@ -71,7 +71,19 @@ pub fn from_gguf(file: &mut GgufFile, device: &Device) -> Result<Box<dyn Model>>
 
 /// Builds the model of any supported format on `device`.
 pub fn load(files: &mut ModelFiles, options: LoadOptions, device: &Device) -> Result<Box<dyn Model>> {
-    let config = files.config()?;
+    load_layers(files, options, device, None)
+}
+
+/// [`load`] keeping only the first `max_layers` transformer blocks (all when `None`): a cheaper,
+/// weaker model with the same tokenizer, as a speculative draft (`--draft-layers`).
+pub fn load_layers(
+    files: &mut ModelFiles,
+    options: LoadOptions,
+    device: &Device,
+    max_layers: Option<usize>,
+) -> Result<Box<dyn Model>> {
+    let mut config = files.config()?;
+    config.num_layers = config.num_layers.min(max_layers.unwrap_or(usize::MAX));
     build(&config, files.weights(), options, device)
 }
 

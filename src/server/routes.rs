@@ -247,12 +247,21 @@ impl Meta {
     }
 
     fn usage(&self, c: &Completion) -> Value {
-        json!({
+        let mut usage = json!({
             "prompt_tokens": c.usage.prompt_tokens,
             "completion_tokens": c.usage.completion_tokens,
             "total_tokens": c.usage.prompt_tokens + c.usage.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": c.usage.cached_tokens},
-        })
+        });
+        if let Some(spec) = c.speculative {
+            // OpenAI's names for guessed tokens (predicted outputs), and bodega's own, as `run --json`.
+            usage["completion_tokens_details"] = json!({
+                "accepted_prediction_tokens": spec.accepted,
+                "rejected_prediction_tokens": spec.proposed - spec.accepted,
+            });
+            usage["speculative"] = json!(spec);
+        }
+        usage
     }
 
     fn logprobs(&self, entries: Option<Vec<Value>>) -> Value {

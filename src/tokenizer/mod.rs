@@ -147,6 +147,24 @@ impl Tokenizer {
         (0..self.inner.get_vocab_size(true) as u32).filter(|id| !added.contains_key(id)).collect()
     }
 
+    /// How `other` differs from this tokenizer in its vocabulary or special tokens (`None`: it does
+    /// not): a speculative draft model must produce the very token ids the target reads.
+    pub fn difference(&self, other: &Tokenizer) -> Option<String> {
+        let (mine, theirs) = (self.inner.get_vocab_size(true), other.inner.get_vocab_size(true));
+        if mine != theirs {
+            return Some(format!("its vocabulary has {theirs} tokens, the target's {mine}"));
+        }
+        if let Some(id) = (0..mine as u32).find(|&id| self.inner.id_to_token(id) != other.inner.id_to_token(id)) {
+            let text = |t: &Tokenizer| t.inner.id_to_token(id).unwrap_or_default();
+            return Some(format!("token {id} is {:?} there and {:?} in the target", text(other), text(self)));
+        }
+        let specials = |t: &Tokenizer| (t.bos, t.eos, t.stop_ids.clone(), t.add_bos);
+        if specials(self) != specials(other) {
+            return Some("its special tokens (BOS, EOS, end of turn) differ from the target's".into());
+        }
+        None
+    }
+
     /// Whether generating `id` ends the reply (end of sequence, end of turn).
     pub fn is_stop(&self, id: u32) -> bool {
         self.stop_ids.contains(&id)
