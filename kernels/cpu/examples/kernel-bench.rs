@@ -1,6 +1,8 @@
 //! Times the kernels alone (no candle), so that they can be measured and profiled on any target the
-//! crate builds for: `cargo run --release -p bodega-cpu-kernels --example kernel-bench -- Q4_1 576 1536`
-//! prints the best time per call for M = 1, 4, 16, 64 on every available path.
+//! crate builds for: `cargo run --release -p bodega-cpu-kernels --example kernel-bench -- Q4_1 576 1536
+//! [PATH] [THREADS]` prints the best time per call for M = 1, 4, 16, 64 on every available path (or
+//! PATH), with THREADS threads (default: one per physical core). Best of many short rounds, so that
+//! it reads the kernels' own speed even on a machine that other work keeps busy.
 
 use bodega_cpu_kernels::{KernelPath, QuantFormat, QuantMatrix};
 use std::time::{Duration, Instant};
@@ -14,6 +16,9 @@ fn main() {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(576);
     let k: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1536);
     let only: Option<KernelPath> = args.get(3).and_then(|a| a.parse().ok());
+    if let Some(threads) = args.get(4).and_then(|a| a.parse().ok()) {
+        bodega_cpu_kernels::set_threads(threads).expect("threads set before the first matmul");
+    }
     let blocks = n * k / format.block_len();
     // Arbitrary bytes make valid blocks for every format; keep the f16 scales small and finite.
     let mut bytes: Vec<u8> = (0..blocks * format.block_bytes()).map(|i| (i * 7919 % 251) as u8).collect();
@@ -35,18 +40,18 @@ fn main() {
     }
 }
 
-/// Best time per call over five rounds of ~40 ms each.
+/// Best time per call over twenty rounds of ~10 ms each.
 fn best(mut f: impl FnMut()) -> Duration {
     f();
     let start = Instant::now();
     f();
-    let calls = (40_000_000 / start.elapsed().as_nanos().max(1000)).clamp(1, 100_000) as u32;
-    (0..5)
+    let calls = (10_000_000 / start.elapsed().as_nanos().max(1000)).clamp(1, 100_000) as u32;
+    (0..20)
         .map(|_| {
             let start = Instant::now();
             (0..calls).for_each(|_| f());
             start.elapsed() / calls
         })
         .min()
-        .expect("five rounds")
+        .expect("twenty rounds")
 }

@@ -37,6 +37,22 @@ pub fn threads() -> usize {
     pool().threads
 }
 
+/// Runs `task(i)` once for every `i` in `0..tasks` on the pool's threads (the caller's included) and
+/// returns when all are done; tasks are handed out one at a time. For the engine's other per-step
+/// loops (attention): one set of threads serves every op of a step, instead of two pools spinning
+/// against each other on the same cores.
+pub fn parallel_for(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    let pool = pool();
+    let next = AtomicUsize::new(0);
+    pool.run(pool.threads.min(tasks), &|_| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= tasks {
+            break;
+        }
+        task(i);
+    });
+}
+
 pub(crate) fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
         let n = match REQUESTED.load(Ordering::SeqCst) {
