@@ -12,15 +12,15 @@
 //! - K-quants: `subs / 2` arrays of 8 (i16, i16) pairs: each row's corrections `c` of sub-blocks
 //!   `2t` and `2t + 1`, in the order `vpmaddwd` wants them;
 //! - the codes, 32 bytes per "chunk": codes `4q..4q + 4` of the unit ("group q") of the 8 rows, byte
-//!   `4r + e` for row r's code `4q + e`. Chunk q is group q, except for the 4-bit formats (Q4_0, Q4_1,
-//!   Q4_K) whose chunk c holds group c in its low nibbles and group `c + G/2` in its high ones (G
-//!   groups per unit). 5- and 6-bit codes take a byte each.
+//!   `4r + e` for row r's code `4q + e`. Chunk q is group q (Q8_0, Q6_K), except for the formats of 4
+//!   and 5 bits, whose chunk c holds group c in its low nibbles and group `c + G/2` in its high ones (G
+//!   groups per unit); Q5_0 and Q5_K follow them with bit planes: plane p (32 bytes) holds bit 4 of
+//!   the codes of groups `8p..8p + 8`, bit `q % 8` of byte `4r + e` for row r's code `4q + e`.
 //!
 //! The weights: 32-block formats `w = scale * (code - zero) + min` (Q8_0: signed codes, no zero);
 //! K-quants `w = d * s_j * code + dm * c_j`, with `c_j` the sub-block minimum and `dm = -dmin` for
-//! Q4_K and Q5_K, and `c_j = 32 s_j`, `dm = -d` for Q6_K (its zero point 32). The records are 0–20%
-//! larger than the GGUF blocks for the 4- and 8-bit formats (f32 parameters), 1.4–1.6× for 5- and 6-bit
-//! codes.
+//! Q4_K and Q5_K, and `c_j = 32 s_j`, `dm = -d` for Q6_K (its zero point 32). The records are 6–20%
+//! larger than the GGUF blocks (f32 parameters), Q6_K's 1.56× (a byte per code).
 
 use crate::format::Family;
 use crate::unpack::{Rows256, Rows32};
@@ -42,23 +42,26 @@ pub(crate) struct Geometry {
     pub(crate) subs: usize,
     /// Two codes per byte.
     pub(crate) nibbles: bool,
+    /// Bit planes of fifth bits after the nibbles.
+    pub(crate) planes: bool,
     /// Bytes per record.
     pub(crate) record: usize,
 }
 
 impl Geometry {
     pub(crate) const fn of(format: QuantFormat) -> Self {
-        let (unit, floats, subs, nibbles) = match format {
-            QuantFormat::Q4_0 => (32, 1, 0, true),
-            QuantFormat::Q4_1 => (32, 2, 0, true),
-            QuantFormat::Q5_0 | QuantFormat::Q8_0 => (32, 1, 0, false),
-            QuantFormat::Q4K => (256, 2, 8, true),
-            QuantFormat::Q5K => (256, 2, 8, false),
-            QuantFormat::Q6K => (256, 2, 16, false),
+        let (unit, floats, subs, nibbles, planes) = match format {
+            QuantFormat::Q4_0 => (32, 1, 0, true, false),
+            QuantFormat::Q4_1 => (32, 2, 0, true, false),
+            QuantFormat::Q5_0 => (32, 1, 0, true, true),
+            QuantFormat::Q8_0 => (32, 1, 0, false, false),
+            QuantFormat::Q4K => (256, 2, 8, true, false),
+            QuantFormat::Q5K => (256, 2, 8, true, true),
+            QuantFormat::Q6K => (256, 2, 16, false, false),
         };
-        let codes = LANES * unit / if nibbles { 2 } else { 1 };
+        let codes = LANES * unit / if nibbles { 2 } else { 1 } + if planes { unit } else { 0 };
         let record = floats * CHUNK + subs * 2 * LANES + subs / 2 * CHUNK + codes;
-        Self { unit, floats, subs, nibbles, record }
+        Self { unit, floats, subs, nibbles, planes, record }
     }
 
     /// Weights per sub-block (K-quants).
@@ -81,7 +84,13 @@ impl Geometry {
         self.corr_at() + self.subs / 2 * CHUNK
     }
 
-    /// Byte of `codes` holding row `r`'s code `i` of the unit, and the shift that brings it down.
+    /// Offset of the bit planes (Q5_0, Q5_K), from the codes.
+    pub(crate) const fn planes_at(self) -> usize {
+        LANES * self.unit / 2
+    }
+
+    /// Byte of the codes holding row `r`'s code `i` of the unit (or its low four bits), and the
+    /// shift that brings it down.
     #[inline(always)]
     fn code_byte(self, r: usize, i: usize) -> (usize, u32) {
         let (q, e) = (i / 4, i % 4);
@@ -90,6 +99,13 @@ impl Geometry {
             true => (CHUNK * (q % half) + 4 * r + e, 4 * (q / half) as u32),
             false => (CHUNK * q + 4 * r + e, 0),
         }
+    }
+
+    /// Byte of the codes holding row `r`'s fifth bit of code `i` (Q5_0, Q5_K), and its bit.
+    #[inline(always)]
+    fn plane_bit(self, r: usize, i: usize) -> (usize, u32) {
+        let (q, e) = (i / 4, i % 4);
+        (self.planes_at() + CHUNK * (q / 8) + 4 * r + e, (q % 8) as u32)
     }
 }
 
@@ -132,12 +148,19 @@ impl<'a> Record<'a> {
 
     /// Row `r`'s code `i` (Q8_0's signed).
     pub(crate) fn code(self, format: QuantFormat, r: usize, i: usize) -> i32 {
+        let codes = &self.bytes[self.geo.codes_at()..];
         let (at, shift) = self.geo.code_byte(r, i);
-        let byte = self.bytes[self.geo.codes_at() + at];
-        match (format.signed_codes(), self.geo.nibbles) {
-            (true, _) => i32::from(byte as i8),
-            (false, true) => i32::from((byte >> shift) & 0x0f),
-            (false, false) => i32::from(byte),
+        let code = match (format.signed_codes(), self.geo.nibbles) {
+            (true, _) => i32::from(codes[at] as i8),
+            (false, true) => i32::from((codes[at] >> shift) & 0x0f),
+            (false, false) => i32::from(codes[at]),
+        };
+        match self.geo.planes {
+            true => {
+                let (at, bit) = self.geo.plane_bit(r, i);
+                code | i32::from((codes[at] >> bit) & 1) << 4
+            }
+            false => code,
         }
     }
 }
@@ -249,7 +272,14 @@ impl Packed {
 /// Puts row `lane`'s code `i` of a unit into `codes` (zeroed beforehand).
 fn put_code(geo: Geometry, codes: &mut [u8], lane: usize, i: usize, code: u8) {
     let (at, shift) = geo.code_byte(lane, i);
-    codes[at] |= code << shift;
+    match geo.planes {
+        true => {
+            codes[at] |= (code & 0x0f) << shift;
+            let (at, bit) = geo.plane_bit(lane, i);
+            codes[at] |= (code >> 4) << bit;
+        }
+        false => codes[at] |= code << shift,
+    }
 }
 
 fn put_f32(record: &mut [u8], a: usize, lane: usize, v: f32) {

@@ -22,6 +22,17 @@ use std::sync::OnceLock;
 /// Most activation rows any path's tile takes.
 pub(crate) const MAX_MR: usize = 8;
 
+/// How the codes are stored (`packed.rs`), a const parameter of the SIMD bodies: a byte each (Q8_0,
+/// Q6_K), ...
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub(crate) const BYTES: u8 = 0;
+/// ... nibbles (Q4_0, Q4_1, Q4_K), ...
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub(crate) const NIBBLES: u8 = 1;
+/// ... or nibbles plus planes of fifth bits (Q5_0, Q5_K).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub(crate) const PLANES: u8 = 2;
+
 /// A tile's results, `[activation row][weight row of the group]`.
 pub(crate) type TileOut = [[f32; LANES]; MAX_MR];
 

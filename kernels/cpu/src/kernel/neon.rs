@@ -7,7 +7,7 @@
 //! Like the x86 bodies, each (weight row, activation row) pair lives in one lane, summed block after
 //! block with lane-wise operations only, so results depend neither on the lane nor on the tile.
 
-use super::{with_rows, TileOut};
+use super::{with_rows, TileOut, BYTES, NIBBLES, PLANES};
 use crate::acts::{Acts256, Acts32};
 use crate::packed::Group;
 use crate::QuantFormat;
@@ -37,9 +37,10 @@ unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// SAFETY: the CPU has NEON and dotprod; `mr` ≤ [`MR`].
 #[target_feature(enable = "neon,dotprod")]
 pub(super) unsafe fn tile32(w: Group, acts: &Acts32, m0: usize, mr: usize) -> TileOut {
-    match w.geo.nibbles {
-        true => with_rows!(mr, |R| tile32_body::<R, true>(w, acts, m0)),
-        false => with_rows!(mr, |R| tile32_body::<R, false>(w, acts, m0)),
+    match w.format {
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => with_rows!(mr, |R| tile32_body::<R, NIBBLES>(w, acts, m0)),
+        QuantFormat::Q5_0 => with_rows!(mr, |R| tile32_body::<R, PLANES>(w, acts, m0)),
+        _ => with_rows!(mr, |R| tile32_body::<R, BYTES>(w, acts, m0)),
     }
 }
 
@@ -47,30 +48,35 @@ pub(super) unsafe fn tile32(w: Group, acts: &Acts32, m0: usize, mr: usize) -> Ti
 #[target_feature(enable = "neon,dotprod")]
 pub(super) unsafe fn tile256(w: Group, acts: &Acts256, m0: usize, mr: usize) -> TileOut {
     match w.format {
-        QuantFormat::Q4K => with_rows!(mr, |R| tile256_body::<R, true, 8>(w, acts, m0)),
-        QuantFormat::Q5K => with_rows!(mr, |R| tile256_body::<R, false, 8>(w, acts, m0)),
-        _ => with_rows!(mr, |R| tile256_body::<R, false, 16>(w, acts, m0)),
+        QuantFormat::Q4K => with_rows!(mr, |R| tile256_body::<R, NIBBLES, 8>(w, acts, m0)),
+        QuantFormat::Q5K => with_rows!(mr, |R| tile256_body::<R, PLANES, 8>(w, acts, m0)),
+        _ => with_rows!(mr, |R| tile256_body::<R, BYTES, 16>(w, acts, m0)),
     }
 }
 
 /// Group `q`'s codes (of `groups` per unit) for rows 0–3 and 4–7, four bytes per lane: a chunk of
-/// bytes, or the low or high nibbles of chunk `q % (groups / 2)`.
+/// bytes, or the low or high nibbles of chunk `q % (groups / 2)`, with bit `q % 8` of plane `q / 8`
+/// as bit 4.
 #[inline(always)]
-unsafe fn group_codes<const NIBBLES: bool>(codes: *const u8, q: usize, groups: usize) -> [int8x16_t; 2] {
-    match NIBBLES {
-        true => {
-            let half = groups / 2;
-            let at = codes.add(32 * (q % half));
-            [vld1q_u8(at), vld1q_u8(at.add(16))].map(|v| match q < half {
-                true => vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))),
-                false => vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)),
-            })
-        }
-        false => {
-            let at = codes.add(32 * q).cast::<i8>();
-            [vld1q_s8(at), vld1q_s8(at.add(16))]
-        }
+unsafe fn group_codes<const CODES: u8>(codes: *const u8, q: usize, groups: usize) -> [int8x16_t; 2] {
+    if CODES == BYTES {
+        let at = codes.add(32 * q).cast::<i8>();
+        return [vld1q_s8(at), vld1q_s8(at.add(16))];
     }
+    let half = groups / 2;
+    let at = codes.add(32 * (q % half));
+    let low = [vld1q_u8(at), vld1q_u8(at.add(16))].map(|v| match q < half {
+        true => vandq_u8(v, vdupq_n_u8(0x0f)),
+        false => vshrq_n_u8::<4>(v),
+    });
+    if CODES == NIBBLES {
+        return low.map(|v| vreinterpretq_s8_u8(v));
+    }
+    let plane = codes.add(16 * groups + 32 * (q / 8));
+    // Shifting each byte left by 4 - q % 8 (right where negative) puts bit q % 8 at bit 4.
+    let shift = vdupq_n_s8(4 - (q % 8) as i8);
+    let high = [vld1q_u8(plane), vld1q_u8(plane.add(16))].map(|p| vandq_u8(vshlq_u8(p, shift), vdupq_n_u8(0x10)));
+    [vorrq_u8(low[0], high[0]), vorrq_u8(low[1], high[1])].map(|v| vreinterpretq_s8_u8(v))
 }
 
 /// The four activation codes at `at`, in every lane.
@@ -88,7 +94,7 @@ unsafe fn floats(at: *const u8) -> [float32x4_t; 2] {
 /// 32-block formats: per block and activation row, `acc += (d_w d_a) * (codes · qs - zero Σ qs)` (the
 /// zero point starts the integer sum), then `acc += min_w * sum_a` for Q4_1.
 #[inline(always)]
-unsafe fn tile32_body<const MR: usize, const NIBBLES: bool>(w: Group, acts: &Acts32, m0: usize) -> TileOut {
+unsafe fn tile32_body<const MR: usize, const CODES: u8>(w: Group, acts: &Acts32, m0: usize) -> TileOut {
     let (zero, has_min) = (w.format.zero_point(), w.format.has_min());
     let aq: [*const i8; MR] = array::from_fn(|m| acts.qs(m0 + m).as_ptr());
     let asc: [&[f32]; MR] = array::from_fn(|m| acts.scale(m0 + m));
@@ -100,7 +106,7 @@ unsafe fn tile32_body<const MR: usize, const NIBBLES: bool>(w: Group, acts: &Act
         let rec = w.record(b).bytes().as_ptr();
         let mut dot: [[int32x4_t; 2]; MR] = array::from_fn(|m| [vdupq_n_s32(-zero * *isum[m].get_unchecked(b)); 2]);
         for q in 0..8 {
-            let codes = group_codes::<NIBBLES>(rec.add(codes_at), q, 8);
+            let codes = group_codes::<CODES>(rec.add(codes_at), q, 8);
             for m in 0..MR {
                 let a = broadcast4(aq[m], 32 * b + 4 * q);
                 dot[m] = [sdot(dot[m][0], codes[0], a), sdot(dot[m][1], codes[1], a)];
@@ -129,7 +135,7 @@ unsafe fn tile32_body<const MR: usize, const NIBBLES: bool>(w: Group, acts: &Act
 /// Super-block formats: per super-block and activation row, `Σ_j s_j (codes_j · qs_j)` and
 /// `Σ_j c_j Σ qs_j` in i32 lanes, then `acc += d d_a * dot + dm d_a * corrections`.
 #[inline(always)]
-unsafe fn tile256_body<const MR: usize, const NIBBLES: bool, const SUBS: usize>(
+unsafe fn tile256_body<const MR: usize, const CODES: u8, const SUBS: usize>(
     w: Group,
     acts: &Acts256,
     m0: usize,
@@ -147,7 +153,7 @@ unsafe fn tile256_body<const MR: usize, const NIBBLES: bool, const SUBS: usize>(
         for j in 0..SUBS {
             let mut part = [[vdupq_n_s32(0); 2]; MR];
             for q in j * sub_len / 4..(j + 1) * sub_len / 4 {
-                let wv = group_codes::<NIBBLES>(codes, q, 64);
+                let wv = group_codes::<CODES>(codes, q, 64);
                 for m in 0..MR {
                     let a = broadcast4(aq[m], 256 * s + 4 * q);
                     part[m] = [sdot(part[m][0], wv[0], a), sdot(part[m][1], wv[1], a)];

@@ -8,7 +8,7 @@
 //! block with lane-wise operations only, so a row's result depends neither on its lane nor on the
 //! other activation rows of the tile.
 
-use super::{with_rows, TileOut};
+use super::{with_rows, TileOut, BYTES, NIBBLES, PLANES};
 use crate::acts::{Acts256, Acts32};
 use crate::packed::Group;
 use crate::QuantFormat;
@@ -132,10 +132,10 @@ const MIN: u8 = 2;
 #[inline(always)]
 unsafe fn tile32<D: Dot, const MR: usize>(w: Group, acts: &Acts32, m0: usize) -> TileOut {
     match w.format {
-        QuantFormat::Q4_0 => tile32_body::<D, MR, ZERO, true>(w, acts, m0),
-        QuantFormat::Q4_1 => tile32_body::<D, MR, MIN, true>(w, acts, m0),
-        QuantFormat::Q5_0 => tile32_body::<D, MR, ZERO, false>(w, acts, m0),
-        QuantFormat::Q8_0 => tile32_body::<D, MR, SIGNED, false>(w, acts, m0),
+        QuantFormat::Q4_0 => tile32_body::<D, MR, ZERO, NIBBLES>(w, acts, m0),
+        QuantFormat::Q4_1 => tile32_body::<D, MR, MIN, NIBBLES>(w, acts, m0),
+        QuantFormat::Q5_0 => tile32_body::<D, MR, ZERO, PLANES>(w, acts, m0),
+        QuantFormat::Q8_0 => tile32_body::<D, MR, SIGNED, BYTES>(w, acts, m0),
         QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q6K => unreachable!("not a 32-block format"),
     }
 }
@@ -143,9 +143,9 @@ unsafe fn tile32<D: Dot, const MR: usize>(w: Group, acts: &Acts32, m0: usize) ->
 #[inline(always)]
 unsafe fn tile256<D: Dot, const MR: usize>(w: Group, acts: &Acts256, m0: usize) -> TileOut {
     match w.format {
-        QuantFormat::Q4K => tile256_body::<D, MR, true, 8>(w, acts, m0),
-        QuantFormat::Q5K => tile256_body::<D, MR, false, 8>(w, acts, m0),
-        QuantFormat::Q6K => tile256_body::<D, MR, false, 16>(w, acts, m0),
+        QuantFormat::Q4K => tile256_body::<D, MR, NIBBLES, 8>(w, acts, m0),
+        QuantFormat::Q5K => tile256_body::<D, MR, PLANES, 8>(w, acts, m0),
+        QuantFormat::Q6K => tile256_body::<D, MR, BYTES, 16>(w, acts, m0),
         QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => {
             unreachable!("not a super-block format")
         }
@@ -153,18 +153,23 @@ unsafe fn tile256<D: Dot, const MR: usize>(w: Group, acts: &Acts256, m0: usize) 
 }
 
 /// Group `q`'s codes (of `groups` per unit) for the 8 rows, four bytes per lane: a chunk of bytes,
-/// or the low or high nibbles of chunk `q % (groups / 2)`.
+/// or the low or high nibbles of chunk `q % (groups / 2)`, with bit `q % 8` of plane `q / 8` as bit 4.
 #[inline(always)]
-unsafe fn group_codes<const NIBBLES: bool>(codes: *const u8, q: usize, groups: usize) -> __m256i {
-    match NIBBLES {
-        true => {
-            let half = groups / 2;
-            let raw = _mm256_loadu_si256(codes.add(32 * (q % half)).cast());
-            let shifted = if q < half { raw } else { _mm256_srli_epi16(raw, 4) };
-            _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
-        }
-        false => _mm256_loadu_si256(codes.add(32 * q).cast()),
+unsafe fn group_codes<const CODES: u8>(codes: *const u8, q: usize, groups: usize) -> __m256i {
+    if CODES == BYTES {
+        return _mm256_loadu_si256(codes.add(32 * q).cast());
     }
+    let half = groups / 2;
+    let raw = _mm256_loadu_si256(codes.add(32 * (q % half)).cast());
+    let shifted = if q < half { raw } else { _mm256_srli_epi16(raw, 4) };
+    let low = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
+    if CODES == NIBBLES {
+        return low;
+    }
+    let plane = _mm256_loadu_si256(codes.add(16 * groups + 32 * (q / 8)).cast());
+    // Bit q % 8 of each byte down to bit 0, then up to bit 4 (within each byte: never across).
+    let bit = _mm256_slli_epi32(_mm256_srlv_epi32(plane, _mm256_set1_epi32((q % 8) as i32)), 4);
+    _mm256_or_si256(low, _mm256_and_si256(bit, _mm256_set1_epi8(0x10)))
 }
 
 /// The four activation codes at `at`, in every lane.
@@ -176,7 +181,7 @@ unsafe fn broadcast4(qs: *const i8, at: usize) -> __m256i {
 /// 32-block formats: per block and activation row, `acc += (d_w d_a) * (codes · qs - zero Σ qs)` (the
 /// zero point starts the integer sum), then `acc += min_w * sum_a` for Q4_1.
 #[inline(always)]
-unsafe fn tile32_body<D: Dot, const MR: usize, const KIND: u8, const NIBBLES: bool>(
+unsafe fn tile32_body<D: Dot, const MR: usize, const KIND: u8, const CODES: u8>(
     w: Group,
     acts: &Acts32,
     m0: usize,
@@ -195,7 +200,7 @@ unsafe fn tile32_body<D: Dot, const MR: usize, const KIND: u8, const NIBBLES: bo
             _ => _mm256_setzero_si256(),
         });
         for q in 0..8 {
-            let raw = group_codes::<NIBBLES>(rec.add(codes_at), q, 8);
+            let raw = group_codes::<CODES>(rec.add(codes_at), q, 8);
             let codes = if KIND == SIGNED { _mm256_abs_epi8(raw) } else { raw };
             for m in 0..MR {
                 let a = broadcast4(aq[m], 32 * b + 4 * q);
@@ -222,7 +227,7 @@ unsafe fn tile32_body<D: Dot, const MR: usize, const KIND: u8, const NIBBLES: bo
 /// (one `vpmulld` per sub-block) and `Σ_j c_j Σ qs_j` (pairs of sub-blocks per `vpmaddwd`), then
 /// `acc += d d_a * dot + dm d_a * corrections`.
 #[inline(always)]
-unsafe fn tile256_body<D: Dot, const MR: usize, const NIBBLES: bool, const SUBS: usize>(
+unsafe fn tile256_body<D: Dot, const MR: usize, const CODES: u8, const SUBS: usize>(
     w: Group,
     acts: &Acts256,
     m0: usize,
@@ -240,7 +245,7 @@ unsafe fn tile256_body<D: Dot, const MR: usize, const NIBBLES: bool, const SUBS:
         for j in 0..SUBS {
             let mut part = [_mm256_setzero_si256(); MR];
             for q in j * sub_len / 4..(j + 1) * sub_len / 4 {
-                let wv = group_codes::<NIBBLES>(codes, q, 64);
+                let wv = group_codes::<CODES>(codes, q, 64);
                 for m in 0..MR {
                     part[m] = D::dot(part[m], wv, broadcast4(aq[m], 256 * s + 4 * q));
                 }
