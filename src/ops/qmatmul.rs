@@ -70,7 +70,7 @@ impl QWeights {
     /// Bytes of weight storage.
     pub fn storage_bytes(&self) -> usize {
         match self {
-            Self::Cpu(m) => m.bytes().len(),
+            Self::Cpu(m) => m.storage_bytes(),
             Self::Candle { tensor, .. } => tensor.storage_size_in_bytes(),
             Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
         }
