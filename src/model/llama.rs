@@ -197,7 +197,7 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn matrix(&mut self, name: &str) -> Result<QWeights> {
         let weights = match self.source.matrix(name, self.device)? {
-            Matrix::Quantized(t) => QWeights::new(Arc::new(t))?,
+            Matrix::Quantized(t) => QWeights::new(Arc::new(*t))?,
             Matrix::Dense(t) => QWeights::dense(t.to_dtype(self.options.dense_dtype)?)?,
         };
         self.bytes += weights.storage_bytes();

@@ -251,7 +251,7 @@ impl super::WeightSource for GgufFile {
         let t = self.tensor(name, device)?;
         Ok(match t.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => super::Matrix::Dense(t.dequantize(device)?),
-            _ => super::Matrix::Quantized(t),
+            _ => super::Matrix::Quantized(Box::new(t)),
         })
     }
 

@@ -20,7 +20,7 @@ use std::path::Path;
 #[derive(Debug)]
 pub enum Matrix {
     /// Quantized blocks (GGUF, or MLX 4-bit repacked as Q4_1): multiplied as they are.
-    Quantized(QTensor),
+    Quantized(Box<QTensor>),
     /// Plain values (f32/f16/bf16 files, dequantized MLX): stored in the `--dtype` the user chose.
     Dense(Tensor),
 }

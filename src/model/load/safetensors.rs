@@ -110,7 +110,7 @@ impl SafetensorsModel {
         packed.check()?;
         if let Some(blocks) = packed.to_q4_1() {
             let storage = QStorage::from_data(Cow::Owned(blocks), device, GgmlDType::Q4_1)?;
-            return Ok(Matrix::Quantized(QTensor::new(storage, (rows, packed.cols))?));
+            return Ok(Matrix::Quantized(Box::new(QTensor::new(storage, (rows, packed.cols))?)));
         }
         self.dequantized.push(module.to_string());
         Ok(Matrix::Dense(Tensor::from_vec(packed.dequantize(), (rows, packed.cols), device)?))
