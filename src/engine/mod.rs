@@ -310,7 +310,11 @@ impl Engine {
     /// Switches speculative decoding on or off for the requests that follow (an engine started
     /// without a proposer ignores it): a benchmark compares both on one loaded model.
     pub fn set_speculation(&self, on: bool) -> Result<()> {
-        self.commands.send(worker::Command::Speculate(on)).map_err(|_| Error::EngineStopped)
+        let (done, ack) = std::sync::mpsc::channel();
+        self.commands.send(worker::Command::Speculate(on, done)).map_err(|_| Error::EngineStopped)?;
+        // Waiting for the engine thread means the statistics of every step before the switch are
+        // published, so a bench run that snapshots them next counts none of the previous run's work.
+        ack.recv().map_err(|_| Error::EngineStopped)
     }
 
     /// Forgets the prefix cache, so that the requests that follow start cold.

@@ -23,8 +23,9 @@ use std::time::Instant;
 pub enum Command {
     /// Run a request.
     Submit(Job),
-    /// Switch speculative decoding on or off (when the engine has a proposer).
-    Speculate(bool),
+    /// Switch speculative decoding on or off (when the engine has a proposer); acknowledged on the
+    /// sender once done, which is also after the last step's statistics were published.
+    Speculate(bool, Sender<()>),
     /// Forget the prefix cache's entries.
     ClearPrefixCache,
     /// Stop the loop.
@@ -138,10 +139,11 @@ impl Worker {
     fn obey(&mut self, command: Command) {
         match command {
             Command::Submit(job) => self.admit(job),
-            Command::Speculate(on) => {
+            Command::Speculate(on, done) => {
                 if let Some(spec) = &mut self.speculation {
                     spec.enabled = on;
                 }
+                let _ = done.send(());
             }
             Command::ClearPrefixCache => self.scheduler.clear_prefix_cache(),
             Command::Shutdown => {}
