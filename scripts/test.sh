@@ -15,6 +15,8 @@ export BODEGA_TEST_PYTHON="$venv/bin/python"
 command -v curl >/dev/null || { echo "error: the server tests need curl (apt-get install curl)" >&2; exit 1; }
 cargo fmt --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-macos.sh
+scripts/test-metal-emulated.sh --setup-only
 cargo test --workspace --locked
 scripts/check-cuda.sh
 

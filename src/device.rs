@@ -2,7 +2,8 @@
 //! is present on the machine.
 
 use crate::error::{Error, Result};
-use candle_core::Device;
+use crate::unified_memory::UnifiedMemory;
+use candle_core::{DType, Device};
 use std::str::FromStr;
 
 /// The user's `--device` choice.
@@ -37,37 +38,89 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// The backends this build can run on.
+/// The backends this build can run on (Metal on every macOS build, CUDA with the `cuda` feature).
 pub fn compiled_backends() -> &'static [&'static str] {
-    if cfg!(feature = "cuda") {
-        &["cpu", "cuda"]
-    } else {
-        &["cpu"]
+    match (cfg!(target_os = "macos"), cfg!(feature = "cuda")) {
+        (true, true) => &["cpu", "metal", "cuda"],
+        (true, false) => &["cpu", "metal"],
+        (false, true) => &["cpu", "cuda"],
+        (false, false) => &["cpu"],
     }
 }
 
 /// The device `choice` runs on, in words, for startup lines.
 pub fn describe(choice: DeviceChoice) -> &'static str {
     match choice {
+        DeviceChoice::Auto if cfg!(target_os = "macos") => "metal",
+        DeviceChoice::Auto if cfg!(feature = "cuda") => "cuda",
         DeviceChoice::Auto | DeviceChoice::Cpu => "cpu",
         DeviceChoice::Cuda(_) => "cuda",
         DeviceChoice::Metal => "metal",
     }
 }
 
-/// Opens the chosen device.
+/// The dtype of the paged KV cache on `device`: f32 on the CPU (its kernels compute in f32), f16 on
+/// GPUs (half the bytes each decode step reads; every Apple GPU has f16, while bf16 needs an M2 or
+/// later). The one place this choice is made.
+pub fn kv_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    }
+}
+
+/// The unified-memory budget of `device`: on a Mac's GPU, what Metal recommends it use at most
+/// (`recommendedMaxWorkingSetSize`); `None` on devices with memory of their own or none to budget.
+pub fn unified_memory(device: &Device) -> Option<UnifiedMemory> {
+    #[cfg(target_os = "macos")]
+    if let Device::Metal(metal) = device {
+        return Some(UnifiedMemory::new(metal.metal_device().recommended_max_working_set_size() as u64));
+    }
+    #[cfg(not(target_os = "macos"))]
+    let _ = device; // no Metal device exists off macOS
+    None
+}
+
+/// The GPU's name (`Apple M2 Pro`), for reports; `None` on the CPU.
+pub fn gpu_name(device: &Device) -> Option<String> {
+    #[cfg(target_os = "macos")]
+    if let Device::Metal(metal) = device {
+        use objc2_metal::MTLDevice;
+        return Some(metal.metal_device().as_ref().name().to_string());
+    }
+    #[cfg(not(target_os = "macos"))]
+    let _ = device; // no Metal device exists off macOS
+    None
+}
+
+/// Opens the chosen device. `auto` takes Metal on a Mac and GPU 0 in a CUDA build (the CPU if that
+/// GPU cannot start).
 pub fn select(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Auto => Ok(open_cuda(0).unwrap_or(Device::Cpu)),
-        #[cfg(not(feature = "cuda"))]
+        #[cfg(target_os = "macos")]
+        DeviceChoice::Metal => {
+            Device::new_metal(0).map_err(|e| Error::InvalidRequest(format!("cannot open the Metal device: {e}")))
+        }
+        #[cfg(target_os = "macos")]
+        DeviceChoice::Auto => Ok(Device::new_metal(0).unwrap_or_else(|e| {
+            tracing::warn!("Metal is unavailable ({e}); running on the CPU");
+            Device::Cpu
+        })),
+        #[cfg(all(not(target_os = "macos"), feature = "cuda"))]
+        DeviceChoice::Auto => Ok(open_cuda(0).unwrap_or_else(|e| {
+            tracing::warn!("CUDA is unavailable ({e}); running on the CPU");
+            Device::Cpu
+        })),
+        #[cfg(all(not(target_os = "macos"), not(feature = "cuda")))]
         DeviceChoice::Auto => Ok(Device::Cpu),
+        #[cfg(not(target_os = "macos"))]
+        DeviceChoice::Metal => Err(not_compiled_in("Metal")),
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda(n) => open_cuda(n),
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Cuda(_) => Err(not_compiled_in("CUDA")),
-        DeviceChoice::Metal => Err(not_compiled_in("Metal")),
     }
 }
 

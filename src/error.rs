@@ -30,12 +30,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A GGUF whose `general.architecture` bodega has no implementation for.
-    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, gemma3)")]
+    /// A model whose architecture (GGUF `general.architecture`, `config.json` `model_type`) bodega has no
+    /// implementation for.
+    #[error("unsupported architecture '{0}' (supported: {supported})", supported = crate::model::config::SUPPORTED_ARCHITECTURES)]
     UnsupportedArchitecture(String),
     /// A tensor stored in a type bodega cannot multiply with.
     #[error("unsupported weight type {0} (bodega reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, F16, BF16, F32)")]
     UnsupportedWeightType(String),
+    /// A quantization scheme bodega has no kernels or conversion for (MLX 3-bit, `mxfp4`, ...).
+    #[error("unsupported quantization: {0}")]
+    UnsupportedQuantization(String),
     /// The GGUF metadata lacks a key or has one of the wrong type.
     #[error("model metadata: {0}")]
     Metadata(String),
@@ -59,17 +63,35 @@ pub enum Error {
     /// A benchmark that cannot run as asked: a bad scenario, flag or dataset, or an unreachable target.
     #[error("{0}")]
     Bench(String),
+    /// A memory plan that does not fit the device (unified memory on a Mac): what is needed and what is
+    /// available, and the flag or choice that changes it.
+    #[error("{message}")]
+    MemoryBudget {
+        /// What does not fit, with the numbers.
+        message: String,
+        /// The next step.
+        hint: String,
+    },
     /// The engine thread is gone (it panicked or was shut down).
     #[error("the engine has stopped")]
     EngineStopped,
     /// Finding, pulling, listing or removing a model of the Hugging Face Hub failed.
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
-    /// A safetensors model, which bodega cannot load yet (GGUF only for now).
-    #[error("{} is a safetensors model; bodega cannot load safetensors yet, only GGUF", path.display())]
-    SafetensorsUnsupported {
-        /// The model's folder.
-        path: PathBuf,
+    /// A path that is neither a GGUF file nor a model folder bodega can read.
+    #[error(
+        "{path} is not a model bodega reads (supported: a .gguf file, or a folder with config.json and \
+         .safetensors weights, plain f32/f16/bf16 or MLX-quantized 4/8-bit)",
+        path = .0.display()
+    )]
+    UnsupportedFormat(PathBuf),
+    /// A speculative draft model that cannot propose for the target (another tokenizer).
+    #[error("the draft model {model} cannot propose for the target: {reason}")]
+    DraftMismatch {
+        /// The draft model's file.
+        model: String,
+        /// What differs.
+        reason: String,
     },
     /// A tensor operation failed.
     #[error(transparent)]

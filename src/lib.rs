@@ -12,5 +12,6 @@ pub mod ops;
 pub mod runner;
 pub mod server;
 pub mod tokenizer;
+pub mod unified_memory;
 
 pub use error::{Error, Result};

@@ -21,6 +21,22 @@ pub struct SeqChunk<'a> {
 
 /// Builds the step input for `chunks` (in order) with blocks of `block_size` tokens.
 pub fn build_step(chunks: &[SeqChunk<'_>], block_size: usize, device: &Device) -> Result<StepInput> {
+    build_step_rows(chunks, &sampled_rows(chunks), block_size, device)
+}
+
+/// The logits rows `sample` asks for: the last token of each sampling chunk.
+fn sampled_rows(chunks: &[SeqChunk<'_>]) -> Vec<usize> {
+    chunks.iter().map(|c| usize::from(c.sample)).collect()
+}
+
+/// [`build_step`] with the logits of the last `rows[i]` tokens of chunk `i` (speculative verification
+/// scores every guessed position).
+pub fn build_step_rows(
+    chunks: &[SeqChunk<'_>],
+    rows: &[usize],
+    block_size: usize,
+    device: &Device,
+) -> Result<StepInput> {
     let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
     let max_blocks = chunks.iter().map(|c| c.block_table.len()).max().unwrap_or(0);
     let mut token_ids = Vec::with_capacity(total);
@@ -34,7 +50,7 @@ pub fn build_step(chunks: &[SeqChunk<'_>], block_size: usize, device: &Device) -
     };
     let mut logits_rows = Vec::new();
     meta.cu_query_lens.push(0);
-    for chunk in chunks {
+    for (chunk, &wanted) in chunks.iter().zip(rows) {
         for (i, &tok) in chunk.tokens.iter().enumerate() {
             let pos = chunk.start + i;
             token_ids.push(tok);
@@ -42,9 +58,8 @@ pub fn build_step(chunks: &[SeqChunk<'_>], block_size: usize, device: &Device) -
             let block = chunk.block_table[pos / block_size];
             meta.slot_mapping.push(block * block_size as u32 + (pos % block_size) as u32);
         }
-        if chunk.sample {
-            logits_rows.push((token_ids.len() - 1) as u32);
-        }
+        let end = token_ids.len() as u32;
+        logits_rows.extend(end - wanted.min(chunk.tokens.len()) as u32..end);
         meta.block_tables.extend_from_slice(chunk.block_table);
         meta.block_tables.extend(std::iter::repeat_n(0, max_blocks - chunk.block_table.len()));
         meta.cu_query_lens.push(token_ids.len() as u32);
@@ -67,7 +82,18 @@ pub fn run_step(
     chunks: &[SeqChunk<'_>],
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let input = build_step(chunks, cache.block_size(), device)?;
+    run_step_rows(model, cache, chunks, &sampled_rows(chunks), device)
+}
+
+/// [`run_step`] with the logits of the last `rows[i]` tokens of chunk `i`, in order.
+pub fn run_step_rows(
+    model: &dyn Model,
+    cache: &PagedKvCache,
+    chunks: &[SeqChunk<'_>],
+    rows: &[usize],
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let input = build_step_rows(chunks, rows, cache.block_size(), device)?;
     let logits = model.forward(&input, cache)?;
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }

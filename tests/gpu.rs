@@ -300,7 +300,7 @@ fn teacher_sequences() -> Vec<Vec<u32>> {
 fn argmax_per_position(model: &dyn Model, device: &Device, tokens: &[u32]) -> Vec<u32> {
     let info = model.info();
     let blocks = tokens.len().div_ceil(BLOCK);
-    let dtype = PagedKvCache::dtype_for(device);
+    let dtype = bodega::device::kv_dtype(device);
     let cache =
         PagedKvCache::new(info.num_layers, blocks, BLOCK, info.num_kv_heads, info.head_dim, dtype, device).unwrap();
     let table: Vec<u32> = (0..blocks as u32).collect();

@@ -170,6 +170,14 @@ fn hostile_requests_get_openai_errors_and_the_server_keeps_serving() {
             "invalid type",
         ),
         ("messages not a list", "/v1/chat/completions", true, br#"{"messages": "hi"}"#.to_vec(), 400, "invalid"),
+        (
+            "chat_template_kwargs not an object",
+            "/v1/chat/completions",
+            true,
+            chat("Hi", json!({"chat_template_kwargs": 5})).to_string().into_bytes(),
+            400,
+            "invalid type",
+        ),
         ("empty messages", "/v1/chat/completions", true, br#"{"messages": []}"#.to_vec(), 400, "must not be empty"),
         (
             "unknown role",

@@ -128,6 +128,7 @@ impl Bench {
         if self.plan.warmup == 0 {
             return Ok(());
         }
+        target.prepare()?;
         let input_len = match &self.plan.mode {
             Mode::Load { rows } => rows[0].classes[0].workload.input_len,
             Mode::SingleStream { workload, .. } => workload.input_len,
@@ -167,10 +168,9 @@ impl Bench {
     ) -> RunResult {
         let classes: Vec<ClassLoad> =
             row.classes.iter().zip(prompts).map(|(c, p)| ClassLoad { prompts: p.clone(), load: c.load }).collect();
-        let sampler = match target.as_ref() {
-            Target::InProcess(engine) => Some(Sampler::start(engine.clone())),
-            Target::Http(_) => None,
-        };
+        // Only a stopped engine fails here, and then every request of the run fails and is reported.
+        let _ = target.prepare();
+        let sampler = target.engine().map(|engine| Sampler::start(engine.clone()));
         let seed = self.plan.seed.wrapping_add(repeat as u64);
         let (mut records, duration) = load::run(target, classes, seed, stop, on_done).await;
         if stop.load(Ordering::Relaxed) {
@@ -240,6 +240,7 @@ impl Bench {
         stop: &Arc<AtomicBool>,
         on_done: &OnDone,
     ) -> Result<DepthRun> {
+        target.prepare()?;
         let depth_seed = seed_of(self.plan.seed ^ DEPTH_SALT, depth, usize::MAX);
         let prompts =
             workload::depth_prompts(&self.tokenizer, depth, spec.input_len, spec.output_len, depth_seed, seed)?;

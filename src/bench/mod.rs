@@ -2,6 +2,7 @@
 //! in-process engine or an OpenAI-compatible URL), load generation, metrics with vLLM's definitions,
 //! engine-side measurements and the report. `cli/bench.rs` turns a report into tables and files.
 
+pub mod apple_chips;
 pub mod config;
 pub mod driver;
 pub mod http;

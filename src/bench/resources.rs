@@ -36,6 +36,15 @@ pub struct EngineMetrics {
     pub peak_running: usize,
     /// Sequences preempted for lack of KV blocks.
     pub preemptions: u64,
+    /// Speculative guesses the target verified (0 without speculation).
+    pub spec_proposed: u64,
+    /// Speculative guesses it accepted.
+    pub spec_accepted: u64,
+    /// Accepted ÷ proposed guesses.
+    pub spec_acceptance_rate: Option<f64>,
+    /// Tokens a speculating sequence-step yielded on average: accepted guesses per verification plus
+    /// the one token the target adds (vLLM's "mean acceptance length").
+    pub spec_mean_accepted_length: Option<f64>,
 }
 
 /// Watches an engine during a run for peaks that snapshots before and after cannot see.
@@ -77,6 +86,9 @@ impl Sampler {
         let read = decode.steps as f64 * engine.model_info().step_weight_bytes as f64
             + decode.kv_tokens_read as f64 * kv_per_token as f64;
         let bandwidth = rate(1, decode.seconds).map(|per_s| read * per_s / 1e9);
+        let spec_proposed = after.speculation.proposed - self.before.speculation.proposed;
+        let spec_accepted = after.speculation.accepted - self.before.speculation.accepted;
+        let verifications = after.spec_verifications - self.before.spec_verifications;
         EngineMetrics {
             prefill_tok_s: rate(prefill.tokens, prefill.seconds),
             decode_tok_s: rate(decode.tokens, decode.seconds),
@@ -87,6 +99,10 @@ impl Sampler {
             peak_rss_bytes: peak_rss_bytes(),
             peak_running: peak_running.max(after.running),
             preemptions: after.preemptions - self.before.preemptions,
+            spec_proposed,
+            spec_accepted,
+            spec_acceptance_rate: (spec_proposed > 0).then(|| spec_accepted as f64 / spec_proposed as f64),
+            spec_mean_accepted_length: (verifications > 0).then(|| 1.0 + spec_accepted as f64 / verifications as f64),
         }
     }
 }
@@ -123,7 +139,8 @@ pub struct Machine {
     pub memory_bytes: Option<u64>,
     /// Peak memory bandwidth used for the percentages, in GB/s.
     pub peak_bandwidth_gb_s: Option<f64>,
-    /// `measured` (the CPU probe) or `given` (--peak-bandwidth).
+    /// `measured` (the CPU probe), `published` (a Mac GPU's figure from `apple_chips`) or `given`
+    /// (--peak-bandwidth).
     pub peak_bandwidth_source: Option<String>,
 }
 

@@ -7,6 +7,7 @@ use super::http::HttpTarget;
 use super::metrics::RequestRecord;
 use super::workload::Prompt;
 use crate::engine::{Engine, Event, Request, SamplingParams, StopConditions};
+use crate::error::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +22,19 @@ pub const CANCELLED: &str = "cancelled";
 pub enum Target {
     InProcess(Arc<Engine>),
     Http(HttpTarget),
+    /// The in-process engine with speculative decoding switched on or off for this target's runs
+    /// (`--spec-compare` runs one engine as both A and B).
+    InProcessSpeculating {
+        engine: Arc<Engine>,
+        speculate: bool,
+    },
 }
 
 impl Target {
     /// Sends one prompt and waits for the whole reply; `stop` set mid-way cancels it.
     pub async fn send(&self, prompt: &Prompt, stop: &Arc<AtomicBool>) -> RequestRecord {
         match self {
-            Target::InProcess(engine) => {
+            Target::InProcess(engine) | Target::InProcessSpeculating { engine, .. } => {
                 let (engine, owned, stop) = (engine.clone(), prompt.clone(), stop.clone());
                 tokio::task::spawn_blocking(move || in_process(&engine, &owned, &stop))
                     .await
@@ -38,11 +45,21 @@ impl Target {
     }
 
     /// The engine, for step statistics, when the target runs in this process.
-    pub fn engine(&self) -> Option<&Engine> {
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
         match self {
-            Target::InProcess(engine) => Some(engine),
+            Target::InProcess(engine) | Target::InProcessSpeculating { engine, .. } => Some(engine),
             Target::Http(_) => None,
         }
+    }
+
+    /// Readies the target for a run: an engine shared by two targets gets this one's speculation
+    /// setting and a cold prefix cache, so that neither profits from the other's prefills.
+    pub fn prepare(&self) -> Result<()> {
+        if let Target::InProcessSpeculating { engine, speculate } = self {
+            engine.set_speculation(*speculate)?;
+            engine.clear_prefix_cache()?;
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,6 @@ use crate::bench::plan::Plan;
 use crate::bench::report::{mean_and_std, Report, TargetInfo};
 use crate::bench::resources::{measure_cpu_bandwidth, Machine};
 use crate::bench::target::Target;
-use crate::model::load::gguf::GgufFile;
 use crate::model::load::synthetic::SyntheticSpec;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context};
@@ -29,7 +28,8 @@ Examples:
   bodega bench smollm2-135m --depth 0,512,1024 --input-len 512 --output-len 128
   bodega bench smollm2-135m --request-rate 2,4 --burstiness 0.5 --slo ttft=500ms,tpot=50ms
   bodega bench smollm2-135m --url http://127.0.0.1:8080 --vs http://127.0.0.1:8081 --concurrency 4
-  bodega bench smollm2-135m --concurrency 8 --check";
+  bodega bench smollm2-135m --concurrency 8 --check
+  bodega bench smollm2-135m --config bench-configs/copy-edit.toml --speculative ngram --spec-compare";
 
 /// Scenarios shipped in `bench-configs/`, built in so that `--config NAME` works wherever bodega is
 /// installed.
@@ -120,11 +120,17 @@ pub struct BenchArgs {
     /// Goodput objectives (ms unless a unit is given). Example: --slo ttft=500ms,tpot=50ms
     #[arg(long, value_name = "SPEC")]
     slo: Option<String>,
+    /// With --speculative: run every row on the one loaded engine as A with speculative decoding off
+    /// and B with it on, interleaved on identical prompts, each run with a cold prefix cache; prints
+    /// B/A ratios. Example: --speculative ngram --spec-compare
+    #[arg(long, requires = "speculative", conflicts_with_all = ["url", "vs"])]
+    spec_compare: bool,
     /// Also run every prompt alone and check that greedy outputs under load are the same; exit 1 on
     /// a mismatch. Example: --check
     #[arg(long)]
     check: bool,
-    /// Peak memory bandwidth of the device in GB/s (default: measured on the CPU).
+    /// Peak memory bandwidth of the device in GB/s (default: Apple's published figure on a Mac's GPU,
+    /// else measured on the CPU).
     /// Example: --peak-bandwidth 3350
     #[arg(long, value_name = "GB/S")]
     peak_bandwidth: Option<f64>,
@@ -198,6 +204,8 @@ fn scenario(config: &str) -> anyhow::Result<Settings> {
 async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     let mut infos = Vec::new();
+    // A Mac GPU's published peak bandwidth, from the chip table.
+    let mut gpu_peak = None;
     let tokenizer = match &args.url {
         Some(url) => {
             let http = HttpTarget::connect(url, args.served_model.clone(), args.api_key.as_deref()).await?;
@@ -205,27 +213,44 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
             targets.push(("A".to_string(), Arc::new(Target::Http(http))));
             let model = args.model.as_deref().unwrap_or_default();
             let path = tokio::task::block_in_place(|| model_file(model, global))?;
-            Arc::new(Tokenizer::from_gguf(&GgufFile::open(&path)?)?)
+            Arc::new(Tokenizer::from_path(&path)?)
         }
         None => {
             let loaded = tokio::task::block_in_place(|| match &args.synthetic {
                 Some(spec) => load_synthetic(spec, &args.engine, global),
                 None => load(args.model.as_deref().unwrap_or_default(), &args.engine, global),
             })?;
-            infos.push(TargetInfo {
-                label: "A".into(),
+            let info = |label: &str, engine: Option<Value>| TargetInfo {
+                label: label.into(),
                 kind: "in-process".into(),
                 url: None,
                 model: loaded.path.display().to_string(),
                 quant: loaded.quant.clone(),
-                device: Some(format!(
-                    "{} ({} threads)",
-                    crate::device::describe(global.device),
-                    rayon::current_num_threads()
-                )),
-                engine: serde_json::to_value(&args.engine).ok(),
-            });
-            targets.push(("A".to_string(), Arc::new(Target::InProcess(Arc::new(loaded.engine)))));
+                device: Some(match &loaded.gpu {
+                    Some(gpu) => format!("{} ({gpu})", crate::device::describe(global.device)),
+                    None => {
+                        format!("{} ({} threads)", crate::device::describe(global.device), rayon::current_num_threads())
+                    }
+                }),
+                engine,
+            };
+            gpu_peak = loaded.gpu.as_deref().and_then(crate::bench::apple_chips::peak_bandwidth_gb_s);
+            let flags = serde_json::to_value(&args.engine).ok();
+            let engine = Arc::new(loaded.engine);
+            if args.spec_compare {
+                let mut plain = flags.clone();
+                if let Some(Value::Object(map)) = &mut plain {
+                    map.insert("speculative".into(), Value::Null);
+                }
+                infos.push(info("A", plain));
+                infos.push(info("B", flags));
+                let (a, b) = (engine.clone(), engine);
+                targets.push(("A".to_string(), Arc::new(Target::InProcessSpeculating { engine: a, speculate: false })));
+                targets.push(("B".to_string(), Arc::new(Target::InProcessSpeculating { engine: b, speculate: true })));
+            } else {
+                infos.push(info("A", flags));
+                targets.push(("A".to_string(), Arc::new(Target::InProcess(engine))));
+            }
             loaded.tokenizer
         }
     };
@@ -237,6 +262,7 @@ async fn bench(args: BenchArgs, plan: Plan, global: &GlobalArgs) -> anyhow::Resu
     let in_process = args.url.is_none();
     let peak_bandwidth = match args.peak_bandwidth {
         Some(given) => Some((given, "given")),
+        None if gpu_peak.is_some() => gpu_peak.map(|peak| (peak, "published")),
         None if in_process => Some((tokio::task::block_in_place(measure_cpu_bandwidth), "measured")),
         None => None,
     };
@@ -388,6 +414,13 @@ fn load_table(report: &Report) -> Table {
     if engine {
         header.extend(["prefill tok/s", "decode tok/s", "decode BW"]);
     }
+    let spec = report
+        .rows
+        .iter()
+        .any(|r| r.engine_mean.as_ref().and_then(|e| e.get("spec_acceptance_rate")).is_some_and(|v| !v.is_null()));
+    if spec {
+        header.extend(["spec accept", "spec len"]);
+    }
     let mut table = new_table(header);
     for row in &report.rows {
         let s = (&row.mean, &row.std);
@@ -432,6 +465,15 @@ fn load_table(report: &Report) -> Table {
                 _ => "—".into(),
             };
             cells.push(Cell::new(text).set_alignment(CellAlignment::Right));
+        }
+        if spec {
+            let e = (row.engine_mean.as_ref().unwrap_or(&Value::Null), row.engine_std.as_ref().unwrap_or(&Value::Null));
+            let rate = e.0.get("spec_acceptance_rate").and_then(Value::as_f64);
+            cells.push(
+                Cell::new(rate.map_or("—".into(), |r| format!("{:.0}%", r * 100.0)))
+                    .set_alignment(CellAlignment::Right),
+            );
+            cells.push(cell(row.repeats, e, "/spec_mean_accepted_length", 2));
         }
         table.add_row(cells);
     }

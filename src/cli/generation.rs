@@ -95,6 +95,9 @@ pub struct JsonReply<'a> {
     finish_reason: FinishReason,
     usage: crate::engine::Usage,
     timings: crate::engine::Timings,
+    /// Guesses proposed and accepted, when speculation is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speculative: Option<crate::engine::speculative::SpecCounts>,
 }
 
 impl<'a> JsonReply<'a> {
@@ -107,6 +110,7 @@ impl<'a> JsonReply<'a> {
             finish_reason: c.finish_reason,
             usage: c.usage,
             timings: c.timings,
+            speculative: c.speculative,
         }
     }
 }
@@ -125,6 +129,14 @@ pub fn print_stats(completion: &Completion) {
         t.decode_tok_s,
         reason.as_ref().and_then(|r| r.as_str()).unwrap_or_default()
     );
+    if let Some(spec) = completion.speculative {
+        eprintln!(
+            "speculative: {} guesses proposed, {} accepted ({:.0}%)",
+            spec.proposed,
+            spec.accepted,
+            100.0 * spec.accepted as f64 / spec.proposed.max(1) as f64
+        );
+    }
 }
 
 /// A prompt piped on stdin (a terminal there is a usage error saying `missing`).

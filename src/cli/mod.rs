@@ -185,14 +185,15 @@ fn hint(e: &Error) -> Option<String> {
         Error::PromptTooLong { .. } => {
             Some("shorten the prompt, or raise --ctx-size up to the model's trained context".into())
         }
-        Error::UnsupportedArchitecture(_) => {
-            Some("bodega runs llama, mistral, qwen2, qwen3 and gemma3 GGUF files".into())
-        }
-        Error::Hub(e) => pull::hint(e),
-        Error::SafetensorsUnsupported { .. } => Some(
-            "pull a GGUF build of the model instead, e.g. bodega pull ORG/NAME-GGUF:Q4_K_M (`bodega list` shows what is cached)"
+        Error::UnsupportedArchitecture(_) => Some(
+            "bodega runs these architectures as GGUF files and as safetensors or MLX-quantized folders (README: Supported models)"
                 .into(),
         ),
+        Error::DraftMismatch { .. } => Some(
+            "a draft must share the target's tokenizer (a smaller model of the same family, or the target cut with --draft-layers); --speculative ngram needs no draft".into(),
+        ),
+        Error::Hub(e) => pull::hint(e),
+        Error::MemoryBudget { hint, .. } => Some(hint.clone()),
         _ => None,
     }
 }

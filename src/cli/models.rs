@@ -77,6 +77,7 @@ fn table(models: &[LocalModel]) -> Table {
     let mut table = Table::new();
     table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header([
         "id",
+        "arch",
         "format",
         "quant",
         "parameters",
@@ -86,6 +87,7 @@ fn table(models: &[LocalModel]) -> Table {
     for m in models {
         table.add_row([
             Cell::new(&m.id),
+            Cell::new(m.architecture.as_deref().unwrap_or("-")),
             Cell::new(m.format.as_str()),
             Cell::new(m.quant.as_deref().unwrap_or("-")),
             Cell::new(m.parameters.map_or_else(|| "-".into(), parameters)).set_alignment(CellAlignment::Right),

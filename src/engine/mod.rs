@@ -10,6 +10,7 @@ pub mod kv;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
+pub mod speculative;
 mod worker;
 
 pub use request::{
@@ -20,9 +21,11 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelInfo};
 use crate::ops::PagedKvCache;
 use crate::tokenizer::Tokenizer;
+use crate::unified_memory::activation_bytes;
 use candle_core::{DType, Device};
 use kv::PoolStats;
 use scheduler::{Scheduler, SchedulerConfig};
+use speculative::{SpecCounts, Speculation};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -59,9 +62,9 @@ impl Default for EngineConfig {
     }
 }
 
-/// The default KV budget: a quarter of the memory available now (after the weights are loaded),
-/// leaving the rest to the OS and other programs (on unified memory the GPU shares the same pool),
-/// and never more than `max_seqs` full-context sequences need.
+/// The default KV budget where the device has no unified-memory plan (`crate::unified_memory` on a
+/// Mac's GPU): a quarter of the memory available now (after the weights are loaded), leaving the rest
+/// to the OS and other programs, and never more than `max_seqs` full-context sequences need.
 pub fn default_kv_memory(needed: u64) -> u64 {
     let available = available_memory().unwrap_or(4 << 30);
     (available / 4).min(needed)
@@ -96,6 +99,11 @@ pub struct EngineStats {
     pub decode_steps: StepTotals,
     /// Steps that carry at least one prefill chunk: the compute-bound work.
     pub prefill_steps: StepTotals,
+    /// Speculative guesses proposed and accepted since the engine started.
+    pub speculation: SpecCounts,
+    /// Speculating sequence-steps verified since the engine started (each yields the accepted
+    /// guesses plus one token).
+    pub spec_verifications: u64,
 }
 
 /// Running totals over one kind of step, so that a benchmark can turn step timings into tok/s and
@@ -179,6 +187,18 @@ impl Engine {
         device: Device,
         config: EngineConfig,
     ) -> Result<Self> {
+        Self::start_with(model, tokenizer, device, config, None)
+    }
+
+    /// [`Engine::start`] with speculative decoding: the proposer gets room for as many tokens as the
+    /// engine's own KV pool holds.
+    pub fn start_with(
+        model: Box<dyn Model>,
+        tokenizer: Arc<Tokenizer>,
+        device: Device,
+        config: EngineConfig,
+        mut speculation: Option<Speculation>,
+    ) -> Result<Self> {
         let info = model.info().clone();
         let bs = config.block_size;
         if bs == 0 || config.max_seqs == 0 || config.max_batched_tokens == 0 {
@@ -186,11 +206,17 @@ impl Engine {
                 "block size, --max-seqs and --max-batched-tokens must be positive".into(),
             ));
         }
-        let kv_dtype = PagedKvCache::dtype_for(&device);
+        let kv_dtype = crate::device::kv_dtype(&device);
         let per_block = PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, kv_dtype);
         let context = config.context_length.min(info.context_length).max(2);
         let needed = (config.max_seqs * context.div_ceil(bs) * per_block) as u64;
-        let budget = config.kv_memory.unwrap_or_else(|| default_kv_memory(needed));
+        let budget = match crate::device::unified_memory(&device) {
+            Some(memory) => {
+                let activations = activation_bytes(&info, config.max_batched_tokens, config.max_seqs, context);
+                memory.kv_pool(info.weight_bytes as u64, activations, config.kv_memory, needed, 2 * per_block as u64)?
+            }
+            None => config.kv_memory.unwrap_or_else(|| default_kv_memory(needed)),
+        };
         let num_blocks = (budget / per_block as u64) as usize;
         if num_blocks < 2 {
             return Err(Error::InvalidRequest(format!(
@@ -209,9 +235,12 @@ impl Engine {
             num_blocks,
             config.prefix_caching,
         );
+        if let Some(spec) = &mut speculation {
+            spec.proposer.reserve(num_blocks, bs)?;
+        }
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (commands, inbox) = mpsc::channel();
-        let worker = worker::Worker::new(model, tokenizer, cache, device, scheduler, stats.clone());
+        let worker = worker::Worker::new(model, tokenizer, cache, device, scheduler, stats.clone(), speculation);
         let thread = std::thread::Builder::new()
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))
@@ -276,6 +305,21 @@ impl Engine {
     /// KV blocks in the pool and tokens per block.
     pub fn kv_blocks(&self) -> (usize, usize) {
         (self.num_blocks, self.block_size)
+    }
+
+    /// Switches speculative decoding on or off for the requests that follow (an engine started
+    /// without a proposer ignores it): a benchmark compares both on one loaded model.
+    pub fn set_speculation(&self, on: bool) -> Result<()> {
+        let (done, ack) = std::sync::mpsc::channel();
+        self.commands.send(worker::Command::Speculate(on, done)).map_err(|_| Error::EngineStopped)?;
+        // Waiting for the engine thread means the statistics of every step before the switch are
+        // published, so a bench run that snapshots them next counts none of the previous run's work.
+        ack.recv().map_err(|_| Error::EngineStopped)
+    }
+
+    /// Forgets the prefix cache, so that the requests that follow start cold.
+    pub fn clear_prefix_cache(&self) -> Result<()> {
+        self.commands.send(worker::Command::ClearPrefixCache).map_err(|_| Error::EngineStopped)
     }
 
     /// The engine's state after its last step.

@@ -115,6 +115,8 @@ pub struct Completion {
     pub usage: Usage,
     /// Speed.
     pub timings: Timings,
+    /// Speculative guesses proposed and accepted for this request (`None`: speculation is off).
+    pub speculative: Option<super::speculative::SpecCounts>,
 }
 
 /// Log-probabilities of the model's distribution (before penalties and temperature) at one position.

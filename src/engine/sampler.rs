@@ -36,6 +36,15 @@ impl Sampler {
 
     /// Picks the next token from `logits`, given the sequence's tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
+        let dist = self.distribution(logits, history, prompt_len);
+        self.draw(&dist)
+    }
+
+    /// The distribution the next token is drawn from: penalties, top-k, top-p, min-p and temperature
+    /// applied to `logits` (which the penalties modify in place). Greedy is one token of probability 1.
+    /// Speculative verification compares the target's and the draft's distributions built by this
+    /// same function, so that both see identical processing.
+    pub fn distribution(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> Distribution {
         let p = &self.params;
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             let mut counts: Vec<u32> = history[prompt_len.min(history.len())..].to_vec();
@@ -58,7 +67,7 @@ impl Sampler {
             }
         }
         if p.temperature <= 0.0 {
-            return argmax(logits);
+            return Distribution(vec![(argmax(logits), 1.0)]);
         }
         let c = &mut self.candidates;
         c.clear();
@@ -88,19 +97,46 @@ impl Sampler {
         }
         c.truncate(keep);
         let probs = softmax(c.iter().map(|x| x.1), p.temperature);
+        Distribution(c.iter().zip(probs).map(|(&(id, _), q)| (id, q)).collect())
+    }
+
+    /// Draws a token from `dist` with this sequence's random stream; greedy takes the first token
+    /// and leaves the stream untouched.
+    pub fn draw(&mut self, dist: &Distribution) -> u32 {
+        let tokens = &dist.0;
+        if self.params.temperature <= 0.0 {
+            return tokens[0].0;
+        }
         let mut r: f32 = self.rng.random();
-        for (i, q) in probs.iter().enumerate() {
-            if r < *q {
-                return c[i].0;
+        for &(id, q) in tokens {
+            if r < q {
+                return id;
             }
             r -= q;
         }
-        c[c.len() - 1].0
+        tokens[tokens.len() - 1].0
+    }
+
+    /// A uniform number in [0, 1) from this sequence's random stream (speculative acceptance tests).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random()
+    }
+}
+
+/// A next-token distribution: tokens with nonzero probability and their probabilities (summing to
+/// 1), likeliest first. Tokens absent have probability 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution(pub Vec<(u32, f32)>);
+
+impl Distribution {
+    /// The probability of `token`.
+    pub fn prob(&self, token: u32) -> f32 {
+        self.0.iter().find(|(id, _)| *id == token).map_or(0.0, |&(_, q)| q)
     }
 }
 
 /// Log-softmax of `logits` at `token`, and the `n` likeliest tokens.
-fn logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
+pub fn logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();

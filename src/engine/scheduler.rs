@@ -7,7 +7,10 @@
 //! prefix cache holds, then a chunk of the rest. A sequence that needs a block when none is free
 //! preempts the newest running sequence, which gives back all its blocks and waits at the front of
 //! the queue to be recomputed from its tokens (the same tokens give the same result). Chunked prefill
-//! is nothing more than this budget cap.
+//! is nothing more than this budget cap. A decoding sequence with speculative guesses (set by
+//! `set_draft` before `schedule`) feeds its last token and the guesses as one chunk, trimmed to the
+//! budget; after verification the engine keeps the accepted guesses (`accept_draft`), and the blocks
+//! that held only rejected ones go back to the pool.
 //!
 //! The scheduler knows sequences and blocks, never tensors or requests.
 
@@ -41,6 +44,8 @@ pub struct Sequence {
     pub num_cached: usize,
     /// Whether it has been admitted before (a preempted sequence keeps its first `num_cached`).
     admitted: bool,
+    /// Speculative guesses at the end of `tokens`, fed this step and taken back after it.
+    num_draft: usize,
     block_table: Vec<BlockId>,
     /// Chained hashes of its full blocks registered so far.
     block_hashes: Vec<BlockHash>,
@@ -55,6 +60,7 @@ impl Sequence {
             num_computed: 0,
             num_cached: 0,
             admitted: false,
+            num_draft: 0,
             block_table: Vec::new(),
             block_hashes: Vec::new(),
         }
@@ -65,11 +71,26 @@ impl Sequence {
         &self.block_table
     }
 
-    /// The next tokens to feed within `budget`; a token is sampled when they reach the end.
-    fn next_chunk(&self, budget: usize) -> ScheduledChunk {
+    /// Whether its next step feeds one token to sample the next (its prompt is done).
+    pub fn is_decoding(&self) -> bool {
+        self.num_draft == 0 && self.num_computed + 1 == self.tokens.len()
+    }
+
+    /// The next tokens to feed within `budget`; a token is sampled when they reach the end. Guesses
+    /// that do not fit the budget are dropped first, so that a speculating chunk is always whole.
+    fn next_chunk(&mut self, budget: usize) -> ScheduledChunk {
+        if self.num_draft > 0 && self.num_draft >= budget {
+            self.drop_draft(self.num_draft + 1 - budget);
+        }
         let len = (self.tokens.len() - self.num_computed).min(budget);
         let sample = self.num_computed + len == self.tokens.len();
-        ScheduledChunk { seq: self.id, start: self.num_computed, len, sample }
+        ScheduledChunk { seq: self.id, start: self.num_computed, len, sample, draft: self.num_draft }
+    }
+
+    /// Removes the last `n` guesses.
+    fn drop_draft(&mut self, n: usize) {
+        self.tokens.truncate(self.tokens.len() - n);
+        self.num_draft -= n;
     }
 }
 
@@ -84,6 +105,9 @@ pub struct ScheduledChunk {
     pub len: usize,
     /// Whether this chunk reaches the end of the sequence, so that a token is sampled after it.
     pub sample: bool,
+    /// Speculative guesses among the fed tokens (its last `draft`): the chunk needs logits for its
+    /// last `draft + 1` positions.
+    pub draft: usize,
 }
 
 /// What `schedule` decided.
@@ -133,6 +157,41 @@ impl Scheduler {
     /// The sequence with this id, running or waiting.
     pub fn get(&self, id: SeqId) -> Option<&Sequence> {
         self.running.iter().chain(self.waiting.iter()).find(|s| s.id == id)
+    }
+
+    /// Running sequences whose next step decodes one token: those that may speculate.
+    pub fn decoding(&self) -> impl Iterator<Item = &Sequence> {
+        self.running.iter().filter(|s| s.is_decoding())
+    }
+
+    /// Appends speculative guesses to a decoding sequence, to be fed by the next `schedule`.
+    pub fn set_draft(&mut self, id: SeqId, draft: &[u32]) {
+        if let Some(seq) = self.running.iter_mut().find(|s| s.id == id && s.is_decoding()) {
+            seq.tokens.extend_from_slice(draft);
+            seq.num_draft = draft.len();
+        }
+    }
+
+    /// Takes the guesses back out of the sequence after the step (whether or not it ran), before
+    /// `commit`; the verified tokens are appended afterwards.
+    pub fn take_draft(&mut self, id: SeqId) {
+        if let Some(seq) = self.running.iter_mut().find(|s| s.id == id) {
+            seq.drop_draft(seq.num_draft);
+        }
+    }
+
+    /// Records that the first `accepted` tokens appended after a speculating step were guesses whose
+    /// keys and values that step computed: they count as cached (full blocks are registered in the
+    /// prefix cache), and blocks beyond what the sequence's tokens need are freed.
+    pub fn accept_draft(&mut self, id: SeqId, accepted: usize) {
+        let bs = self.config.block_size;
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { return };
+        seq.num_computed = (seq.num_computed + accepted).min(seq.tokens.len());
+        register_full_blocks(&mut self.pool, seq, bs);
+        let keep = seq.tokens.len().div_ceil(bs);
+        if seq.block_table.len() > keep {
+            self.pool.release(seq.block_table.drain(keep..).rev());
+        }
     }
 
     /// Appends a sampled token to a running sequence.
@@ -188,19 +247,21 @@ impl Scheduler {
 
     /// Records that the step ran: its tokens are now cached, and newly full blocks are registered in
     /// the prefix cache.
+    /// A speculating chunk's guesses have been taken back by then (`take_draft`): only the tokens
+    /// the sequence still holds count, and `accept_draft` adds the accepted guesses.
     pub fn commit(&mut self, out: &SchedulerOutput) {
         let bs = self.config.block_size;
         for chunk in &out.chunks {
             let Some(seq) = self.running.iter_mut().find(|s| s.id == chunk.seq) else { continue };
-            seq.num_computed = chunk.start + chunk.len;
-            while seq.block_hashes.len() < seq.num_computed / bs {
-                let b = seq.block_hashes.len();
-                let tokens = &seq.tokens[b * bs..(b + 1) * bs];
-                let hash = block_hash(seq.block_hashes.last().copied(), tokens);
-                self.pool.register(seq.block_table[b], hash, tokens);
-                seq.block_hashes.push(hash);
-            }
+            seq.num_computed = (chunk.start + chunk.len).min(seq.tokens.len());
+            register_full_blocks(&mut self.pool, seq, bs);
         }
+    }
+
+    /// Forgets every prefix-cache entry of free blocks, so that the next requests start cold (a
+    /// benchmark comparing two settings on the same prompts).
+    pub fn clear_prefix_cache(&mut self) {
+        self.pool.forget_cached();
     }
 
     /// Gives running sequence `i` blocks for `target` tokens, preempting the newest running
@@ -212,6 +273,7 @@ impl Scheduler {
             }
             let victim_index = self.running.len() - 1;
             let mut victim = self.running.remove(victim_index);
+            victim.drop_draft(victim.num_draft);
             self.free_blocks(&mut victim);
             victim.num_computed = 0;
             out.preempted.push(victim.id);
@@ -257,9 +319,20 @@ impl Scheduler {
     }
 }
 
+/// Registers a sequence's newly full, computed blocks in the prefix cache.
+fn register_full_blocks(pool: &mut BlockPool, seq: &mut Sequence, bs: usize) {
+    while seq.block_hashes.len() < seq.num_computed / bs {
+        let b = seq.block_hashes.len();
+        let tokens = &seq.tokens[b * bs..(b + 1) * bs];
+        let hash = block_hash(seq.block_hashes.last().copied(), tokens);
+        pool.register(seq.block_table[b], hash, tokens);
+        seq.block_hashes.push(hash);
+    }
+}
+
 /// Allocates blocks until `table` holds `target` tokens; false if the pool ran dry (the blocks taken
 /// so far stay in the table).
-fn allocate_up_to(pool: &mut BlockPool, table: &mut Vec<BlockId>, block_size: usize, target: usize) -> bool {
+pub(crate) fn allocate_up_to(pool: &mut BlockPool, table: &mut Vec<BlockId>, block_size: usize, target: usize) -> bool {
     while table.len() * block_size < target {
         match pool.allocate() {
             Some(b) => table.push(b),
@@ -282,7 +355,7 @@ mod tests {
         let mut s = Scheduler::new(config(8, 4), 16, true);
         s.add(Sequence::new(1, vec![1; 6]));
         let out = s.schedule();
-        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 0, len: 6, sample: true }]);
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 0, len: 6, sample: true, draft: 0 }]);
         s.commit(&out);
         s.append_token(1, 7);
         s.add(Sequence::new(2, vec![2; 10]));
@@ -290,14 +363,14 @@ mod tests {
         assert_eq!(
             out.chunks,
             vec![
-                ScheduledChunk { seq: 1, start: 6, len: 1, sample: true },
-                ScheduledChunk { seq: 2, start: 0, len: 7, sample: false },
+                ScheduledChunk { seq: 1, start: 6, len: 1, sample: true, draft: 0 },
+                ScheduledChunk { seq: 2, start: 0, len: 7, sample: false, draft: 0 },
             ]
         );
         s.commit(&out);
         s.append_token(1, 8);
         let out = s.schedule();
-        assert_eq!(out.chunks[1], ScheduledChunk { seq: 2, start: 7, len: 3, sample: true });
+        assert_eq!(out.chunks[1], ScheduledChunk { seq: 2, start: 7, len: 3, sample: true, draft: 0 });
     }
 
     #[test]
@@ -311,7 +384,7 @@ mod tests {
         s.add(Sequence::new(2, (0..9).chain([99]).collect()));
         let out = s.schedule();
         // Two full blocks (8 tokens) come from the cache; the rest is computed.
-        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 2, start: 8, len: 2, sample: true }]);
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 2, start: 8, len: 2, sample: true, draft: 0 }]);
         let seq = s.get(2).unwrap();
         assert_eq!(seq.num_cached, 8);
         assert_eq!(seq.block_table()[..2], first_blocks[..2]);
@@ -329,9 +402,95 @@ mod tests {
         // Sequence 1 needs a second block; only sequence 2 can give one back.
         let out = s.schedule();
         assert_eq!(out.preempted, vec![2]);
-        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 4, len: 1, sample: true }]);
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 4, len: 1, sample: true, draft: 0 }]);
         assert_eq!(s.queue_lengths(), (1, 1));
         assert_eq!(s.get(2).unwrap().num_computed, 0);
+    }
+
+    #[test]
+    fn speculative_rollback_keeps_accepted_tokens_and_never_leaks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut s = Scheduler::new(config(64, 4), 64, true);
+        for id in 0..3 {
+            s.add(Sequence::new(id, vec![id as u32; 5]));
+        }
+        let out = s.schedule();
+        s.commit(&out);
+        for id in 0..3 {
+            s.append_token(id, 100);
+        }
+        for step in 0..100_000u32 {
+            let drafts: Vec<(SeqId, Vec<u32>)> = (0..3).map(|id| (id, vec![7; rng.random_range(1..=5)])).collect();
+            for (id, d) in &drafts {
+                s.set_draft(*id, d);
+            }
+            let out = s.schedule();
+            assert!(out.preempted.is_empty());
+            for (id, _) in &drafts {
+                s.take_draft(*id);
+            }
+            s.commit(&out);
+            for chunk in &out.chunks {
+                let accepted = rng.random_range(0..=chunk.draft);
+                for _ in 0..=accepted {
+                    s.append_token(chunk.seq, step % 50);
+                }
+                s.accept_draft(chunk.seq, accepted);
+                let seq = s.get(chunk.seq).unwrap();
+                assert_eq!(seq.num_computed + 1, seq.tokens.len());
+                let blocks = seq.block_table().len();
+                assert!(blocks <= seq.tokens.len().div_ceil(4), "blocks beyond the tokens");
+                assert!(blocks >= seq.num_computed.div_ceil(4), "computed tokens without blocks");
+                assert_eq!(seq.block_hashes.len(), seq.num_computed / 4, "hashes only for computed full blocks");
+            }
+            // Sequences restart before they outgrow the pool.
+            for id in 0..3 {
+                if s.get(id).unwrap().tokens.len() > 60 {
+                    let tokens = s.finish(id).unwrap().tokens;
+                    s.add(Sequence::new(id, tokens[..9].to_vec()));
+                    let out = s.schedule();
+                    s.commit(&out);
+                    for chunk in &out.chunks {
+                        s.append_token(chunk.seq, 100);
+                    }
+                }
+            }
+        }
+        for id in 0..3 {
+            s.finish(id);
+        }
+        assert_eq!(s.pool_stats().used, 0);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn the_prefix_cache_holds_accepted_tokens_only() {
+        let mut s = Scheduler::new(config(64, 4), 16, true);
+        s.add(Sequence::new(1, vec![1, 2, 3]));
+        let out = s.schedule();
+        s.commit(&out);
+        s.append_token(1, 4);
+        // Guesses 5, 6, 7, 8, 9 fill the first block and most of a second; only 5 and 6 are accepted,
+        // then the verifier replaces 7 by 70.
+        s.set_draft(1, &[5, 6, 7, 8, 9]);
+        let out = s.schedule();
+        assert_eq!(out.chunks, vec![ScheduledChunk { seq: 1, start: 3, len: 6, sample: true, draft: 5 }]);
+        assert_eq!(s.get(1).unwrap().block_table().len(), 3);
+        s.take_draft(1);
+        s.commit(&out);
+        for t in [5, 6, 70] {
+            s.append_token(1, t);
+        }
+        s.accept_draft(1, 2);
+        let seq = s.get(1).unwrap();
+        assert_eq!((seq.num_computed, seq.tokens.clone()), (6, vec![1, 2, 3, 4, 5, 6, 70]));
+        assert_eq!(seq.block_table().len(), 2, "the block of rejected guesses only is freed");
+        s.finish(1);
+        // The first block (1 2 3 4) is cached; a prompt continuing with the rejected 7 8 finds only it.
+        s.add(Sequence::new(2, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]));
+        let out = s.schedule();
+        assert_eq!(out.chunks[0].start, 4);
     }
 
     #[test]

@@ -3,13 +3,14 @@
 
 use super::detok::{Detokenizer, StopMatcher, StopScan};
 use super::request::{Completion, Event, FinishReason, Request, Timings, Usage};
-use super::sampler::Sampler;
+use super::sampler::{logprobs, Sampler};
 use super::scheduler::{ScheduledChunk, Scheduler, SchedulerOutput, SeqId, Sequence};
-use super::EngineStats;
+use super::speculative::{verify_token, AdaptiveK, Proposal, ProposalRequest, SpecCounts, Speculation, Verdict};
+use super::{EngineStats, TokenLogprobs};
 use crate::error::Result;
 use crate::model::Model;
 use crate::ops::PagedKvCache;
-use crate::runner::{run_step, SeqChunk};
+use crate::runner::{run_step_rows, SeqChunk};
 use crate::tokenizer::Tokenizer;
 use candle_core::Device;
 use std::collections::HashMap;
@@ -22,6 +23,11 @@ use std::time::Instant;
 pub enum Command {
     /// Run a request.
     Submit(Job),
+    /// Switch speculative decoding on or off (when the engine has a proposer); acknowledged on the
+    /// sender once done, which is also after the last step's statistics were published.
+    Speculate(bool, Sender<()>),
+    /// Forget the prefix cache's entries.
+    ClearPrefixCache,
     /// Stop the loop.
     Shutdown,
 }
@@ -57,6 +63,18 @@ struct Active {
     prompt_len: usize,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
+    /// How many guesses this sequence asks for next.
+    adaptive: AdaptiveK,
+    /// Its guesses proposed and accepted so far.
+    spec: SpecCounts,
+}
+
+/// The engine's speculative decoding and its running totals.
+struct SpecState {
+    config: Speculation,
+    enabled: bool,
+    totals: SpecCounts,
+    verifications: u64,
 }
 
 /// State owned by the engine thread.
@@ -69,6 +87,7 @@ pub struct Worker {
     pub stats: Arc<Mutex<EngineStats>>,
     active: HashMap<SeqId, Active>,
     next_id: SeqId,
+    speculation: Option<SpecState>,
 }
 
 impl Worker {
@@ -80,8 +99,15 @@ impl Worker {
         device: Device,
         scheduler: Scheduler,
         stats: Arc<Mutex<EngineStats>>,
+        speculation: Option<Speculation>,
     ) -> Self {
-        Self { model, tokenizer, cache, device, scheduler, stats, active: HashMap::new(), next_id: 0 }
+        let speculation = speculation.map(|config| SpecState {
+            config,
+            enabled: true,
+            totals: SpecCounts::default(),
+            verifications: 0,
+        });
+        Self { model, tokenizer, cache, device, scheduler, stats, active: HashMap::new(), next_id: 0, speculation }
     }
 
     /// Serves requests until shut down or every sender is gone.
@@ -89,15 +115,15 @@ impl Worker {
         loop {
             if self.scheduler.is_idle() {
                 match inbox.recv() {
-                    Ok(Command::Submit(job)) => self.admit(job),
-                    _ => return,
+                    Ok(Command::Shutdown) | Err(_) => return,
+                    Ok(command) => self.obey(command),
                 }
             }
             loop {
                 match inbox.try_recv() {
-                    Ok(Command::Submit(job)) => self.admit(job),
                     Err(TryRecvError::Empty) => break,
                     Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return self.cancel_all(),
+                    Ok(command) => self.obey(command),
                 }
             }
             self.reap_cancelled();
@@ -107,6 +133,20 @@ impl Worker {
                 }
             }
             self.publish_stats();
+        }
+    }
+
+    fn obey(&mut self, command: Command) {
+        match command {
+            Command::Submit(job) => self.admit(job),
+            Command::Speculate(on, done) => {
+                if let Some(spec) = &mut self.speculation {
+                    spec.enabled = on;
+                }
+                let _ = done.send(());
+            }
+            Command::ClearPrefixCache => self.scheduler.clear_prefix_cache(),
+            Command::Shutdown => {}
         }
     }
 
@@ -121,35 +161,48 @@ impl Worker {
             prompt_len: prompt.len(),
             first_scheduled: None,
             first_token: None,
+            adaptive: AdaptiveK::new(self.speculation.as_ref().map_or(0, |s| s.config.max_tokens)),
+            spec: SpecCounts::default(),
             job,
         };
         self.active.insert(id, active);
         self.scheduler.add(Sequence::new(id, prompt));
     }
 
-    /// One forward pass over the scheduled work, then sampling for the sequences that need a token.
+    /// Guesses for the decoding sequences (when speculating), one forward pass over the scheduled
+    /// work, then sampling or verification for the sequences that need tokens.
     fn step(&mut self) -> Result<()> {
-        let out = self.scheduler.schedule();
         let started = Instant::now();
+        let drafts = self.propose()?;
+        let out = self.scheduler.schedule();
         let logits = {
-            let chunks = self.chunks(&out);
-            if chunks.is_empty() {
-                return Ok(());
+            let (chunks, rows) = self.chunks(&out);
+            match chunks.is_empty() {
+                true => None,
+                false => Some(run_step_rows(self.model.as_ref(), &self.cache, &chunks, &rows, &self.device)),
             }
-            run_step(self.model.as_ref(), &self.cache, &chunks, &self.device)?
         };
+        for &id in drafts.keys() {
+            self.scheduler.take_draft(id);
+        }
+        let Some(logits) = logits.transpose()? else { return Ok(()) };
         self.scheduler.commit(&out);
         for chunk in &out.chunks {
             if let Some(a) = self.active.get_mut(&chunk.seq) {
                 a.first_scheduled.get_or_insert(started);
             }
         }
-        let sampled: Vec<SeqId> = out.chunks.iter().filter(|c| c.sample).map(|c| c.seq).collect();
+        let sampled: Vec<&ScheduledChunk> = out.chunks.iter().filter(|c| c.sample).collect();
         let fed: usize = out.chunks.iter().map(|c| c.len).sum();
         let kv_read: usize = out.chunks.iter().map(|c| c.start + c.len).sum();
         let prefill = out.chunks.iter().any(|c| self.is_prefill(c));
-        for (&id, row) in sampled.iter().zip(logits) {
-            self.on_logits(id, row)?;
+        let mut rows = logits.into_iter();
+        for chunk in &sampled {
+            let mine: Vec<Vec<f32>> = rows.by_ref().take(chunk.draft + 1).collect();
+            match drafts.get(&chunk.seq) {
+                Some(proposal) if chunk.draft > 0 => self.on_verify(chunk.seq, mine, proposal)?,
+                _ => self.on_logits(chunk.seq, mine.into_iter().next().unwrap_or_default())?,
+            }
         }
         if let Ok(mut stats) = self.stats.lock() {
             stats.steps += 1;
@@ -159,37 +212,146 @@ impl Worker {
             stats.step_seconds.observe(seconds);
             let totals = if prefill { &mut stats.prefill_steps } else { &mut stats.decode_steps };
             totals.add(fed, seconds, kv_read);
+            if let Some(spec) = &self.speculation {
+                stats.speculation = spec.totals;
+                stats.spec_verifications = spec.verifications;
+            }
         }
         Ok(())
+    }
+
+    /// Asks the proposer for guesses for the decoding sequences and hands them to the scheduler;
+    /// nothing when speculation is off, or off for this step because too many sequences decode.
+    fn propose(&mut self) -> Result<HashMap<SeqId, Proposal>> {
+        let Some(spec) = self.speculation.as_mut().filter(|s| s.enabled) else { return Ok(HashMap::new()) };
+        let decoding: Vec<&Sequence> = self.scheduler.decoding().collect();
+        if decoding.is_empty() || decoding.len() > spec.config.max_batch {
+            return Ok(HashMap::new());
+        }
+        let mut wanted = Vec::new();
+        for seq in decoding {
+            let Some(a) = self.active.get_mut(&seq.id) else { continue };
+            // Room for the guesses and the token after them within max_tokens.
+            let room = a.job.max_new_tokens.saturating_sub(seq.tokens.len() - a.prompt_len + 1);
+            if room > 0 {
+                wanted.push((seq, a.adaptive.next_k().min(room)));
+            }
+        }
+        let requests: Vec<ProposalRequest<'_>> = wanted
+            .into_iter()
+            .filter(|&(_, k)| k > 0)
+            .filter_map(|(seq, k)| {
+                let a = self.active.get(&seq.id)?;
+                Some(ProposalRequest {
+                    seq: seq.id,
+                    tokens: &seq.tokens,
+                    prompt_len: a.prompt_len,
+                    k,
+                    sampling: &a.job.request.sampling,
+                })
+            })
+            .collect();
+        if requests.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let proposals = spec.config.proposer.propose(&requests)?;
+        let drafts: HashMap<SeqId, Proposal> = requests
+            .iter()
+            .zip(proposals)
+            .filter(|(_, p)| !p.tokens.is_empty())
+            .map(|(r, mut p)| {
+                p.tokens.truncate(r.k);
+                (r.seq, p)
+            })
+            .collect();
+        for (&id, proposal) in &drafts {
+            self.scheduler.set_draft(id, &proposal.tokens);
+        }
+        Ok(drafts)
     }
 
     /// Whether a chunk feeds prompt tokens (a preempted sequence's recompute counts as prefill too).
     fn is_prefill(&self, chunk: &ScheduledChunk) -> bool {
         let prompt_len = self.active.get(&chunk.seq).map_or(0, |a| a.prompt_len);
-        chunk.len > 1 || chunk.start < prompt_len
+        chunk.len > 1 + chunk.draft || chunk.start < prompt_len
     }
 
-    fn chunks<'a>(&'a self, out: &SchedulerOutput) -> Vec<SeqChunk<'a>> {
+    /// The step's chunks for the runner, and how many logits rows each needs.
+    fn chunks<'a>(&'a self, out: &SchedulerOutput) -> (Vec<SeqChunk<'a>>, Vec<usize>) {
         out.chunks
             .iter()
             .filter_map(|c| {
                 let seq = self.scheduler.get(c.seq)?;
-                Some(SeqChunk {
+                let chunk = SeqChunk {
                     tokens: &seq.tokens[c.start..c.start + c.len],
                     start: c.start,
                     block_table: seq.block_table(),
                     sample: c.sample,
-                })
+                };
+                Some((chunk, if c.sample { c.draft + 1 } else { 0 }))
             })
-            .collect()
+            .unzip()
     }
 
     /// Samples a sequence's next token, streams its text and ends the request when a stop is met.
     fn on_logits(&mut self, id: SeqId, mut logits: Vec<f32>) -> Result<()> {
         let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(()) };
         let (token, logprobs) = a.sampler.sample_with_logprobs(&mut logits, &seq.tokens, a.prompt_len);
-        let generated = seq.tokens.len() + 1 - a.prompt_len;
         self.scheduler.append_token(id, token);
+        match self.emit(id, token, logprobs)? {
+            Some(reason) => self.complete(id, reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Verifies a sequence's guesses against the target's logits at its last token and at each
+    /// guess (`rows`), then streams the accepted guesses and the token after them (a replacement or
+    /// a bonus) as if sampled one by one, and keeps the accepted guesses' keys and values.
+    fn on_verify(&mut self, id: SeqId, rows: Vec<Vec<f32>>, proposal: &Proposal) -> Result<()> {
+        let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(()) };
+        let guesses = &proposal.tokens[..rows.len() - 1];
+        let mut history = seq.tokens.clone();
+        let mut emitted: Vec<(u32, Option<TokenLogprobs>)> = Vec::with_capacity(rows.len());
+        for (i, mut row) in rows.into_iter().enumerate() {
+            let raw = a.job.request.sampling.logprobs.map(|n| (row.clone(), n));
+            let p = a.sampler.distribution(&mut row, &history, a.prompt_len);
+            let (token, last) = match guesses.get(i) {
+                Some(&guess) => {
+                    let q = proposal.dists.as_ref().and_then(|d| d.get(i));
+                    match verify_token(&mut a.sampler, &p, q, guess) {
+                        Verdict::Accepted => (guess, false),
+                        Verdict::Rejected(replacement) => (replacement, true),
+                    }
+                }
+                None => (a.sampler.draw(&p), true),
+            };
+            emitted.push((token, raw.map(|(logits, n)| logprobs(&logits, token, n))));
+            history.push(token);
+            if last {
+                break;
+            }
+        }
+        let accepted = emitted.len() - 1;
+        a.adaptive.record(accepted);
+        a.spec.add(guesses.len(), accepted);
+        if let Some(spec) = &mut self.speculation {
+            spec.totals.add(guesses.len(), accepted);
+            spec.verifications += 1;
+        }
+        for (token, logprobs) in emitted {
+            self.scheduler.append_token(id, token);
+            if let Some(reason) = self.emit(id, token, logprobs)? {
+                return self.complete(id, reason);
+            }
+        }
+        self.scheduler.accept_draft(id, accepted);
+        Ok(())
+    }
+
+    /// Streams a token just appended to the sequence; the reason to finish, when a stop is met.
+    fn emit(&mut self, id: SeqId, token: u32, logprobs: Option<TokenLogprobs>) -> Result<Option<FinishReason>> {
+        let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(None) };
+        let generated = seq.tokens.len() - a.prompt_len;
         a.first_token.get_or_insert_with(Instant::now);
         let stop = &a.job.request.stop;
         let mut finish = None;
@@ -208,15 +370,15 @@ impl Worker {
         if finish.is_none() && generated >= a.job.max_new_tokens {
             finish = Some(FinishReason::Length);
         }
-        if let Some(reason) = finish {
-            self.complete(id, reason)?;
-        }
-        Ok(())
+        Ok(finish)
     }
 
     /// Sends `Done` and frees the sequence's blocks.
     fn complete(&mut self, id: SeqId, reason: FinishReason) -> Result<()> {
         let Some(mut a) = self.active.remove(&id) else { return Ok(()) };
+        if let Some(spec) = &mut self.speculation {
+            spec.config.proposer.forget(id);
+        }
         let Some(seq) = self.scheduler.finish(id) else { return Ok(()) };
         if reason != FinishReason::Stop {
             let rest = a.detok.flush(&self.tokenizer)? + &a.stops.finish();
@@ -231,7 +393,8 @@ impl Worker {
             cached_tokens: seq.num_cached,
         };
         let timings = timings(&a, generated_ids.len(), Instant::now());
-        a.job.send(Event::Done(Completion { finish_reason: reason, generated_ids, usage, timings }));
+        let speculative = self.speculation.is_some().then_some(a.spec);
+        a.job.send(Event::Done(Completion { finish_reason: reason, generated_ids, usage, timings, speculative }));
         Ok(())
     }
 
@@ -254,6 +417,9 @@ impl Worker {
         for (id, a) in self.active.drain() {
             a.job.send(Event::Error(message.to_string()));
             self.scheduler.finish(id);
+            if let Some(spec) = &mut self.speculation {
+                spec.config.proposer.forget(id);
+            }
         }
     }
 

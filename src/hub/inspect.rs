@@ -1,14 +1,20 @@
-//! What a model listing shows about local weights without loading them: the quantization and the
-//! parameter count, read from GGUF metadata and tensor shapes, or from safetensors headers.
+//! What a model listing shows about local weights without loading them: the architecture, the
+//! quantization and the parameter count, read from GGUF metadata and tensor shapes, or from
+//! `config.json` and safetensors headers (MLX-quantized matrices counted unpacked).
 
 use crate::model::load::gguf::GgufFile;
+use crate::model::load::mlx::Quantization;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Quantization and size of a model, when its files say.
+/// Architecture, quantization and size of a model, when its files say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WeightsInfo {
+    /// `llama`, `qwen3`, ...: GGUF's `general.architecture`, or `config.json`'s `model_type`.
+    pub architecture: Option<String>,
+    /// Whether the safetensors are MLX-quantized.
+    pub mlx: bool,
     /// `Q4_K_M`, `Q8_0`, `BF16`...
     pub quant: Option<String>,
     /// Elements in all weight tensors.
@@ -23,6 +29,8 @@ pub fn gguf(parts: &[PathBuf]) -> WeightsInfo {
     let Some(first) = files.first() else { return WeightsInfo::default() };
     let named = first.opt_usize("general.file_type").ok().flatten().and_then(file_type_name);
     WeightsInfo {
+        architecture: first.architecture().ok().map(str::to_string),
+        mlx: false,
         quant: named.map(str::to_string).or_else(|| first.main_weight_type()),
         parameters: Some(files.iter().map(GgufFile::parameter_count).sum()),
     }
@@ -67,24 +75,43 @@ fn file_type_name(file_type: usize) -> Option<&'static str> {
     NAMES.iter().find(|(n, _)| *n == file_type).map(|(_, name)| *name)
 }
 
-/// Reads the headers of a safetensors model's weight files: the dtype holding most bytes, and the
-/// element count of every tensor.
+/// Reads `config.json` beside the weight files and their headers: the dtype holding most bytes (or the
+/// MLX quantization), and the element count of every tensor (packed MLX codes counted as values, their
+/// scales and biases left out).
 pub fn safetensors(files: &[PathBuf]) -> WeightsInfo {
+    let config = files
+        .first()
+        .and_then(|f| std::fs::read(f.with_file_name("config.json")).ok())
+        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .unwrap_or_default();
+    let mlx = Quantization::from_config(&config).ok().flatten();
     let mut bytes: HashMap<String, u64> = HashMap::new();
     let mut parameters = 0u64;
     for file in files {
         let Some(tensors) = safetensors_header(file) else { return WeightsInfo::default() };
-        for (dtype, elements, size) in tensors {
-            parameters += elements;
+        for (name, dtype, elements, size) in tensors {
+            let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m);
+            let quant = mlx.as_ref().and_then(|q| q.of(module));
+            parameters += match (quant, name.rsplit_once('.').map(|(_, kind)| kind)) {
+                (Some(_), Some("scales" | "biases")) => 0,
+                (Some(q), _) if dtype == "U32" => elements * 32 / q.bits as u64,
+                _ => elements,
+            };
             *bytes.entry(dtype).or_default() += size;
         }
     }
-    let quant = bytes.into_iter().max_by_key(|(_, size)| *size).map(|(dtype, _)| dtype);
-    WeightsInfo { quant, parameters: Some(parameters) }
+    let quant = match &mlx {
+        Some(q) => Some(q.describe()),
+        None => bytes.into_iter().max_by_key(|(_, size)| *size).map(|(dtype, _)| dtype),
+    };
+    let architecture = crate::model::load::architecture(&config)
+        .map(str::to_string)
+        .or_else(|| config.get("model_type").and_then(|t| t.as_str()).map(str::to_string));
+    WeightsInfo { architecture, mlx: mlx.is_some(), quant, parameters: Some(parameters) }
 }
 
-/// (dtype, elements, bytes) of each tensor in a safetensors file's header.
-fn safetensors_header(path: &Path) -> Option<Vec<(String, u64, u64)>> {
+/// (name, dtype, elements, bytes) of each tensor in a safetensors file's header.
+fn safetensors_header(path: &Path) -> Option<Vec<(String, String, u64, u64)>> {
     #[derive(serde::Deserialize)]
     struct Tensor {
         dtype: String,
@@ -103,10 +130,10 @@ fn safetensors_header(path: &Path) -> Option<Vec<(String, u64, u64)>> {
     let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
     entries.remove("__metadata__");
     entries
-        .into_values()
-        .map(|v| {
+        .into_iter()
+        .map(|(name, v)| {
             let t: Tensor = serde_json::from_value(v).ok()?;
-            Some((t.dtype, t.shape.iter().product(), t.data_offsets[1].saturating_sub(t.data_offsets[0])))
+            Some((name, t.dtype, t.shape.iter().product(), t.data_offsets[1].saturating_sub(t.data_offsets[0])))
         })
         .collect()
 }
@@ -125,7 +152,19 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         std::fs::write(&path, bytes).unwrap();
         let info = safetensors(&[path]);
-        assert_eq!(info, WeightsInfo { quant: Some("BF16".into()), parameters: Some(8) });
+        assert_eq!(info, WeightsInfo { quant: Some("BF16".into()), parameters: Some(8), ..WeightsInfo::default() });
+    }
+
+    #[test]
+    fn mlx_folders_show_architecture_quantization_and_unpacked_parameters() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/qwen3");
+        let info = safetensors(&[dir.join("mlx-4bit-g64/model.safetensors")]);
+        let plain = safetensors(&[dir.join("hf/model.safetensors")]);
+        assert_eq!(info.architecture.as_deref(), Some("qwen3"));
+        assert!(info.mlx && !plain.mlx);
+        assert_eq!(info.quant.as_deref(), Some("4-bit g64"));
+        assert_eq!(plain.quant.as_deref(), Some("BF16"));
+        assert_eq!(info.parameters, plain.parameters);
     }
 
     #[test]

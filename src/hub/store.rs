@@ -20,6 +20,8 @@ pub enum Format {
     Gguf,
     /// A folder with `config.json` and `.safetensors` weights.
     Safetensors,
+    /// A safetensors folder whose `config.json` has MLX's `quantization`.
+    Mlx,
 }
 
 impl Format {
@@ -28,6 +30,7 @@ impl Format {
         match self {
             Self::Gguf => "gguf",
             Self::Safetensors => "safetensors",
+            Self::Mlx => "mlx",
         }
     }
 }
@@ -47,6 +50,8 @@ pub enum Source {
 pub struct LocalModel {
     /// What `run` and the other commands accept for it: an alias, a path, or `ORG/NAME[:QUANT]`.
     pub id: String,
+    /// `llama`, `qwen3`, ... as its files name it, when readable.
+    pub architecture: Option<String>,
     /// How it is stored.
     pub format: Format,
     /// Its quantization (`Q4_K_M`) or dtype (`BF16`), when known.
@@ -123,9 +128,10 @@ fn home_models() -> Vec<LocalModel> {
         .into_iter()
         .map(|path| {
             let alias = super::ALIASES.iter().find(|a| dir.join(a.file) == path);
-            let WeightsInfo { quant, parameters } = inspect::gguf(std::slice::from_ref(&path));
+            let WeightsInfo { architecture, quant, parameters, .. } = inspect::gguf(std::slice::from_ref(&path));
             LocalModel {
                 id: alias.map_or_else(|| path.display().to_string(), |a| a.name.to_string()),
+                architecture,
                 format: Format::Gguf,
                 quant,
                 parameters,
@@ -172,16 +178,15 @@ fn describe(repo: &str, snapshot: &Snapshot, model: SnapshotModel) -> LocalModel
             let info = WeightsInfo { quant: info.quant.or_else(|| g.quant.clone()), ..info };
             (id, Format::Gguf, info, size(&g.files), snapshot.dir.join(&g.files[0]))
         }
-        SnapshotModel::Safetensors(weights) => (
-            repo.to_string(),
-            Format::Safetensors,
-            inspect::safetensors(&paths(weights)),
-            size(weights),
-            snapshot.dir.clone(),
-        ),
+        SnapshotModel::Safetensors(weights) => {
+            let info = inspect::safetensors(&paths(weights));
+            let format = if info.mlx { Format::Mlx } else { Format::Safetensors };
+            (repo.to_string(), format, info, size(weights), snapshot.dir.clone())
+        }
     };
     LocalModel {
         id,
+        architecture: info.architecture,
         format,
         quant: info.quant,
         parameters: info.parameters,

@@ -2,14 +2,16 @@
 //! tokens and prefill chunks at once), described by explicit batch metadata built by the runner, with
 //! keys and values kept in the paged cache. Logits come back only for the rows that need a token.
 
+pub mod config;
 mod llama;
 pub mod load;
 mod rope;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::{AttentionMetadata, PagedKvCache};
 use candle_core::{Device, Tensor};
 use load::gguf::GgufFile;
+use load::{LoadOptions, ModelFiles, WeightSource};
 
 /// One forward pass's input: the step flattened into tensors.
 #[derive(Debug)]
@@ -60,11 +62,36 @@ pub trait Model: Send {
     fn forward(&self, input: &StepInput, cache: &PagedKvCache) -> Result<Tensor>;
 }
 
-/// Builds the model a GGUF file describes, on `device`.
+/// Builds the model a GGUF file describes, on `device`, with unquantized matrices in f32.
 pub fn from_gguf(file: &mut GgufFile, device: &Device) -> Result<Box<dyn Model>> {
-    let arch = file.architecture()?.to_string();
-    match llama::Variant::from_architecture(&arch) {
-        Some(variant) => Ok(Box::new(llama::Llama::from_gguf(file, variant, device)?)),
-        None => Err(Error::UnsupportedArchitecture(arch)),
-    }
+    let config = load::gguf_config(file)?;
+    let options = LoadOptions::for_device(device, Some(candle_core::DType::F32), None);
+    build(&config, file, options, device)
+}
+
+/// Builds the model of any supported format on `device`.
+pub fn load(files: &mut ModelFiles, options: LoadOptions, device: &Device) -> Result<Box<dyn Model>> {
+    load_layers(files, options, device, None)
+}
+
+/// [`load`] keeping only the first `max_layers` transformer blocks (all when `None`): a cheaper,
+/// weaker model with the same tokenizer, as a speculative draft (`--draft-layers`).
+pub fn load_layers(
+    files: &mut ModelFiles,
+    options: LoadOptions,
+    device: &Device,
+    max_layers: Option<usize>,
+) -> Result<Box<dyn Model>> {
+    let mut config = files.config()?;
+    config.num_layers = config.num_layers.min(max_layers.unwrap_or(usize::MAX));
+    build(&config, files.weights(), options, device)
+}
+
+fn build(
+    config: &config::ModelConfig,
+    source: &mut dyn WeightSource,
+    options: LoadOptions,
+    device: &Device,
+) -> Result<Box<dyn Model>> {
+    Ok(Box::new(llama::Llama::load(config, source, options, device)?))
 }

@@ -4,7 +4,6 @@
 //! the batch, which keeps a sequence's arithmetic independent of batch composition.
 
 use super::AttentionMetadata;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Shape and settings of one attention call (the same for every layer of a model).
@@ -38,7 +37,9 @@ pub fn kv_write(src: &[f32], slot_mapping: &[u32], cache: &mut [f32], row_len: u
 /// `q` and `out` are `[T, num_heads, head_dim]`; the caches are
 /// `[num_blocks, block_size, num_kv_heads, head_dim]`. Query `i` of sequence `b` sits at position
 /// `context_lens[b] - q_len + i` and sees keys `max(0, p - window + 1) ..= p` (`window == 0`: all).
-/// Work is split over (sequence, KV head) pairs; the query heads of a GQA group share each key read.
+/// Work is split over (sequence, KV head) pairs, run on the CPU kernels' thread pool (the one the
+/// matmuls of the step use, so that no second pool spins on the same cores); the query heads of a GQA
+/// group share each key read.
 pub fn paged_attention(
     q: &[f32],
     cache: (&[f32], &[f32]),
@@ -49,7 +50,7 @@ pub fn paged_attention(
     let num_kv_heads = params.num_kv_heads;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let tasks = meta.num_seqs() * num_kv_heads;
-    (0..tasks).into_par_iter().for_each(|task| {
+    bodega_cpu_kernels::parallel_for(tasks, &|task| {
         let (seq, kv_head) = (task / num_kv_heads, task % num_kv_heads);
         // SAFETY: task (seq, kv_head) writes only its sequence's rows and its group's heads, which
         // no other task touches; `out` outlives the parallel loop.

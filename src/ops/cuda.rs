@@ -175,14 +175,10 @@ fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>,
 
 /// Paged attention on the GPU: `q` `[T, heads, head_dim]` f32, caches of f32/f16/bf16; returns the
 /// output `[T, heads, head_dim]` f32. The metadata must have been validated by the caller.
-#[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
-    q: &CudaStorage,
-    q_l: &Layout,
-    k: &CudaStorage,
-    k_l: &Layout,
-    v: &CudaStorage,
-    v_l: &Layout,
+    (q, q_l): (&CudaStorage, &Layout),
+    (k, k_l): (&CudaStorage, &Layout),
+    (v, v_l): (&CudaStorage, &Layout),
     meta: &AttentionMetadata,
     shape: AttentionParams,
 ) -> Result<CudaStorage> {

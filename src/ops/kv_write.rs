@@ -18,7 +18,7 @@ struct KvWrite<'a> {
 
 impl KvWrite<'_> {
     /// Checks that the source rows fit the cache and every slot exists; returns the row length.
-    fn check(&self, cache_l: &Layout, src_l: &Layout) -> Result<usize> {
+    fn row_len(&self, cache_l: &Layout, src_l: &Layout) -> Result<usize> {
         let (_, block_size, kv_heads, head_dim) = cache_l.shape().dims4()?;
         let row_len = kv_heads * head_dim;
         let (tokens, src_heads, src_dim) = src_l.shape().dims3()?;
@@ -39,7 +39,7 @@ impl InplaceOp2 for KvWrite<'_> {
     }
 
     fn cpu_fwd(&self, cache: &mut CpuStorage, cache_l: &Layout, src: &CpuStorage, src_l: &Layout) -> Result<()> {
-        let row_len = self.check(cache_l, src_l)?;
+        let row_len = self.row_len(cache_l, src_l)?;
         let tokens = self.slot_mapping.len();
         match (cache, src) {
             (CpuStorage::F32(cache), CpuStorage::F32(src)) => {
@@ -60,7 +60,19 @@ impl InplaceOp2 for KvWrite<'_> {
         src: &candle_core::CudaStorage,
         src_l: &Layout,
     ) -> Result<()> {
-        let row_len = self.check(cache_l, src_l)?;
+        let row_len = self.row_len(cache_l, src_l)?;
         super::cuda::kv_write(cache, cache_l, src, src_l, self.slot_mapping, row_len)
+    }
+
+    #[cfg(target_os = "macos")]
+    fn metal_fwd(
+        &self,
+        cache: &mut candle_core::MetalStorage,
+        cache_l: &Layout,
+        src: &candle_core::MetalStorage,
+        src_l: &Layout,
+    ) -> Result<()> {
+        let row_len = self.row_len(cache_l, src_l)?;
+        super::metal::kv_write(cache, cache_l, src, src_l, self.slot_mapping, row_len)
     }
 }

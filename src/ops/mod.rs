@@ -2,13 +2,16 @@
 //! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
 //! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's).
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
-//! reference implementation that every other backend is tested against, and the CPU production path.
+//! reference implementation that every other backend is tested against, and the CPU production path;
+//! `metal` (macOS only) launches the Metal kernels of `kernels/metal/`.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod kv_cache;
 mod kv_write;
+#[cfg(target_os = "macos")]
+mod metal;
 mod paged_attention;
 mod qmatmul;
 

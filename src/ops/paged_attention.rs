@@ -27,9 +27,8 @@ struct PagedAttention<'a> {
 }
 
 impl PagedAttention<'_> {
-    /// Checks the shapes against each other and the metadata against the cache, so that no kernel
-    /// reads out of bounds; returns the call's parameters.
-    fn check(&self, q_l: &Layout, k_l: &Layout, v_l: &Layout) -> Result<AttentionParams> {
+    /// Checks the shapes and the metadata against the caches; returns the call's parameters.
+    fn params(&self, q_l: &Layout, k_l: &Layout, v_l: &Layout) -> Result<AttentionParams> {
         let (tokens, num_heads, head_dim) = q_l.shape().dims3()?;
         let (num_blocks, block_size, num_kv_heads, kd) = k_l.shape().dims4()?;
         if kd != head_dim || k_l.shape() != v_l.shape() || num_heads % num_kv_heads != 0 {
@@ -60,12 +59,11 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         v_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let params = self.check(q_l, k_l, v_l)?;
-        let tokens = self.meta.num_tokens();
-        let (num_heads, head_dim) = (params.num_heads, params.head_dim);
+        let params = self.params(q_l, k_l, v_l)?;
+        let len = q_l.shape().elem_count();
         match (q, k, v) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let q = &q[q_l.start_offset()..q_l.start_offset() + tokens * num_heads * head_dim];
+                let q = &q[q_l.start_offset()..q_l.start_offset() + len];
                 let k = &k[k_l.start_offset()..];
                 let v = &v[v_l.start_offset()..];
                 let mut out = vec![0f32; q.len()];
@@ -86,8 +84,23 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &candle_core::CudaStorage,
         v_l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let params = self.check(q_l, k_l, v_l)?;
-        let out = super::cuda::paged_attention(q, q_l, k, k_l, v, v_l, self.meta, params)?;
+        let params = self.params(q_l, k_l, v_l)?;
+        let out = super::cuda::paged_attention((q, q_l), (k, k_l), (v, v_l), self.meta, params)?;
+        Ok((out, q_l.shape().clone()))
+    }
+
+    #[cfg(target_os = "macos")]
+    fn metal_fwd(
+        &self,
+        q: &candle_core::MetalStorage,
+        q_l: &Layout,
+        k: &candle_core::MetalStorage,
+        k_l: &Layout,
+        v: &candle_core::MetalStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        let params = self.params(q_l, k_l, v_l)?;
+        let out = super::metal::paged_attention((q, q_l), (k, k_l), (v, v_l), self.meta, params)?;
         Ok((out, q_l.shape().clone()))
     }
 }

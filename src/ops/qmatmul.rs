@@ -1,7 +1,7 @@
 //! Quantized weights as the model uses them: `x · Wᵀ` and row lookups (tied embeddings). On the CPU,
 //! for the formats bodega's kernels read (`bodega-cpu-kernels`), the kernels own the only copy of the
 //! bytes and multiply a whole batch per weight read, batch-invariantly; elsewhere (CUDA, Metal, F16/F32
-//! weights, other formats) candle's `QMatMul` does the work, and F16/BF16 weights on a GPU stay dense.
+//! weights, other formats) candle's `QMatMul` does the work.
 
 use crate::error::{Error, Result};
 use bodega_cpu_kernels::{KernelPath, QuantFormat, QuantMatrix};
@@ -10,14 +10,11 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use std::sync::Arc;
 
-/// A quantized weight matrix `[N, K]`.
+/// A weight matrix `[N, K]`: quantized, or dense in the `--dtype` chosen for unquantized weights.
 #[derive(Debug, Clone)]
 pub enum QWeights {
     /// bodega's CPU kernels.
     Cpu(Arc<QuantMatrix>),
-    /// Dense f16/bf16/f32 weights on a GPU, kept in their own type (candle's `QMatMul` would widen
-    /// them to f32, doubling the bytes every step reads); activations are cast to it for the matmul.
-    Dense(Tensor),
     /// candle's quantized tensor and matmul.
     Candle {
         /// The tensor (for embedding lookups).
@@ -25,6 +22,8 @@ pub enum QWeights {
         /// Its matmul.
         matmul: QMatMul,
     },
+    /// Unquantized values (f32, f16 or bf16) multiplied by candle's matmul.
+    Dense(Tensor),
 }
 
 /// The kernels' name for a GGUF type they read.
@@ -58,26 +57,20 @@ impl QWeights {
                     .map_err(|e| Error::Metadata(format!("weight matrix {n}×{k}: {e}")))?;
                 Ok(Self::Cpu(Arc::new(matrix)))
             }
-            _ if !tensor.device().is_cpu()
-                && matches!(tensor.dtype(), GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::F32) =>
-            {
-                // candle's GPU dequantize does not take F16/BF16: reinterpret the raw bytes instead.
-                let dtype = match tensor.dtype() {
-                    GgmlDType::F16 => DType::F16,
-                    GgmlDType::BF16 => DType::BF16,
-                    _ => DType::F32,
-                };
-                let bytes = tensor.data()?;
-                Ok(Self::Dense(Tensor::from_raw_buffer(&bytes, dtype, tensor.shape().dims(), &tensor.device())?))
-            }
             _ => Ok(Self::Candle { matmul: QMatMul::from_arc(tensor.clone())?, tensor }),
         }
+    }
+
+    /// Takes an unquantized `[N, K]` matrix as it is (its dtype is the one computed in).
+    pub fn dense(weights: Tensor) -> Result<Self> {
+        weights.dims2()?;
+        Ok(Self::Dense(weights.contiguous()?))
     }
 
     /// Bytes of weight storage.
     pub fn storage_bytes(&self) -> usize {
         match self {
-            Self::Cpu(m) => m.bytes().len(),
+            Self::Cpu(m) => m.storage_bytes(),
             Self::Candle { tensor, .. } => tensor.storage_size_in_bytes(),
             Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
         }
@@ -98,12 +91,15 @@ impl QWeights {
             Self::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&CpuMatMul(m.clone()))?,
             Self::Candle { matmul, .. } => matmul.forward(x)?,
             Self::Dense(w) => {
-                let (in_dtype, dims) = (x.dtype(), x.dims().to_vec());
+                // One 2-D GEMM over all rows (a broadcast batched matmul would re-read W per batch).
+                let dims = x.dims().to_vec();
                 let k = *dims.last().unwrap_or(&0);
-                let x2 = x.reshape((x.elem_count() / k.max(1), k))?.to_dtype(w.dtype())?;
+                let rows = x.reshape((x.elem_count() / k.max(1), k))?.to_dtype(w.dtype())?;
                 let mut out_dims = dims;
-                *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
-                x2.matmul(&w.t()?)?.to_dtype(in_dtype)?.reshape(out_dims)?
+                if let Some(last) = out_dims.last_mut() {
+                    *last = w.dim(0)?;
+                }
+                rows.matmul(&w.t()?)?.to_dtype(DType::F32)?.reshape(out_dims)?
             }
         })
     }

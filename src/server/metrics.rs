@@ -56,6 +56,19 @@ pub fn render(state: &AppState) -> String {
         "Tokens generated for finished requests.",
         load(&c.generated_tokens) as f64,
     );
+    metric(
+        "spec_proposed_tokens_total",
+        "counter",
+        "Speculative guesses the target verified.",
+        s.speculation.proposed as f64,
+    );
+    metric("spec_accepted_tokens_total", "counter", "Speculative guesses accepted.", s.speculation.accepted as f64);
+    metric(
+        "spec_verifications_total",
+        "counter",
+        "Sequence-steps that verified guesses (each adds the accepted guesses and one token).",
+        s.spec_verifications as f64,
+    );
     let h = s.step_seconds;
     let _ = writeln!(out, "# HELP bodega_step_duration_seconds Duration of engine steps.");
     let _ = writeln!(out, "# TYPE bodega_step_duration_seconds histogram");

@@ -112,6 +112,9 @@ pub struct Common {
 pub struct ChatRequest {
     /// The conversation.
     pub messages: Vec<ChatMessage>,
+    /// Extra chat template variables (`{"enable_thinking": false}`), over the server's defaults.
+    #[serde(default)]
+    pub chat_template_kwargs: crate::tokenizer::TemplateKwargs,
     /// Everything else.
     #[serde(flatten)]
     pub common: Common,

@@ -53,7 +53,8 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Resu
         let req: ChatRequest = parse(body, state.config.body_limit)?;
         check_model(&state, &req.common)?;
         let messages = req.messages()?;
-        let (_, ids) = state.tokenizer.encode_chat(&messages).map_err(ApiError::from)?;
+        let (_, ids) =
+            state.tokenizer.encode_chat_with(&messages, &req.chat_template_kwargs).map_err(ApiError::from)?;
         respond(state.clone(), Api::Chat, &req.common, ids).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -246,12 +247,21 @@ impl Meta {
     }
 
     fn usage(&self, c: &Completion) -> Value {
-        json!({
+        let mut usage = json!({
             "prompt_tokens": c.usage.prompt_tokens,
             "completion_tokens": c.usage.completion_tokens,
             "total_tokens": c.usage.prompt_tokens + c.usage.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": c.usage.cached_tokens},
-        })
+        });
+        if let Some(spec) = c.speculative {
+            // OpenAI's names for guessed tokens (predicted outputs), and bodega's own, as `run --json`.
+            usage["completion_tokens_details"] = json!({
+                "accepted_prediction_tokens": spec.accepted,
+                "rejected_prediction_tokens": spec.proposed - spec.accepted,
+            });
+            usage["speculative"] = json!(spec);
+        }
+        usage
     }
 
     fn logprobs(&self, entries: Option<Vec<Value>>) -> Value {

@@ -22,6 +22,9 @@ impl Message {
     }
 }
 
+/// Extra variables for a chat template (OpenAI servers' `chat_template_kwargs`).
+pub type TemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
 /// ChatML, the fallback for models that carry no template.
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -57,7 +60,9 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation, ending with the assistant's turn opener when `add_generation_prompt`.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    /// `kwargs` are extra template variables (`enable_thinking`), as transformers'
+    /// `apply_chat_template(**kwargs)` passes them.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, kwargs: &TemplateKwargs) -> Result<String> {
         let template = self.env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
         template
             .render(context! {
@@ -65,6 +70,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                ..minijinja::Value::from_serialize(kwargs)
             })
             .map_err(|e| Error::ChatTemplate(describe(&e)))
     }

@@ -20,8 +20,10 @@ pub(crate) struct Acts256 {
     k: usize,
     qs: Vec<i8>,
     scale: Vec<f32>,
-    /// `Σ codes` per 16 codes, for the weights' sub-block minimums.
+    /// `Σ codes` per 16 codes, for the weights' sub-block corrections (Q6_K's sub-blocks).
     bsums: Vec<i16>,
+    /// `Σ codes` per 32 codes (Q4_K's and Q5_K's sub-blocks).
+    bsums32: Vec<i16>,
 }
 
 /// Quantizes one block, returning its scale.
@@ -74,13 +76,22 @@ impl Acts32 {
 impl Acts256 {
     /// Quantizes `m` rows of `k` values (`x` is `[m, k]` row-major; `k` a multiple of 256).
     pub(crate) fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        let mut acts = Self { k, qs: vec![0; m * k], scale: vec![0.0; m * k / 256], bsums: vec![0; m * k / 16] };
+        let mut acts = Self {
+            k,
+            qs: vec![0; m * k],
+            scale: vec![0.0; m * k / 256],
+            bsums: vec![0; m * k / 16],
+            bsums32: vec![0; m * k / 32],
+        };
         let blocks = x.chunks_exact(256).zip(acts.qs.chunks_exact_mut(256));
         for ((x, q), scale) in blocks.zip(acts.scale.iter_mut()) {
             *scale = quantize_block(x, q);
         }
         for (q, bsum) in acts.qs.chunks_exact(16).zip(&mut acts.bsums) {
             *bsum = q.iter().map(|&c| i16::from(c)).sum();
+        }
+        for (pair, bsum) in acts.bsums.chunks_exact(2).zip(&mut acts.bsums32) {
+            *bsum = pair[0] + pair[1];
         }
         acts
     }
@@ -93,7 +104,12 @@ impl Acts256 {
         &self.scale[row * self.k / 256..][..self.k / 256]
     }
 
-    pub(crate) fn bsums(&self, row: usize) -> &[i16] {
-        &self.bsums[row * self.k / 16..][..self.k / 16]
+    /// `Σ codes` per `sub_len` (16 or 32) codes of a row.
+    pub(crate) fn sums(&self, row: usize, sub_len: usize) -> &[i16] {
+        let per_row = self.k / sub_len;
+        match sub_len {
+            16 => &self.bsums[row * per_row..][..per_row],
+            _ => &self.bsums32[row * per_row..][..per_row],
+        }
     }
 }

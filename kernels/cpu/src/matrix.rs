@@ -1,22 +1,24 @@
-//! The public weight matrix: GGUF bytes owned once, validated once, multiplied by any path.
+//! The public weight matrix: GGUF bytes validated once and repacked once at load, multiplied by any
+//! path.
 
-use crate::format::Family;
 use crate::kernel::KernelPath;
-use crate::unpack::{Rows256, Rows32, Unpacked};
+use crate::packed::Packed;
 use crate::{matmul, Error, QuantFormat};
 
-/// A quantized weight matrix of `rows` × `cols` (`[N, K]`, one output per row), stored as the GGUF
-/// blocks of each row in order. It owns the only copy of the bytes; nothing is dequantized ahead.
+/// A quantized weight matrix of `rows` × `cols` (`[N, K]`, one output per row). Built from the GGUF
+/// blocks of each row in order, it holds their repacked copy (`packed.rs`: groups of 8 rows, f32
+/// block parameters) instead of the GGUF bytes, and nothing dequantized.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
     format: QuantFormat,
     rows: usize,
     cols: usize,
-    bytes: Box<[u8]>,
+    packed: Packed,
 }
 
 impl QuantMatrix {
-    /// Takes `bytes` as `rows` rows of `cols` weights in `format`'s block layout.
+    /// Takes `bytes` as `rows` rows of `cols` weights in `format`'s GGUF block layout and repacks
+    /// them (the bytes are dropped).
     pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, Error> {
         if cols == 0 || !cols.is_multiple_of(format.block_len()) {
             return Err(Error::Columns { format, cols });
@@ -25,7 +27,7 @@ impl QuantMatrix {
         if bytes.len() != expected {
             return Err(Error::Size { expected, actual: bytes.len() });
         }
-        Ok(Self { format, rows, cols, bytes: bytes.into_boxed_slice() })
+        Ok(Self { format, rows, cols, packed: Packed::new(format, rows, cols, &bytes) })
     }
 
     /// The block format.
@@ -43,15 +45,9 @@ impl QuantMatrix {
         self.cols
     }
 
-    /// The GGUF bytes, row after row.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// The GGUF bytes of row `row`.
-    pub(crate) fn row_bytes(&self, row: usize) -> &[u8] {
-        let len = self.cols / self.format.block_len() * self.format.block_bytes();
-        &self.bytes[row * len..][..len]
+    /// Bytes of the repacked weights held in memory.
+    pub fn storage_bytes(&self) -> usize {
+        self.packed.len()
     }
 
     /// `out = x · Wᵀ` for `m` activation rows: `x` is `[m, cols]`, `out` is `[m, rows]`, both
@@ -72,7 +68,7 @@ impl QuantMatrix {
                 self.cols
             )));
         }
-        matmul::run(self, path, x, m, out);
+        matmul::run(&self.packed, (self.rows, self.cols), path, x, m, out);
         Ok(())
     }
 
@@ -82,16 +78,7 @@ impl QuantMatrix {
         if row >= self.rows || out.len() != self.cols {
             return Err(Error::Shape(format!("row {row} of {} into {} values", self.rows, out.len())));
         }
-        match self.format.family() {
-            Family::Blocks32 => dequantize::<Rows32>(self, row, out),
-            Family::Super256 => dequantize::<Rows256>(self, row, out),
-        }
+        self.packed.dequantize_row(row, out);
         Ok(())
     }
-}
-
-fn dequantize<U: Unpacked>(matrix: &QuantMatrix, row: usize, out: &mut [f32]) {
-    let mut unpacked = U::new(1, matrix.cols);
-    unpacked.load(0, matrix.format, matrix.row_bytes(row));
-    unpacked.dequantize(0, out);
 }

@@ -5,7 +5,9 @@
 //! after each job, catching the next matmul of the step (usually microseconds away) without a
 //! syscall, then park on a condition variable so that idle workers leave the cores to the rest of the
 //! engine. Each thread runs the job once with its index; the matmul hands out its work through a
-//! shared counter, so a thread the OS does not schedule delays nobody for long.
+//! shared counter, and the job closes when the caller has run out of work, so a worker that the OS
+//! does not schedule in time (another process holds the core) skips the job and delays nobody: the
+//! caller waits only for workers that are running part of it.
 
 use crate::Error;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -37,6 +39,22 @@ pub fn threads() -> usize {
     pool().threads
 }
 
+/// Runs `task(i)` once for every `i` in `0..tasks` on the pool's threads (the caller's included) and
+/// returns when all are done; tasks are handed out one at a time. For the engine's other per-step
+/// loops (attention): one set of threads serves every op of a step, instead of two pools spinning
+/// against each other on the same cores.
+pub fn parallel_for(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    let pool = pool();
+    let next = AtomicUsize::new(0);
+    pool.run(pool.threads.min(tasks), &|_| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= tasks {
+            break;
+        }
+        task(i);
+    });
+}
+
 pub(crate) fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
         let n = match REQUESTED.load(Ordering::SeqCst) {
@@ -66,6 +84,9 @@ fn physical_cores() -> usize {
     }
 }
 
+/// The high bit of `Shared::joined`: no job is open to join.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
 /// A job: called once per chunk index. The lifetime is erased while the job is published; `run`
 /// does not return before every worker has finished with it.
 type Job = *const (dyn Fn(usize) + Sync);
@@ -74,8 +95,8 @@ struct Shared {
     /// Bumped to publish a job.
     epoch: AtomicUsize,
     job: Mutex<Option<SendJob>>,
-    /// Workers still running the current job.
-    running: AtomicUsize,
+    /// Workers inside the current job, plus [`CLOSED`] once the caller has finished its share.
+    joined: AtomicUsize,
     panicked: AtomicBool,
     /// Workers parked (changed under `sleep`).
     sleeping: AtomicUsize,
@@ -103,7 +124,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
-            running: AtomicUsize::new(0),
+            joined: AtomicUsize::new(CLOSED),
             panicked: AtomicBool::new(false),
             sleeping: AtomicUsize::new(0),
             sleep: Mutex::new(()),
@@ -123,32 +144,36 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `job(i)` for every `i` in `0..chunks` (`chunks` ≤ `threads`), the caller taking chunk 0.
-    /// Runs everything on the caller when the pool is busy (another caller, or a call from inside a
-    /// job), so it never deadlocks.
+    /// Runs `job(0)` on the caller and `job(i)` on the workers `1..chunks` (`chunks` ≤ `threads`) that
+    /// join before the caller's call returns; a worker that comes later skips the job. So `job` must
+    /// hand out its work itself, from a shared counter (the matmul and [`parallel_for`] do), and
+    /// the caller never waits for a worker that the OS has not scheduled. Runs `job(0)` alone when
+    /// the pool is busy (another caller, or a call from inside a job), so it never deadlocks.
     pub(crate) fn run(&self, chunks: usize, job: &(dyn Fn(usize) + Sync)) {
         let guard = match self.busy.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return (0..chunks).for_each(job),
+            Err(TryLockError::WouldBlock) => return job(0),
         };
         if chunks <= 1 {
-            return (0..chunks).for_each(job);
+            return job(0);
         }
         assert!(chunks <= self.threads, "{chunks} chunks for {} threads", self.threads);
         let shared = &self.shared;
         // SAFETY (lifetime erasure): we wait below until no worker runs the job any more.
         let erased = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job) };
         *shared.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(SendJob { job: erased, chunks });
-        shared.running.store(self.threads - 1, Ordering::SeqCst);
+        shared.joined.fetch_and(!CLOSED, Ordering::SeqCst);
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         if shared.sleeping.load(Ordering::SeqCst) > 0 {
             let _lock = shared.sleep.lock().unwrap_or_else(|p| p.into_inner());
             shared.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
+        // Workers that have not joined by now find the job closed; wait for those that did.
+        shared.joined.fetch_or(CLOSED, Ordering::SeqCst);
         let mut spins = 0u32;
-        while shared.running.load(Ordering::Acquire) != 0 {
+        while shared.joined.load(Ordering::Acquire) & !CLOSED != 0 {
             spins += 1;
             if spins < 1 << 16 {
                 std::hint::spin_loop();
@@ -171,12 +196,15 @@ fn worker(shared: &Shared, index: usize) {
     let mut seen = 0;
     loop {
         seen = wait_for_job(shared, seen);
-        let job = shared.job.lock().unwrap_or_else(|p| p.into_inner()).expect("a published job");
-        // SAFETY: the publisher keeps the job alive until `running` reaches zero.
-        if index < job.chunks && catch_unwind(AssertUnwindSafe(|| unsafe { (*job.job)(index) })).is_err() {
-            shared.panicked.store(true, Ordering::SeqCst);
+        if shared.joined.fetch_add(1, Ordering::SeqCst) & CLOSED == 0 {
+            // Joined while open: the job in the slot is the open one, published before it opened.
+            let job = shared.job.lock().unwrap_or_else(|p| p.into_inner()).expect("a published job");
+            // SAFETY: the publisher keeps the job alive until no joined worker is left.
+            if index < job.chunks && catch_unwind(AssertUnwindSafe(|| unsafe { (*job.job)(index) })).is_err() {
+                shared.panicked.store(true, Ordering::SeqCst);
+            }
         }
-        shared.running.fetch_sub(1, Ordering::Release);
+        shared.joined.fetch_sub(1, Ordering::Release);
     }
 }
 

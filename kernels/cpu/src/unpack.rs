@@ -1,7 +1,6 @@
-//! Weight rows in the kernels' common form. The matmul unpacks a few rows at a time from their GGUF
-//! blocks into one byte per weight plus the block's scales, then runs the integer kernels on that:
-//! each format's bit layout is handled here once, in plain Rust that the compiler vectorizes, and every
-//! kernel path sees only two shapes of data (one per [`Family`](crate::format::Family)).
+//! GGUF rows decoded into one byte per weight plus their block parameters, a few rows at a time: each
+//! format's bit layout is read here once, at load, and the packer (`packed.rs`) arranges the result
+//! for the kernels. Two shapes of data, one per [`Family`](crate::format::Family).
 
 use crate::f16::f16_column;
 use crate::QuantFormat;
@@ -15,8 +14,6 @@ pub(crate) struct Rows32 {
     codes: Vec<u8>,
     scale: Vec<f32>,
     min: Vec<f32>,
-    /// Each slot's GGUF row when only its scales and minimums were unpacked (`load_direct`).
-    raw: Vec<*const u8>,
 }
 
 /// Unpacked rows of a 256-weight super-block format: per weight a code byte (0..=63), per sub-block of
@@ -34,29 +31,16 @@ pub(crate) struct Rows256 {
     dmin: Vec<f32>,
 }
 
-/// A buffer of unpacked weight rows (one slot per row of a kernel tile), reused across tiles.
-pub(crate) trait Unpacked: Sized {
-    /// Room for `rows` rows of `k` weights.
-    fn new(rows: usize, k: usize) -> Self;
-    /// Unpacks one row's GGUF bytes (`k / block_len` blocks of `format`) into `slot`.
-    fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]);
-    /// Like `load`, but may leave the codes in `bytes` for kernels that decode them in registers
-    /// (Q4_0, Q4_1, Q5_0, Q8_0 rows); false if it did nothing. `bytes` must outlive the use of the slot.
-    fn load_direct(&mut self, _slot: usize, _format: QuantFormat, _bytes: &[u8]) -> bool {
-        false
-    }
-    /// The f32 weights of `slot`.
-    fn dequantize(&self, slot: usize, out: &mut [f32]);
-}
-
 impl Rows32 {
-    pub(crate) fn k(&self) -> usize {
-        self.k
-    }
-
-    /// The format of the rows last loaded.
-    pub(crate) fn format(&self) -> QuantFormat {
-        self.format
+    /// Room for `rows` rows of `k` weights.
+    pub(crate) fn new(rows: usize, k: usize) -> Self {
+        Self {
+            k,
+            format: QuantFormat::Q8_0,
+            codes: vec![0; rows * k],
+            scale: vec![0.0; rows * k / 32],
+            min: vec![0.0; rows * k / 32],
+        }
     }
 
     pub(crate) fn codes(&self, slot: usize) -> &[u8] {
@@ -69,13 +53,6 @@ impl Rows32 {
 
     pub(crate) fn min(&self, slot: usize) -> &[f32] {
         &self.min[slot * self.k / 32..][..self.k / 32]
-    }
-
-    /// The GGUF bytes of `slot`'s row if it was loaded with `load_direct`: the
-    /// codes are still in their blocks, for kernels that decode them in registers.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn raw(&self, slot: usize) -> Option<*const u8> {
-        Some(self.raw[slot]).filter(|p| !p.is_null())
     }
 
     /// Converts the f16 scales (and minimums) of a row's blocks.
@@ -97,25 +74,11 @@ impl Rows32 {
             unpack(block.try_into().expect("one block"), codes.try_into().expect("32-byte chunk"));
         }
         self.load_params(slot, self.format, bytes);
-        self.raw[slot] = std::ptr::null();
-    }
-}
-
-impl Unpacked for Rows32 {
-    fn new(rows: usize, k: usize) -> Self {
-        Self {
-            k,
-            format: QuantFormat::Q8_0,
-            codes: vec![0; rows * k],
-            scale: vec![0.0; rows * k / 32],
-            min: vec![0.0; rows * k / 32],
-            raw: vec![std::ptr::null(); rows],
-        }
     }
 
-    fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
+    /// Decodes one row's GGUF bytes (`k / 32` blocks of `format`) into `slot`.
+    pub(crate) fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
         self.format = format;
-        self.raw[slot] = std::ptr::null();
         // One loop per format, so that the block loop has no branch and vectorizes.
         match format {
             QuantFormat::Q4_0 => self.load_blocks::<18>(slot, bytes, |block, codes| nibbles(&block[2..18], codes)),
@@ -128,27 +91,6 @@ impl Unpacked for Rows32 {
                 self.load_blocks::<34>(slot, bytes, |block, codes| codes.copy_from_slice(&block[2..34]))
             }
             QuantFormat::Q4K | QuantFormat::Q5K | QuantFormat::Q6K => unreachable!("not a 32-block format"),
-        }
-    }
-
-    fn load_direct(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) -> bool {
-        if !matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0) {
-            return false;
-        }
-        self.format = format;
-        self.load_params(slot, format, bytes);
-        self.raw[slot] = bytes.as_ptr();
-        true
-    }
-
-    fn dequantize(&self, slot: usize, out: &mut [f32]) {
-        let (signed, zero) = (self.format.signed_codes(), self.format.zero_point());
-        let blocks = self.codes(slot).chunks_exact(32).zip(self.scale(slot).iter().zip(self.min(slot)));
-        for ((codes, (&scale, &min)), out) in blocks.zip(out.chunks_exact_mut(32)) {
-            for (&c, w) in codes.iter().zip(out) {
-                let code = if signed { i32::from(c as i8) } else { i32::from(c) - zero };
-                *w = scale * code as f32 + min;
-            }
         }
     }
 }
@@ -181,8 +123,18 @@ fn bits_to_bytes(b: u8) -> u64 {
 }
 
 impl Rows256 {
-    pub(crate) fn k(&self) -> usize {
-        self.k
+    /// Room for `rows` rows of `k` weights.
+    pub(crate) fn new(rows: usize, k: usize) -> Self {
+        let (subs, supers) = (rows * k / 16, rows * k / 256);
+        Self {
+            k,
+            format: QuantFormat::Q6K,
+            codes: vec![0; rows * k],
+            scale16: vec![0; subs],
+            min16: vec![0; subs],
+            d: vec![0.0; supers],
+            dmin: vec![0.0; supers],
+        }
     }
 
     /// The format of the rows last loaded.
@@ -244,23 +196,9 @@ impl Rows256 {
             }
         }
     }
-}
 
-impl Unpacked for Rows256 {
-    fn new(rows: usize, k: usize) -> Self {
-        let (subs, supers) = (rows * k / 16, rows * k / 256);
-        Self {
-            k,
-            format: QuantFormat::Q6K,
-            codes: vec![0; rows * k],
-            scale16: vec![0; subs],
-            min16: vec![0; subs],
-            d: vec![0.0; supers],
-            dmin: vec![0.0; supers],
-        }
-    }
-
-    fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
+    /// Decodes one row's GGUF bytes (`k / 256` super-blocks of `format`) into `slot`.
+    pub(crate) fn load(&mut self, slot: usize, format: QuantFormat, bytes: &[u8]) {
         self.format = format;
         // One loop per format, so that the block loop has no branch and vectorizes.
         match format {
@@ -286,18 +224,6 @@ impl Unpacked for Rows256 {
             }),
             QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => {
                 unreachable!("not a super-block format")
-            }
-        }
-    }
-
-    fn dequantize(&self, slot: usize, out: &mut [f32]) {
-        let subs = self.codes(slot).chunks_exact(16).zip(self.scale16(slot).iter().zip(self.min16(slot)));
-        for (j, ((codes, (&scale, &min)), out)) in subs.zip(out.chunks_exact_mut(16)).enumerate() {
-            let (d, dmin) = (self.d(slot)[j / 16], self.dmin(slot)[j / 16]);
-            let zero = self.format.zero_point();
-            for (&c, w) in codes.iter().zip(out) {
-                let q = i32::from(scale) * i32::from(c) - zero * i32::from(min);
-                *w = d * q as f32 + dmin * f32::from(min);
             }
         }
     }

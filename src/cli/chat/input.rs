@@ -13,6 +13,8 @@ pub enum Command {
     Stats,
     Save(String),
     Load(String),
+    /// Show or collapse a thinking model's reasoning.
+    Think,
     Exit,
 }
 
@@ -45,7 +47,7 @@ impl Setting {
 }
 
 /// Slash commands and what they take, for `/help` and tab completion.
-pub const COMMANDS: [(&str, &str); 10] = [
+pub const COMMANDS: [(&str, &str); 11] = [
     ("/help", "show this help"),
     ("/system", "TEXT  set the system message (no text: show it)"),
     ("/clear", "start a new conversation (the system message stays)"),
@@ -54,6 +56,7 @@ pub const COMMANDS: [(&str, &str); 10] = [
     ("/stats", "the last reply: prompt tokens, cached tokens, TTFT, tok/s"),
     ("/save", "FILE  save the conversation as JSON (OpenAI messages)"),
     ("/load", "FILE  load a conversation saved with /save"),
+    ("/think", "show a thinking model's reasoning dimmed, or collapse it (toggles; shown at first)"),
     ("/exit", "leave (Ctrl-D too)"),
     ("\"\"\"", "start or end a multi-line message; a line ending in \\ continues too"),
 ];
@@ -72,6 +75,7 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         "/stats" => Command::Stats,
         "/save" => Command::Save(needs("a file name")?),
         "/load" => Command::Load(needs("a file name")?),
+        "/think" => Command::Think,
         "/exit" | "/quit" | "/bye" => Command::Exit,
         "/set" => {
             let (key, value) = rest
@@ -221,6 +225,7 @@ mod tests {
         assert_eq!(parse_command("/set temperature 0.2"), Ok(Command::Set(Setting::Temperature, "0.2".into())));
         assert_eq!(parse_command("/set  max_tokens   64"), Ok(Command::Set(Setting::MaxTokens, "64".into())));
         assert_eq!(parse_command("/save chat.json"), Ok(Command::Save("chat.json".into())));
+        assert_eq!(parse_command("/think"), Ok(Command::Think));
         assert_eq!(parse_command("/exit"), Ok(Command::Exit));
         assert!(parse_command("/save").unwrap_err().contains("needs a file name"));
         assert!(parse_command("/set warmth 3").unwrap_err().contains("no setting 'warmth'"));

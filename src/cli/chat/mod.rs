@@ -3,6 +3,7 @@
 
 mod conversation;
 mod input;
+mod thinking;
 
 use super::generation::{print_stats, read_stdin_prompt, reply_once, stream, SamplingArgs};
 use super::load::{load, EngineArgs, Loaded};
@@ -20,6 +21,7 @@ use rustyline::{Editor, Helper, Highlighter, Hinter, Validator};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use thinking::ThinkingView;
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
@@ -134,6 +136,8 @@ struct Repl<'a> {
     last: Option<Completion>,
     interrupted: std::sync::Arc<AtomicBool>,
     history: Option<PathBuf>,
+    /// Show a thinking model's reasoning dimmed (true) or collapsed to one line (`/think` toggles).
+    show_thinking: bool,
 }
 
 impl<'a> Repl<'a> {
@@ -150,6 +154,7 @@ impl<'a> Repl<'a> {
             last: None,
             interrupted: std::sync::Arc::new(AtomicBool::new(false)),
             history: (!args.no_history).then(|| crate::hub::bodega_home().join("chat_history")),
+            show_thinking: true,
         }
     }
 
@@ -239,12 +244,14 @@ impl<'a> Repl<'a> {
         self.interrupted.store(false, Ordering::Relaxed);
         let mut reply = String::new();
         let mut out = std::io::stdout();
+        let mut view = ThinkingView::new(self.show_thinking);
         let completion = stream(&handle, &self.interrupted, |piece| {
             reply.push_str(piece);
-            out.write_all(piece.as_bytes())?;
+            out.write_all(view.push(piece).as_bytes())?;
             out.flush()?;
             Ok(true)
         })?;
+        out.write_all(view.finish().as_bytes())?;
         if completion.finish_reason == FinishReason::Cancelled {
             println!("\n[reply stopped]");
         } else {
@@ -295,6 +302,11 @@ impl<'a> Repl<'a> {
                 }
                 Err(e) => eprintln!("error: {e:#}"),
             },
+            Command::Think => {
+                self.show_thinking = !self.show_thinking;
+                let how = if self.show_thinking { "shown dimmed" } else { "collapsed" };
+                eprintln!("reasoning of thinking models is now {how}");
+            }
             Command::Exit => {}
         }
     }

@@ -110,6 +110,15 @@ impl BlockPool {
         self.by_hash.insert(hash, id);
     }
 
+    /// Drops every prefix-cache entry held by a free block (blocks in use keep theirs).
+    pub fn forget_cached(&mut self) {
+        for &id in self.free.values() {
+            if let Some((hash, _)) = self.blocks[id as usize].cached.take() {
+                self.by_hash.remove(&hash);
+            }
+        }
+    }
+
     /// Block counts for snapshots and metrics.
     pub fn stats(&self) -> PoolStats {
         let cached = self.free.values().filter(|&&id| self.blocks[id as usize].cached.is_some()).count();

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -136,7 +136,7 @@ impl GgufFile {
     pub fn main_weight_type(&self) -> Option<String> {
         let mut bytes: Vec<(GgmlDType, usize)> = Vec::new();
         for info in self.content.tensor_infos.values() {
-            let size = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let size = tensor_bytes(info);
             match bytes.iter_mut().find(|(t, _)| *t == info.ggml_dtype) {
                 Some((_, total)) => *total += size,
                 None => bytes.push((info.ggml_dtype, size)),
@@ -155,6 +155,11 @@ impl GgufFile {
     /// over its parts), as model listings show it.
     pub fn parameter_count(&self) -> u64 {
         self.content.tensor_infos.values().map(|info| info.shape.elem_count() as u64).sum()
+    }
+
+    /// Bytes of all tensors in this file: what loading the weights takes, known before loading them.
+    pub fn weight_bytes(&self) -> u64 {
+        self.content.tensor_infos.values().map(|info| tensor_bytes(info) as u64).sum()
     }
 
     /// Whether the file has a tensor of this name.
@@ -240,4 +245,37 @@ fn ggml_type_name(code: u32) -> String {
         _ => return format!("ggml type {code}"),
     };
     format!("{name} (ggml type {code})")
+}
+
+/// Bytes of one tensor's data.
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> usize {
+    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+}
+
+impl super::WeightSource for GgufFile {
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+
+    fn matrix(&mut self, name: &str, device: &Device) -> Result<super::Matrix> {
+        let dense = match self.content.tensor_infos.get(name).map(|info| info.ggml_dtype) {
+            Some(GgmlDType::F32) => Some(DType::F32),
+            Some(GgmlDType::F16) => Some(DType::F16),
+            Some(GgmlDType::BF16) => Some(DType::BF16),
+            _ => None,
+        };
+        Ok(match dense {
+            // The stored bytes are the values; read on the host, they go to the device in their own
+            // type (candle cannot dequantize F16/BF16 on a GPU, and widening would double them).
+            Some(dtype) => {
+                let t = self.tensor(name, &Device::Cpu)?;
+                super::Matrix::Dense(candle_core::Tensor::from_raw_buffer(&t.data()?, dtype, t.shape().dims(), device)?)
+            }
+            None => super::Matrix::Quantized(Box::new(self.tensor(name, device)?)),
+        })
+    }
+
+    fn vector(&mut self, name: &str, device: &Device) -> Result<candle_core::Tensor> {
+        Ok(self.tensor(name, device)?.dequantize(device)?)
+    }
 }

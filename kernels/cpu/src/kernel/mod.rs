@@ -1,5 +1,5 @@
 //! The kernel paths (one instruction set each), how the best one is found, and the two tile kernels
-//! every path provides: a tile of NR unpacked weight rows against up to MR quantized activation rows.
+//! every path provides: one packed group of 8 weight rows against up to MR quantized activation rows.
 //!
 //! Batch invariance lives here: within a path, a (weight row, activation row) pair runs the same
 //! sequence of operations whatever the tile's row count, so tiles with fewer rows (the last rows of a
@@ -13,17 +13,28 @@ mod x86;
 mod neon;
 
 use crate::acts::{Acts256, Acts32};
-use crate::unpack::{Rows256, Rows32};
+use crate::packed::{Group, LANES};
 use crate::Error;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// Largest tile side any path uses.
-pub(crate) const MAX_TILE: usize = 8;
+/// Most activation rows any path's tile takes.
+pub(crate) const MAX_MR: usize = 8;
 
-/// A tile's results, `[activation row][weight row]`.
-pub(crate) type TileOut = [[f32; MAX_TILE]; MAX_TILE];
+/// How the codes are stored (`packed.rs`), a const parameter of the SIMD bodies: a byte each (Q8_0,
+/// Q6_K), ...
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub(crate) const BYTES: u8 = 0;
+/// ... nibbles (Q4_0, Q4_1, Q4_K), ...
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub(crate) const NIBBLES: u8 = 1;
+/// ... or nibbles plus planes of fifth bits (Q5_0, Q5_K).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+pub(crate) const PLANES: u8 = 2;
+
+/// A tile's results, `[activation row][weight row of the group]`.
+pub(crate) type TileOut = [[f32; LANES]; MAX_MR];
 
 /// The environment variable that forces a path (`scalar`, `avx2`, `avx512` or `neon`).
 pub const KERNEL_ENV: &str = "BODEGA_CPU_KERNEL";
@@ -106,30 +117,24 @@ impl KernelPath {
         }
     }
 
-    /// `(NR, MR)`: weight rows and activation rows of a full tile.
-    pub(crate) fn tile_shape(self) -> (usize, usize) {
+    /// MR: activation rows of a full tile.
+    pub(crate) fn tile_rows(self) -> usize {
         match self {
-            Self::Scalar => scalar::SHAPE,
+            Self::Scalar => scalar::MR,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => x86::AVX2_SHAPE,
+            Self::Avx2 => x86::AVX2_MR,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512 => x86::AVX512_SHAPE,
+            Self::Avx512 => x86::AVX512_MR,
             #[cfg(target_arch = "aarch64")]
-            Self::Neon => neon::SHAPE,
+            Self::Neon => neon::MR,
             #[allow(unreachable_patterns)]
             _ => unreachable!("{self:?} is not built for this architecture"),
         }
     }
 
-    /// Whether the path's kernels decode Q4_0, Q4_1, Q5_0 and Q8_0 codes straight from their blocks (rows
-    /// loaded with `load_direct`).
-    pub(crate) fn decodes_blocks(self) -> bool {
-        matches!(self, Self::Avx2 | Self::Avx512)
-    }
-
-    /// Rows `m0..m0 + mr` of `acts` against the NR weight rows of `w`. The caller has checked that
-    /// the path is supported and that `mr` is at most the path's MR.
-    pub(crate) fn tile32(self, w: &Rows32, acts: &Acts32, m0: usize, mr: usize) -> TileOut {
+    /// Rows `m0..m0 + mr` of `acts` against the 8 weight rows of group `w`. The caller has checked
+    /// that the path is supported and that `mr` is at most the path's MR.
+    pub(crate) fn tile32(self, w: Group, acts: &Acts32, m0: usize, mr: usize) -> TileOut {
         match self {
             Self::Scalar => scalar::tile32(w, acts, m0, mr),
             // SAFETY: the matmul runs only supported paths (`check`).
@@ -147,7 +152,7 @@ impl KernelPath {
     }
 
     /// [`tile32`](Self::tile32) for the super-block formats.
-    pub(crate) fn tile256(self, w: &Rows256, acts: &Acts256, m0: usize, mr: usize) -> TileOut {
+    pub(crate) fn tile256(self, w: Group, acts: &Acts256, m0: usize, mr: usize) -> TileOut {
         match self {
             Self::Scalar => scalar::tile256(w, acts, m0, mr),
             // SAFETY: the matmul runs only supported paths (`check`).
@@ -188,7 +193,7 @@ impl fmt::Display for KernelPath {
     }
 }
 
-/// Expands `$body` with the const `$r` set to the tile's activation row count (1..=MAX_TILE), so each
+/// Expands `$body` with the const `$r` set to the tile's activation row count (1..=MAX_MR), so each
 /// count is its own instantiation with its accumulators in registers.
 macro_rules! with_rows {
     ($mr:expr, |$r:ident| $body:expr) => {

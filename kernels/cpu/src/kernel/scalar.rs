@@ -1,69 +1,68 @@
-//! The portable path, written to be read: one (weight row, activation row) pair at a time, integer dot
-//! products per block, scaled and summed in f32 in block order.
+//! The portable path, written to be read: one (weight row, activation row) pair at a time, reading
+//! the packed records value by value; integer dot products per block (or sub-block), scaled and summed
+//! in f32 in block order. The SIMD paths compute the same sums, eight rows per vector.
 
 use super::TileOut;
 use crate::acts::{Acts256, Acts32};
-use crate::unpack::{Rows256, Rows32};
+use crate::packed::{Group, LANES};
 
-/// One weight row and one activation row per tile: the arithmetic is per pair anyway.
-pub(super) const SHAPE: (usize, usize) = (1, 1);
+/// Activation rows per tile: the arithmetic is per pair anyway.
+pub(super) const MR: usize = 1;
 
-pub(super) fn tile32(w: &Rows32, acts: &Acts32, m0: usize, mr: usize) -> TileOut {
+pub(super) fn tile32(w: Group, acts: &Acts32, m0: usize, mr: usize) -> TileOut {
     let mut out = TileOut::default();
     for (i, out) in out.iter_mut().enumerate().take(mr) {
-        out[0] = dot32(w, acts, m0 + i);
+        for (r, out) in out.iter_mut().enumerate().take(LANES) {
+            *out = dot32(w, r, acts, m0 + i);
+        }
     }
     out
 }
 
-pub(super) fn tile256(w: &Rows256, acts: &Acts256, m0: usize, mr: usize) -> TileOut {
+pub(super) fn tile256(w: Group, acts: &Acts256, m0: usize, mr: usize) -> TileOut {
     let mut out = TileOut::default();
     for (i, out) in out.iter_mut().enumerate().take(mr) {
-        out[0] = dot256(w, acts, m0 + i);
+        for (r, out) in out.iter_mut().enumerate().take(LANES) {
+            *out = dot256(w, r, acts, m0 + i);
+        }
     }
     out
 }
 
 /// Σ over blocks of `scale_w * scale_a * (codes · qs - zero Σ qs)`, plus (formats with minimums)
-/// Σ over blocks of `min_w * sum_a`.
-fn dot32(w: &Rows32, acts: &Acts32, row: usize) -> f32 {
-    let (signed, zero) = (w.format().signed_codes(), w.format().zero_point());
-    let blocks = w.codes(0).chunks_exact(32).zip(acts.qs(row).chunks_exact(32)).zip(acts.isum(row));
-    let scales = w.scale(0).iter().zip(acts.scale(row));
+/// `min_w * sum_a`.
+fn dot32(w: Group, r: usize, acts: &Acts32, row: usize) -> f32 {
+    let (qs, scale, isum, sum) = (acts.qs(row), acts.scale(row), acts.isum(row), acts.sum(row));
+    let zero = w.format.zero_point();
     let mut acc = 0.0f32;
-    for (((codes, qs), &isum), (&dw, &da)) in blocks.zip(scales) {
-        let dot: i32 = codes
-            .iter()
-            .zip(qs)
-            .map(|(&c, &q)| if signed { i32::from(c as i8) } else { i32::from(c) } * i32::from(q))
-            .sum();
-        acc += (dw * da) * (dot - zero * isum) as f32;
+    for b in 0..w.units() {
+        let rec = w.record(b);
+        let dot: i32 = (0..32).map(|i| rec.code(w.format, r, i) * i32::from(qs[32 * b + i])).sum();
+        acc += (rec.float(0, r) * scale[b]) * (dot - zero * isum[b]) as f32;
+        if w.format.has_min() {
+            acc += rec.float(1, r) * sum[b];
+        }
     }
-    match w.format().has_min() {
-        true => acc + w.min(0).iter().zip(acts.sum(row)).map(|(&o, &s)| o * s).sum::<f32>(),
-        false => acc,
-    }
+    acc
 }
 
-/// Σ over super-blocks of `d_w d_a (Σ_j scale16_j (codes_j · qs_j) - zero Σ_j min16_j bsum_j)`, plus
-/// (formats with minimums) `dmin_w d_a Σ_j min16_j bsum_j`.
-fn dot256(w: &Rows256, acts: &Acts256, row: usize) -> f32 {
-    let supers = w.codes(0).chunks_exact(256).zip(acts.qs(row).chunks_exact(256));
-    let subs = w.scale16(0).chunks_exact(16).zip(w.min16(0).chunks_exact(16)).zip(acts.bsums(row).chunks_exact(16));
-    let floats = w.d(0).iter().zip(w.dmin(0)).zip(acts.scale(row));
-    let (zero, has_min) = (w.format().zero_point(), w.format().has_min());
+/// Σ over super-blocks of `d_w d_a Σ_j s_j (codes_j · qs_j) + dm_w d_a Σ_j c_j Σ qs_j` (sub-block
+/// scales `s`, corrections `c`).
+fn dot256(w: Group, r: usize, acts: &Acts256, row: usize) -> f32 {
+    let (subs, sub_len) = (w.geo.subs, w.geo.sub_len());
+    let (qs, sums, scale) = (acts.qs(row), acts.sums(row, sub_len), acts.scale(row));
     let mut acc = 0.0f32;
-    for (((codes, qs), ((scale16, min16), bsums)), ((&d, &dmin), &da)) in supers.zip(subs).zip(floats) {
-        let mut dot = 0i32;
-        for ((codes, qs), &scale) in codes.chunks_exact(16).zip(qs.chunks_exact(16)).zip(scale16) {
-            let sub: i32 = codes.iter().zip(qs).map(|(&c, &q)| i32::from(c) * i32::from(q)).sum();
-            dot += i32::from(scale) * sub;
+    for s in 0..w.units() {
+        let rec = w.record(s);
+        let (mut dot, mut corr) = (0i32, 0i32);
+        for j in 0..subs {
+            let codes = sub_len * j..sub_len * (j + 1);
+            let sub: i32 = codes.map(|i| rec.code(w.format, r, i) * i32::from(qs[256 * s + i])).sum();
+            dot += rec.scale(j, r) * sub;
+            corr += rec.corr(j, r) * i32::from(sums[subs * s + j]);
         }
-        let mins: i32 = min16.iter().zip(bsums).map(|(&m, &b)| i32::from(m) * i32::from(b)).sum();
-        acc += (d * da) * (dot - zero * mins) as f32;
-        if has_min {
-            acc += (dmin * da) * mins as f32;
-        }
+        acc += (rec.float(0, r) * scale[s]) * dot as f32;
+        acc += (rec.float(1, r) * scale[s]) * corr as f32;
     }
     acc
 }

@@ -210,9 +210,13 @@ fn q6k(x: &[f32], bytes: &mut Vec<u8>, decoded: &mut Vec<f32>) {
 
 /// A random `rows` × `cols` matrix in `format`, and the f32 values it decodes to.
 pub fn matrix(format: QuantFormat, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
-    let values = Rng::new(seed).values(rows * cols);
-    let (bytes, decoded) = quantize(format, &values);
+    let (bytes, decoded) = gguf(format, rows, cols, seed);
     (QuantMatrix::new(format, rows, cols, bytes).unwrap(), decoded)
+}
+
+/// The GGUF bytes of [`matrix`], and the f32 values they decode to.
+pub fn gguf(format: QuantFormat, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    quantize(format, &Rng::new(seed).values(rows * cols))
 }
 
 /// `out[m][n] = Σ_k x[m][k] w[n][k]` in f64, and the bound on what 8-bit activations may change:
