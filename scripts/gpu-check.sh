@@ -9,10 +9,13 @@
 # test binary tests/gpu.rs (portable x86-64-v3, stripped, xz), a 4-block SmolLM2 for the real-weight
 # tests (scripts/truncate-gguf.py; the demo file does not fit the carry) and, with PACK_LLAMA=1,
 # llama.cpp's source with its build script (../shared/tools/llama-cpp.sh gpu-src).
-# run: PHASES is any of `tests bench llama` (default: all). llama.cpp builds in the background while
-# the tests run; then both engines are benchmarked on a synthetic Llama-3.2-1B in F16 and Q8_0:
+# run: PHASES is any of `tests bench spec llama` (default: all). llama.cpp builds in the background
+# while the tests run; then both engines are benchmarked on a synthetic Llama-3.2-1B in F16 and Q8_0:
 # single-stream prompt (512) and decode (128) speed, and aggregate decode at 1/4/16/64 sequences of
-# 128 prompt + 128 generated tokens (llama-batched-bench vs `bodega bench`).
+# 128 prompt + 128 generated tokens (llama-batched-bench vs `bodega bench`). `spec` runs the
+# copy-edit workload with and without n-gram speculation (`bench --spec-compare`, the switch-off
+# raised to 64 so that every row speculates) on the truncated SmolLM2 (real text: guesses get
+# accepted) and on the synthetic 1B (random weights: nothing is accepted, the cost alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=.device
@@ -53,7 +56,7 @@ for l in sys.stdin:
 }
 
 run() {
-  local phases=${*:-tests bench llama}
+  local phases=${*:-tests bench spec llama}
   local out=/tmp/gpu-check bin=/tmp/gpu-check-bin
   mkdir -p "$out" "$bin"
   export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/nvidia/lib64
@@ -88,6 +91,16 @@ PY
         --warmup 2 --input-len 128 --output-len 128 --max-seqs 64 --ctx-size 512 --kv-memory 4G \
         --peak-bandwidth "$peak" --json "$out/bodega-$type-sweep.json" 2>&1 | tee "$out/bodega-$type-sweep.log" || true
     done
+  fi
+  if [[ $phases == *spec* ]]; then
+    local spec=(--config bench-configs/copy-edit.toml --speculative ngram --spec-compare --spec-max-batch 64
+      --max-seqs 64 --ctx-size 1024 --kv-memory 4G --warmup 2)
+    timeout 200 "$bin/bodega" --device cuda -q bench "$bin/smollm2-4l.gguf" "${spec[@]}" --concurrency 1,4,16,64 \
+      --num-prompts 64 --json "$out/spec-smollm2-4l.json" 2>&1 | tee "$out/spec-smollm2-4l.log" || true
+    timeout 100 "$bin/bodega" --device cuda -q bench --synthetic llama-3.2-1b:f16 "${spec[@]}" --concurrency 1 \
+      --num-prompts 4 --json "$out/spec-1b-c1.json" 2>&1 | tee "$out/spec-1b-c1.log" || true
+    timeout 150 "$bin/bodega" --device cuda -q bench --synthetic llama-3.2-1b:f16 "${spec[@]}" --concurrency 16,64 \
+      --num-prompts 64 --json "$out/spec-1b.json" 2>&1 | tee "$out/spec-1b.log" || true
   fi
   if [[ -n $llama_pid ]]; then
     wait "$llama_pid" || { tail -n 30 "$out/llama-build.log"; return 1; }

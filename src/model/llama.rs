@@ -5,7 +5,7 @@
 
 use super::config::ModelConfig;
 use super::load::{LoadOptions, Matrix, WeightSource};
-use super::rope::{Rope, RopeConfig};
+use super::rope::{Rope, RopeConfig, StepRotation};
 use super::{Model, ModelInfo, StepInput};
 use crate::error::Result;
 use crate::ops::{self, PagedKvCache, QWeights};
@@ -124,7 +124,14 @@ impl Llama {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, self.eps)?)
     }
 
-    fn attention(&self, block: &Block, x: &Tensor, input: &StepInput, cache: (&Tensor, &Tensor)) -> Result<Tensor> {
+    fn attention(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        input: &StepInput,
+        rotation: &StepRotation,
+        cache: (&Tensor, &Tensor),
+    ) -> Result<Tensor> {
         let t = x.dim(0)?;
         let (h, kvh, d) = (self.info.num_heads, self.info.num_kv_heads, self.info.head_dim);
         let mut q = block.q.forward(x)?.reshape((t, h, d))?;
@@ -134,9 +141,8 @@ impl Llama {
             q = self.norm(&q, qn)?;
             k = self.norm(&k, kn)?;
         }
-        let rope = &self.ropes[block.rope];
-        let q = rope.apply(&q, &input.positions)?;
-        let k = rope.apply(&k, &input.positions)?;
+        let q = rotation.apply(&q)?;
+        let k = rotation.apply(&k)?;
         ops::kv_write(&k, &v, &input.attention.slot_mapping, cache.0, cache.1)?;
         let out = ops::paged_attention(&q, cache.0, cache.1, &input.attention, self.scale, block.window)?;
         block.o.forward(&out.reshape((t, h * d))?)
@@ -174,9 +180,11 @@ impl Model for Llama {
         if let Some(scale) = self.embedding_scale {
             x = (x * scale)?;
         }
+        let rotations =
+            self.ropes.iter().map(|rope| rope.at(&input.positions)).collect::<Result<Vec<StepRotation>>>()?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = self.residual(x, &block.attn_norm, block.post_attn_norm.as_ref(), |h| {
-                self.attention(block, h, input, cache.layer(i))
+                self.attention(block, h, input, &rotations[block.rope], cache.layer(i))
             })?;
             x = self.residual(x, &block.ffn_norm, block.post_ffn_norm.as_ref(), |h| self.feed_forward(block, h))?;
         }

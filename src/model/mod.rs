@@ -87,7 +87,9 @@ pub fn load_layers(
     build(&config, files.weights(), options, device)
 }
 
-fn build(
+/// Builds the model `config` describes from any weight source: the loaders' common end, and the way
+/// tests build a reference from a wrapped source (weights dequantized, say).
+pub fn build(
     config: &config::ModelConfig,
     source: &mut dyn WeightSource,
     options: LoadOptions,

@@ -58,15 +58,33 @@ impl Rope {
         Ok(Self { cos: angles.cos()?, sin: angles.sin()?, style: cfg.style })
     }
 
-    /// Rotates `x` (`[T, heads, head_dim]`) by each row's position (`positions`: `[T]` u32).
-    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    /// The tables' rows at one step's `positions` (`[T]` u32), gathered once per step and shared by
+    /// every layer (on a GPU each gather is a launch, so not once per layer and projection).
+    pub fn at(&self, positions: &Tensor) -> Result<StepRotation> {
+        Ok(StepRotation {
+            cos: self.cos.index_select(positions, 0)?.unsqueeze(1)?,
+            sin: self.sin.index_select(positions, 0)?.unsqueeze(1)?,
+            style: self.style,
+        })
+    }
+}
+
+/// One step's rotation: cos and sin of every token's position, `[T, 1, head_dim / 2]`.
+#[derive(Debug)]
+pub struct StepRotation {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl StepRotation {
+    /// Rotates `x` (`[T, heads, head_dim]`) by each row's position.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (t, heads, d) = x.dims3()?;
-        let cos = self.cos.index_select(positions, 0)?.unsqueeze(1)?;
-        let sin = self.sin.index_select(positions, 0)?.unsqueeze(1)?;
         let x = x.reshape((t, heads, 1, d))?.contiguous()?;
         let y = match self.style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?,
         };
         Ok(y.reshape((t, heads, d))?)
     }
