@@ -2,8 +2,11 @@
 # Prompt and decode speed of bodega next to llama.cpp, in one run, on the same model file and thread
 # count (docs/perf.md records what it printed):
 #  1. single stream: bodega run vs llama-bench (pp128, tg128);
-#  2. aggregate decode at 1, 4 and 16 concurrent sequences: bodega run --each-line vs
-#     llama-batched-bench (npp 128, ntg 128, npl 1,4,16).
+#  2. aggregate decode at 1, 4 and 16 concurrent sequences: bodega bench (in-process, N requests
+#     of 128 prompt tokens kept in flight) vs llama-batched-bench (npp 128, ntg 128, npl 1,4,16).
+#     Both count decode time only: llama.cpp's S_TG times the generation phase after every prompt
+#     is processed; bodega's engine `decode_tok_s` counts the tokens and time of steps that only
+#     decode (a step that also carries a prompt chunk counts as prefill).
 #
 #   scripts/perf-cpu.sh [MODEL.gguf] [THREADS]
 #
@@ -47,9 +50,8 @@ echo "aggregate decode tok/s, 128-token prompts, 128 generated tokens each (end-
 "$bin/llama-batched-bench" -m "$model" -t "$threads" -c 8192 -b 2048 -ub 512 -npp 128 -ntg 128 -npl 1,4,16 \
   --output-format jsonl 2>/dev/null > "$llama_json"
 for n in 1 4 16; do
-  for i in $(seq "$n"); do echo "Passage $i. $prompt"; done \
-    | target/release/bodega --threads "$threads" run "$model" --raw --each-line --max-tokens 128 --ignore-eos \
-      --temperature 0 --json > "$bodega_json.$n"
+  target/release/bodega --threads "$threads" bench "$model" -q --concurrency "$n" --num-prompts "$n" \
+    --input-len 128 --output-len 128 --json "$bodega_json.$n" > /dev/null
 done
 python3 - "$bodega_json" "$llama_json" <<'PY'
 import json, sys
@@ -57,10 +59,8 @@ theirs = {r["pl"]: r for r in (json.loads(l) for l in open(sys.argv[2]) if l.str
 print("| sequences | bodega tok/s | llama.cpp S_TG tok/s | bodega / llama.cpp |")
 print("|---|---|---|---|")
 for n in (1, 4, 16):
-    ours = [json.loads(l) for l in open(f"{sys.argv[1]}.{n}")]
-    # Every request decodes over the same window, so the sum of per-request rates is the aggregate.
-    agg = sum(o["timings"]["decode_tok_s"] for o in ours)
+    ours = json.load(open(f"{sys.argv[1]}.{n}"))["runs"][0]["engine"]["decode_tok_s"]
     ref = theirs[n]["speed_tg"]
-    print(f"| {n} | {agg:.1f} | {ref:.1f} | {agg / ref:.2f} |")
+    print(f"| {n} | {ours:.1f} | {ref:.1f} | {ours / ref:.2f} |")
 PY
 rm -f "$bodega_json".*

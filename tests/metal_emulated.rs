@@ -10,6 +10,7 @@
 
 use bodega::ops::cpu::{self, AttentionParams};
 use bodega::ops::AttentionMetadata;
+use bodega_cpu_kernels::KernelPath;
 use half::{bf16, f16};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -228,7 +229,7 @@ impl Case {
             window: self.window,
         };
         let mut expected = vec![0f32; q.len()];
-        cpu::paged_attention(&q, (&k_cache, &v_cache), &meta, params, &mut expected);
+        cpu::paged_attention(KernelPath::Scalar, &q, (&k_cache, &v_cache), &meta, params, &mut expected);
 
         let mut input = Vec::new();
         let t = meta.num_tokens();

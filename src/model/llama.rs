@@ -8,7 +8,7 @@ use super::load::{LoadOptions, Matrix, WeightSource};
 use super::rope::{Rope, RopeConfig, StepRotation};
 use super::{Model, ModelInfo, StepInput};
 use crate::error::Result;
-use crate::ops::{self, PagedKvCache, QWeights};
+use crate::ops::{self, Activation, PagedKvCache, QWeights};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
@@ -149,9 +149,9 @@ impl Llama {
     }
 
     fn feed_forward(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
-        let gate = block.gate.forward(x)?;
-        let gate = if self.gelu { gate.gelu()? } else { candle_nn::ops::silu(&gate)? };
-        block.down.forward(&(gate * block.up.forward(x)?)?)
+        let act = if self.gelu { Activation::GeluTanh } else { Activation::Silu };
+        let gated = ops::gated_activation(&block.gate.forward(x)?, &block.up.forward(x)?, act)?;
+        block.down.forward(&gated)
     }
 
     /// `x + post_norm(f(norm(x)))`, the post-norm being Gemma's.

@@ -1,6 +1,7 @@
 //! The engine's custom operations, one dispatch point each: `kv_write` puts a step's keys and values
 //! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
-//! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's).
+//! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's),
+//! `gated_activation` fuses a feed-forward block's `act(gate) · up`.
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
 //! reference implementation that every other backend is tested against, and the CPU production path;
 //! `metal` (macOS only) launches the Metal kernels of `kernels/metal/`.
@@ -8,6 +9,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod gated;
 mod kv_cache;
 mod kv_write;
 #[cfg(target_os = "macos")]
@@ -15,6 +17,8 @@ mod metal;
 mod paged_attention;
 mod qmatmul;
 
+pub use bodega_cpu_kernels::Activation;
+pub use gated::gated_activation;
 pub use kv_cache::PagedKvCache;
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;

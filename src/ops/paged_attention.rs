@@ -3,6 +3,7 @@
 
 use super::cpu::{self, AttentionParams};
 use super::AttentionMetadata;
+use bodega_cpu_kernels::KernelPath;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Attention output `[T, num_heads, head_dim]` for queries `q` (same shape) over the paged caches
@@ -67,7 +68,8 @@ impl CustomOp3 for PagedAttention<'_> {
                 let k = &k[k_l.start_offset()..];
                 let v = &v[v_l.start_offset()..];
                 let mut out = vec![0f32; q.len()];
-                cpu::paged_attention(q, (k, v), self.meta, params, &mut out);
+                let path = KernelPath::detect().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                cpu::paged_attention(path, q, (k, v), self.meta, params, &mut out);
                 Ok((CpuStorage::F32(out), q_l.shape().clone()))
             }
             _ => candle_core::bail!("paged-attention: the CPU path takes f32 queries and caches"),

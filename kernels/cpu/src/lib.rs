@@ -12,7 +12,9 @@
 //! The crate has no dependencies so that it cross-compiles in seconds (CI runs the NEON path under
 //! qemu without building the rest of bodega).
 
+mod activation;
 mod acts;
+mod attention;
 mod error;
 mod f16;
 mod format;
@@ -23,6 +25,8 @@ mod packed;
 mod pool;
 mod unpack;
 
+pub use activation::{gated_activation, Activation};
+pub use attention::{attend, PagedRows};
 pub use error::Error;
 pub use format::QuantFormat;
 pub use kernel::KernelPath;
