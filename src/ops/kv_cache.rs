@@ -29,17 +29,6 @@ impl PagedKvCache {
         Ok(Self { layers, block_size })
     }
 
-    /// The element type of the cache on `device`: f32 on the CPU (what the reference kernels read),
-    /// f16 on GPUs, where keys and values are the bulk of a long decode's memory traffic and the
-    /// kernels convert to f32 as they load (they read bf16 too).
-    pub fn dtype_for(device: &Device) -> DType {
-        if device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        }
-    }
-
     /// Bytes one block takes over all layers (keys and values): the unit of the memory budget.
     pub fn bytes_per_block(
         num_layers: usize,
