@@ -38,9 +38,9 @@ pub fn kv_write(src: &[f32], slot_mapping: &[u32], cache: &mut [f32], row_len: u
 /// `q` and `out` are `[T, num_heads, head_dim]`; the caches are
 /// `[num_blocks, block_size, num_kv_heads, head_dim]`. Query `i` of sequence `b` sits at position
 /// `context_lens[b] - q_len + i` and sees keys `max(0, p - window + 1) ..= p` (`window == 0`: all).
-/// Work is split over (sequence, KV head) pairs, run on the CPU kernels' thread pool (the one the
+/// Work is split over (query rows, KV head) pairs, run on the CPU kernels' thread pool (the one the
 /// matmuls of the step use, so that no second pool spins on the same cores); the query heads of a GQA
-/// group share each key read.
+/// group share each key read, unless there are too few pairs to keep every thread busy.
 pub fn paged_attention(
     path: KernelPath,
     q: &[f32],
@@ -51,18 +51,30 @@ pub fn paged_attention(
 ) {
     let AttentionParams { num_heads, num_kv_heads, head_dim: d, block_size, scale, window } = params;
     let group = num_heads / num_kv_heads;
+    // Tasks: (rows of one sequence, KV head, query heads). A decode step of many sequences has
+    // enough (sequence, KV head) pairs; one long prompt or a few sequences are split further, by
+    // query rows and by query head, so that every thread gets work.
+    let chunks: Vec<(usize, usize)> = (0..meta.num_seqs())
+        .flat_map(|seq| {
+            let rows = meta.cu_query_lens[seq] as usize..meta.cu_query_lens[seq + 1] as usize;
+            rows.step_by(ROWS_PER_TASK).map(move |start| (seq, start))
+        })
+        .collect();
+    let heads_per_task = if chunks.len() * num_kv_heads >= 4 * bodega_cpu_kernels::threads() { group } else { 1 };
+    let parts = group / heads_per_task;
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let tasks = meta.num_seqs() * num_kv_heads;
-    bodega_cpu_kernels::parallel_for(tasks, &|task| {
-        let (seq, kv_head) = (task / num_kv_heads, task % num_kv_heads);
-        // SAFETY: task (seq, kv_head) writes only its sequence's rows and its group's heads, which
-        // no other task touches; `out` outlives the parallel loop.
+    bodega_cpu_kernels::parallel_for(chunks.len() * num_kv_heads * parts, &|task| {
+        let (seq, start) = chunks[task / (num_kv_heads * parts)];
+        let kv_head = task / parts % num_kv_heads;
+        let first_head = kv_head * group + task % parts * heads_per_task;
+        // SAFETY: each task writes only its rows' heads `first_head..+heads_per_task`, which no
+        // other task touches; `out` outlives the parallel loop.
         let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.get(), q.len()) };
-        let rows = meta.cu_query_lens[seq] as usize..meta.cu_query_lens[seq + 1] as usize;
+        let end = (meta.cu_query_lens[seq + 1] as usize).min(start + ROWS_PER_TASK);
+        let q_len = (meta.cu_query_lens[seq + 1] - meta.cu_query_lens[seq]) as usize;
         let ctx = meta.context_lens[seq] as usize;
-        let q_len = rows.len();
-        for (i, t) in rows.enumerate() {
-            let pos = ctx - q_len + i;
+        for t in start..end {
+            let pos = ctx - q_len + (t - meta.cu_query_lens[seq] as usize);
             let keys = PagedRows {
                 table: meta.block_table(seq),
                 block_size,
@@ -71,11 +83,14 @@ pub fn paged_attention(
                 first: if window == 0 { 0 } else { (pos + 1).saturating_sub(window) },
                 end: pos + 1,
             };
-            let heads = (t * num_heads + kv_head * group) * d..(t * num_heads + (kv_head + 1) * group) * d;
+            let heads = (t * num_heads + first_head) * d..(t * num_heads + first_head + heads_per_task) * d;
             attend(path, &q[heads.clone()], scale, cache, &keys, d, &mut out[heads]);
         }
     });
 }
+
+/// Query rows of one sequence per attention task (a prompt chunk is split into several tasks).
+const ROWS_PER_TASK: usize = 16;
 
 /// A raw pointer that parallel tasks may share because each writes a disjoint part.
 #[derive(Clone, Copy)]

@@ -22,7 +22,7 @@ pub use gated::gated_activation;
 pub use kv_cache::PagedKvCache;
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
-pub use qmatmul::{cpu_kernel_path, QWeights};
+pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};
 
 /// Where each sequence of a step sits in the paged cache: built once per step by the runner and
 /// shared by every layer.

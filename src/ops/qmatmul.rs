@@ -40,6 +40,11 @@ fn kernel_format(dtype: GgmlDType) -> Option<QuantFormat> {
     })
 }
 
+/// Whether bodega's CPU kernels read GGUF type `dtype` (candle's kernels run the others).
+pub fn bodega_kernels_read(dtype: GgmlDType) -> bool {
+    kernel_format(dtype).is_some()
+}
+
 /// The CPU kernel path matmuls use (`BODEGA_CPU_KERNEL` or the best this CPU runs).
 pub fn cpu_kernel_path() -> Result<KernelPath> {
     KernelPath::detect().map_err(|e| Error::InvalidRequest(e.to_string()))

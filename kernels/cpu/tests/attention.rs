@@ -114,3 +114,21 @@ fn a_block_table_outside_the_cache_is_refused() {
     let mut out = vec![0.0; 64];
     attend(KernelPath::Scalar, &q, 0.125, (&cache.k, &cache.v), &cache.rows(0, 0, 40), 64, &mut out);
 }
+
+#[test]
+fn a_head_gives_the_same_bits_alone_or_with_its_group() {
+    let mut rng = Rng::new(11);
+    let (d, heads) = (64, 6);
+    let cache = Cache::new(&mut rng, 90, 16, 2, d);
+    let q = rng.values(heads * d);
+    for path in KernelPath::available() {
+        let mut together = vec![0.0; q.len()];
+        attend(path, &q, 0.125, (&cache.k, &cache.v), &cache.rows(0, 0, 90), d, &mut together);
+        for h in 0..heads {
+            let mut alone = vec![0.0; d];
+            attend(path, &q[h * d..(h + 1) * d], 0.125, (&cache.k, &cache.v), &cache.rows(0, 0, 90), d, &mut alone);
+            let same = alone.iter().zip(&together[h * d..]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{path:?}: head {h} differs alone and in its group");
+        }
+    }
+}

@@ -131,6 +131,16 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// Whether every quantized tensor is of a type bodega's CPU kernels read (the others run on
+    /// candle's kernels and its thread pool).
+    pub fn quantized_on_bodega_kernels(&self) -> bool {
+        let unquantized = [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16];
+        self.content
+            .tensor_infos
+            .values()
+            .all(|info| unquantized.contains(&info.ggml_dtype) || crate::ops::bodega_kernels_read(info.ggml_dtype))
+    }
+
     /// The weight type holding most of the file's bytes (`Q4_K`, `F16`, ...): what a report calls the
     /// model's quantization.
     pub fn main_weight_type(&self) -> Option<String> {

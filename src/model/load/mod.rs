@@ -126,6 +126,15 @@ impl ModelFiles {
         }
     }
 
+    /// Whether loading on the CPU leaves some matmul to candle's quantized kernels, which split
+    /// their work over candle's own thread pool (GGUF types bodega's kernels do not read).
+    pub fn needs_candle_cpu_kernels(&self) -> bool {
+        match self {
+            Self::Gguf(file) => !file.quantized_on_bodega_kernels(),
+            Self::Safetensors(_) => false,
+        }
+    }
+
     /// The dtype the files store unquantized weights in, when they say.
     pub fn native_dtype(&self) -> Option<DType> {
         match self {
