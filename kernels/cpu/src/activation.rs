@@ -22,7 +22,7 @@ impl Activation {
     pub fn apply(self, x: f32) -> f32 {
         let u = match self {
             Self::Silu => x,
-            Self::GeluTanh => 1.595_769_1 * (x + 0.044_715 * x * x * x),
+            Self::GeluTanh => 1.595_769 * (x + 0.044_715 * x * x * x),
         };
         x / (1.0 + exp(-u))
     }

@@ -110,7 +110,7 @@ pub fn attend(
     head_dim: usize,
     out: &mut [f32],
 ) {
-    assert!(head_dim > 0 && q.len() % head_dim == 0 && out.len() == q.len(), "attention: bad query shape");
+    assert!(head_dim > 0 && q.len().is_multiple_of(head_dim) && out.len() == q.len(), "attention: bad query shape");
     assert!(!rows.is_empty(), "attention: no keys");
     let end = rows.max_end(head_dim);
     assert!(end <= k_cache.len() && end <= v_cache.len(), "attention: block table outside the cache");
@@ -126,7 +126,7 @@ pub fn attend(
             let (qs, scores) = scratch.split_at_mut(g * head_dim);
             qs.iter_mut().zip(&q[span.clone()]).for_each(|(s, x)| *s = x * scale);
             let job = Job { qs, k: k_cache, v: v_cache, rows, d: head_dim, scores, out: &mut out[span] };
-            if head_dim % LANES == 0 {
+            if head_dim.is_multiple_of(LANES) {
                 // SAFETY: the bounds were checked above, and the caller got the path from
                 // `KernelPath::detect` or `available`: this CPU has its instructions.
                 unsafe { job.run(path, g) };
