@@ -13,7 +13,7 @@ mod metal;
 mod paged_attention;
 mod qmatmul;
 
-pub use kv_cache::PagedKvCache;
+pub use kv_cache::{KvShape, PagedKvCache};
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
 pub use qmatmul::{cpu_kernel_path, QWeights};
