@@ -22,7 +22,8 @@ pub struct SeqChunk<'a> {
 }
 
 /// A sequence's blocks in the cache's window group: `blocks[i]` holds logical block `first + i`;
-/// the blocks before `first` have left the window and are not read.
+/// the blocks before `first` have left the window and are not read (the step's table names block 0
+/// there).
 #[derive(Debug, Clone, Copy)]
 pub struct WindowBlocks<'a> {
     /// Logical index of `blocks[0]`.
@@ -59,19 +60,17 @@ pub fn build_step_rows(
         let end = token_ids.len() as u32;
         logits_rows.extend(end - wanted.min(chunk.tokens.len()) as u32..end);
     }
-    let tables: Vec<LogicalTable<'_>> =
-        chunks.iter().map(|c| LogicalTable { first: 0, blocks: c.block_table }).collect();
+    let tables: Vec<WindowBlocks<'_>> =
+        chunks.iter().map(|c| WindowBlocks { first: 0, blocks: c.block_table }).collect();
     let attention = metadata(chunks, &tables, block_size);
-    let window_attention = match chunks.iter().map(|c| c.window_blocks).collect::<Option<Vec<_>>>() {
-        Some(window) if !chunks.is_empty() => {
-            let tables: Vec<LogicalTable<'_>> =
-                window.iter().map(|w| LogicalTable { first: w.first, blocks: w.blocks }).collect();
+    let window_attention = match chunks.iter().all(|c| c.window_blocks.is_none()) {
+        true => None,
+        false => {
+            let mixed = || Error::InvalidRequest("a step mixes sequences with and without window blocks".into());
+            let tables: Vec<WindowBlocks<'_>> =
+                chunks.iter().map(|c| c.window_blocks.ok_or_else(mixed)).collect::<Result<_>>()?;
             Some(metadata(chunks, &tables, block_size))
         }
-        _ if chunks.iter().any(|c| c.window_blocks.is_some()) => {
-            return Err(Error::InvalidRequest("a step mixes sequences with and without window blocks".into()))
-        }
-        _ => None,
     };
     let n_rows = logits_rows.len();
     Ok(StepInput {
@@ -83,27 +82,22 @@ pub fn build_step_rows(
     })
 }
 
-/// A block table whose first `first` logical blocks are not held (padded with block 0, never read).
-#[derive(Clone, Copy)]
-struct LogicalTable<'a> {
-    first: usize,
-    blocks: &'a [u32],
-}
-
-impl LogicalTable<'_> {
+impl WindowBlocks<'_> {
+    /// Logical blocks covered, the ones not held included.
     fn len(&self) -> usize {
         self.first + self.blocks.len()
     }
 
+    /// The block holding logical block `b`; block 0 for one not held.
     fn block(&self, b: usize) -> u32 {
         b.checked_sub(self.first).map_or(0, |i| self.blocks[i])
     }
 }
 
 /// The attention metadata of `chunks` whose blocks are `tables` (one per chunk).
-fn metadata(chunks: &[SeqChunk<'_>], tables: &[LogicalTable<'_>], block_size: usize) -> AttentionMetadata {
+fn metadata(chunks: &[SeqChunk<'_>], tables: &[WindowBlocks<'_>], block_size: usize) -> AttentionMetadata {
     let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-    let max_blocks = tables.iter().map(LogicalTable::len).max().unwrap_or(0);
+    let max_blocks = tables.iter().map(WindowBlocks::len).max().unwrap_or(0);
     let mut meta = AttentionMetadata {
         slot_mapping: Vec::with_capacity(total),
         block_tables: Vec::with_capacity(chunks.len() * max_blocks),
