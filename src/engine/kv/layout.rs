@@ -101,6 +101,15 @@ mod tests {
     }
 
     #[test]
+    fn with_every_layer_windowed_the_global_blocks_cost_nothing() {
+        // Mistral with a window shorter than the context: the global table only tracks positions.
+        let layout = KvLayout::new(&[64, 64], 1024, 16, 16, 100);
+        assert_eq!((layout.bytes_per_block, layout.window_bytes_per_block), (0, 200));
+        assert_eq!(layout.min_bytes(), 6 * 200);
+        assert_eq!(layout.split(10 * 6 * 200, 4), (4 * 64, 60));
+    }
+
+    #[test]
     fn a_small_budget_still_fits_one_windowed_sequence() {
         let layout = KvLayout::new(&[32, 0], 1024, 16, 16, 100);
         assert_eq!(layout.window_blocks_per_seq, 4);
