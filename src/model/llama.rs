@@ -7,7 +7,7 @@ use super::config::ModelConfig;
 use super::load::{LoadOptions, Matrix, WeightSource};
 use super::rope::{Rope, RopeConfig};
 use super::{Model, ModelInfo, StepInput};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::{self, Activation, PagedKvCache, QWeights};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
@@ -103,6 +103,7 @@ impl Llama {
             head_dim: config.head_dim,
             vocab_size,
             context_length: config.context_length,
+            layer_windows: config.layer_windows[..config.num_layers].to_vec(),
             weight_bytes: loader.bytes,
             step_weight_bytes,
         };
@@ -124,7 +125,14 @@ impl Llama {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, self.eps)?)
     }
 
-    fn attention(&self, block: &Block, x: &Tensor, input: &StepInput, cache: (&Tensor, &Tensor)) -> Result<Tensor> {
+    fn attention(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        meta: &ops::AttentionMetadata,
+        positions: &Tensor,
+        cache: (&Tensor, &Tensor),
+    ) -> Result<Tensor> {
         let t = x.dim(0)?;
         let (h, kvh, d) = (self.info.num_heads, self.info.num_kv_heads, self.info.head_dim);
         let mut q = block.q.forward(x)?.reshape((t, h, d))?;
@@ -135,10 +143,10 @@ impl Llama {
             k = self.norm(&k, kn)?;
         }
         let rope = &self.ropes[block.rope];
-        let q = rope.apply(&q, &input.positions)?;
-        let k = rope.apply(&k, &input.positions)?;
-        ops::kv_write(&k, &v, &input.attention.slot_mapping, cache.0, cache.1)?;
-        let out = ops::paged_attention(&q, cache.0, cache.1, &input.attention, self.scale, block.window)?;
+        let q = rope.apply(&q, positions)?;
+        let k = rope.apply(&k, positions)?;
+        ops::kv_write(&k, &v, &meta.slot_mapping, cache.0, cache.1)?;
+        let out = ops::paged_attention(&q, cache.0, cache.1, meta, self.scale, block.window)?;
         block.o.forward(&out.reshape((t, h * d))?)
     }
 
@@ -175,8 +183,13 @@ impl Model for Llama {
             x = (x * scale)?;
         }
         for (i, block) in self.blocks.iter().enumerate() {
+            let meta = match (cache.is_windowed(i), &input.window_attention) {
+                (false, _) => &input.attention,
+                (true, Some(window)) => window,
+                (true, None) => return Err(Error::InvalidRequest("the step has no window block tables".into())),
+            };
             x = self.residual(x, &block.attn_norm, block.post_attn_norm.as_ref(), |h| {
-                self.attention(block, h, input, cache.layer(i))
+                self.attention(block, h, meta, &input.positions, cache.layer(i))
             })?;
             x = self.residual(x, &block.ffn_norm, block.post_ffn_norm.as_ref(), |h| self.feed_forward(block, h))?;
         }
