@@ -5,7 +5,7 @@
 #  2. a random model of Llama 3.2 1B's shape as bf16 safetensors, Q8_0 GGUF and MLX 4-bit: load time
 #     (bodega's own load line) and peak resident memory (/usr/bin/time) of a one-token run.
 #
-#   scripts/perf-formats.sh [THREADS] [WORK_DIR]
+#   [BODEGA=path/to/bodega] scripts/perf-formats.sh [THREADS] [WORK_DIR]
 #
 # Needs the venv of tests/fixtures/README.md (PYTHON=path/to/python, default
 # $HOME/.cache/bodega/venv-models/bin/python) to write the MLX and 1B-shaped models into WORK_DIR
@@ -16,12 +16,13 @@ threads=${1:-2}
 work=${2:-$HOME/.cache/bodega/perf-formats}
 python=${PYTHON:-$HOME/.cache/bodega/venv-models/bin/python}
 reps=3
-gguf=$(scripts/fetch-test-models.sh | head -n 1)
+gguf=$(scripts/fetch-test-models.sh | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 mkdir -p "$work"
 [ -d "$work/smollm2-mlx-4bit" ] || "$python" scripts/make-mlx-demo.py --gguf "$gguf" --out "$work/smollm2-mlx-4bit"
 [ -d "$work/1b/mlx-4bit-g64" ] || "$python" scripts/make-1b-shapes.py "$work/1b"
-cargo build --release --quiet
-bodega=target/release/bodega
+# BODEGA=path/to/bodega measures that binary instead of a fresh release build.
+bodega=${BODEGA:-target/release/bodega}
+[ -n "${BODEGA:-}" ] || cargo build --release --quiet
 prompt=$(python3 -c 'print(" ".join(["The history of bread begins in the Neolithic era when people first ground grain."] * 9))')
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

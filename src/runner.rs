@@ -1,7 +1,7 @@
 //! Flattens a step (which sequences feed which tokens, where their keys live) into the tensors of one
 //! forward pass, and runs it. Knows tensors, never requests.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Model, StepInput};
 use crate::ops::{AttentionMetadata, PagedKvCache};
 use candle_core::{Device, Tensor};
@@ -17,6 +17,19 @@ pub struct SeqChunk<'a> {
     pub block_table: &'a [u32],
     /// Whether the logits of the last token are wanted.
     pub sample: bool,
+    /// Its blocks in the window group, when the cache has one.
+    pub window_blocks: Option<WindowBlocks<'a>>,
+}
+
+/// A sequence's blocks in the cache's window group: `blocks[i]` holds logical block `first + i`;
+/// the blocks before `first` have left the window and are not read (the step's table names block 0
+/// there).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowBlocks<'a> {
+    /// Logical index of `blocks[0]`.
+    pub first: usize,
+    /// The blocks held, enough for `start + tokens.len()` tokens.
+    pub blocks: &'a [u32],
 }
 
 /// Builds the step input for `chunks` (in order) with blocks of `block_size` tokens.
@@ -38,9 +51,54 @@ pub fn build_step_rows(
     device: &Device,
 ) -> Result<StepInput> {
     let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-    let max_blocks = chunks.iter().map(|c| c.block_table.len()).max().unwrap_or(0);
     let mut token_ids = Vec::with_capacity(total);
     let mut positions = Vec::with_capacity(total);
+    let mut logits_rows = Vec::new();
+    for (chunk, &wanted) in chunks.iter().zip(rows) {
+        token_ids.extend_from_slice(chunk.tokens);
+        positions.extend((chunk.start..chunk.start + chunk.tokens.len()).map(|p| p as u32));
+        let end = token_ids.len() as u32;
+        logits_rows.extend(end - wanted.min(chunk.tokens.len()) as u32..end);
+    }
+    let tables: Vec<WindowBlocks<'_>> =
+        chunks.iter().map(|c| WindowBlocks { first: 0, blocks: c.block_table }).collect();
+    let attention = metadata(chunks, &tables, block_size);
+    let window_attention = match chunks.iter().all(|c| c.window_blocks.is_none()) {
+        true => None,
+        false => {
+            let mixed = || Error::InvalidRequest("a step mixes sequences with and without window blocks".into());
+            let tables: Vec<WindowBlocks<'_>> =
+                chunks.iter().map(|c| c.window_blocks.ok_or_else(mixed)).collect::<Result<_>>()?;
+            Some(metadata(chunks, &tables, block_size))
+        }
+    };
+    let n_rows = logits_rows.len();
+    Ok(StepInput {
+        token_ids: Tensor::from_vec(token_ids, total, device)?,
+        positions: Tensor::from_vec(positions, total, device)?,
+        attention,
+        window_attention,
+        // A step of prefill chunks alone samples nothing; a GPU cannot allocate an empty buffer.
+        logits_rows: Tensor::from_vec(logits_rows, n_rows, if n_rows == 0 { &Device::Cpu } else { device })?,
+    })
+}
+
+impl WindowBlocks<'_> {
+    /// Logical blocks covered, the ones not held included.
+    fn len(&self) -> usize {
+        self.first + self.blocks.len()
+    }
+
+    /// The block holding logical block `b`; block 0 for one not held.
+    fn block(&self, b: usize) -> u32 {
+        b.checked_sub(self.first).map_or(0, |i| self.blocks[i])
+    }
+}
+
+/// The attention metadata of `chunks` whose blocks are `tables` (one per chunk).
+fn metadata(chunks: &[SeqChunk<'_>], tables: &[WindowBlocks<'_>], block_size: usize) -> AttentionMetadata {
+    let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+    let max_blocks = tables.iter().map(WindowBlocks::len).max().unwrap_or(0);
     let mut meta = AttentionMetadata {
         slot_mapping: Vec::with_capacity(total),
         block_tables: Vec::with_capacity(chunks.len() * max_blocks),
@@ -48,31 +106,17 @@ pub fn build_step_rows(
         cu_query_lens: Vec::with_capacity(chunks.len() + 1),
         context_lens: Vec::with_capacity(chunks.len()),
     };
-    let mut logits_rows = Vec::new();
     meta.cu_query_lens.push(0);
-    for (chunk, &wanted) in chunks.iter().zip(rows) {
-        for (i, &tok) in chunk.tokens.iter().enumerate() {
-            let pos = chunk.start + i;
-            token_ids.push(tok);
-            positions.push(pos as u32);
-            let block = chunk.block_table[pos / block_size];
+    for (chunk, table) in chunks.iter().zip(tables) {
+        for pos in chunk.start..chunk.start + chunk.tokens.len() {
+            let block = table.block(pos / block_size);
             meta.slot_mapping.push(block * block_size as u32 + (pos % block_size) as u32);
         }
-        let end = token_ids.len() as u32;
-        logits_rows.extend(end - wanted.min(chunk.tokens.len()) as u32..end);
-        meta.block_tables.extend_from_slice(chunk.block_table);
-        meta.block_tables.extend(std::iter::repeat_n(0, max_blocks - chunk.block_table.len()));
-        meta.cu_query_lens.push(token_ids.len() as u32);
+        meta.block_tables.extend((0..max_blocks).map(|b| if b < table.len() { table.block(b) } else { 0 }));
+        meta.cu_query_lens.push(meta.slot_mapping.len() as u32);
         meta.context_lens.push((chunk.start + chunk.tokens.len()) as u32);
     }
-    let n_rows = logits_rows.len();
-    Ok(StepInput {
-        token_ids: Tensor::from_vec(token_ids, total, device)?,
-        positions: Tensor::from_vec(positions, total, device)?,
-        attention: meta,
-        // A step of prefill chunks alone samples nothing; a GPU cannot allocate an empty buffer.
-        logits_rows: Tensor::from_vec(logits_rows, n_rows, if n_rows == 0 { &Device::Cpu } else { device })?,
-    })
+    meta
 }
 
 /// Runs one step and returns the logits of the sampled rows as host vectors, in chunk order.
@@ -94,6 +138,9 @@ pub fn run_step_rows(
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
     let input = build_step_rows(chunks, rows, cache.block_size(), device)?;
+    if cache.has_window_group() != input.window_attention.is_some() {
+        return Err(Error::InvalidRequest("the step's window blocks do not match the cache's window group".into()));
+    }
     let logits = model.forward(&input, cache)?;
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }

@@ -155,6 +155,7 @@ mod tests {
             head_dim: 64,
             vocab_size: 128_256,
             context_length: 131_072,
+            layer_windows: vec![0; 16],
             weight_bytes: 0,
             step_weight_bytes: 0,
         };

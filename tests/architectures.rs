@@ -102,7 +102,7 @@ fn logits(model: &dyn Model, prompts: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let chunks: Vec<SeqChunk> = prompts
         .iter()
         .zip(&tables)
-        .map(|(p, t)| SeqChunk { tokens: p, start: 0, block_table: t, sample: true })
+        .map(|(p, t)| SeqChunk { tokens: p, start: 0, block_table: t, sample: true, window_blocks: None })
         .collect();
     run_step(model, &cache, &chunks, &Device::Cpu).unwrap()
 }

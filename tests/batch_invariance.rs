@@ -43,6 +43,7 @@ fn logits(demo: &Demo, seqs: &[Seq], chunk: usize) -> Vec<Vec<f32>> {
                     start,
                     block_table: &s.table[..end.div_ceil(16)],
                     sample: true,
+                    window_blocks: None,
                 }
             })
             .collect();

@@ -171,7 +171,10 @@ fn shipped_scenarios_parse_and_resolve() {
         }
     }
     names.sort();
-    assert_eq!(names, ["chat-mix", "copy-edit", "decode-sweep", "long-prefill", "prefix-share", "single-stream"]);
+    assert_eq!(
+        names,
+        ["chat-mix", "copy-edit", "decode-sweep", "free-chat", "long-prefill", "prefix-share", "single-stream"]
+    );
 }
 
 #[test]

@@ -92,3 +92,62 @@ fn unsupported_models_are_one_error_line_naming_what_is_supported() {
     std::fs::write(mlx3.join("config.json"), config.to_string()).unwrap();
     assert_clean_error(&run(&mlx3, &["Hi"]), "MLX 3-bit with groups of 64 (bodega reads MLX affine 4-bit and 8-bit)");
 }
+
+/// A copy of the tiny Llama folder whose `generation_config.json` is `generation`.
+fn folder_with_generation_config(generation: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tiny("llama/hf")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join("generation_config.json"), generation).unwrap();
+    dir
+}
+
+/// `bodega run` on `model` without the sampling flags of [`run`], so the model's defaults apply.
+fn run_sampled(model: &Path, extra: &[&str]) -> Vec<u64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_bodega"))
+        .args(["run", "--no-pull", "--kv-memory", "8M", "--max-tokens", "12", "--json", "--raw"])
+        .arg(model)
+        .args(extra)
+        .arg("The quick brown fox")
+        .env_remove("BODEGA_LOG")
+        .output()
+        .unwrap();
+    reply(&out)["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generation_config_sampling_applies_unless_a_flag_overrides_it() {
+    // top_k 1 makes any temperature greedy: every seed gives the greedy reply, with the file's
+    // repetition penalty applied.
+    let dir = folder_with_generation_config(r#"{"temperature": 5.0, "top_k": 1, "repetition_penalty": 3.0}"#);
+    let model = dir.path();
+    let greedy_with_penalty = run_sampled(model, &["--temperature", "0"]);
+    for seed in ["1", "2", "3"] {
+        assert_eq!(run_sampled(model, &["--seed", seed]), greedy_with_penalty, "seed {seed}: top_k 1 ignored");
+    }
+    assert_ne!(
+        run_sampled(model, &["--temperature", "0", "--repeat-penalty", "1"]),
+        greedy_with_penalty,
+        "the file's repetition penalty was not applied"
+    );
+    // --top-k 0 overrides the file: temperature 5 now samples, and seeds differ.
+    let replies: Vec<Vec<u64>> =
+        ["1", "2", "3"].iter().map(|s| run_sampled(model, &["--top-k", "0", "--seed", s])).collect();
+    assert!(replies.iter().any(|r| r != &replies[0]), "--top-k 0 did not override the file: {replies:?}");
+    // do_sample false is greedy whatever the temperature; --temperature overrides it.
+    let dir = folder_with_generation_config(r#"{"do_sample": false, "temperature": 5.0, "top_k": 0}"#);
+    let greedy = run_sampled(dir.path(), &["--temperature", "0"]);
+    assert_eq!(run_sampled(dir.path(), &["--seed", "4"]), greedy);
+    let hot: Vec<Vec<u64>> =
+        ["1", "2", "3"].iter().map(|s| run_sampled(dir.path(), &["--temperature", "5", "--seed", s])).collect();
+    assert!(hot.iter().any(|r| r != &hot[0]), "--temperature did not override do_sample false: {hot:?}");
+}
+
+#[test]
+fn a_bad_generation_config_is_one_error_line() {
+    let dir = folder_with_generation_config(r#"{"top_p": 7}"#);
+    let out = run(dir.path(), &["--raw", "Hi"]);
+    assert_clean_error(&out, "`top_p` must be");
+}

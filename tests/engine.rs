@@ -1,5 +1,6 @@
 //! The engine with the real SmolLM2 model on the CPU: batching, chunked prefill, preemption and the
-//! prefix cache never change a greedy sequence's tokens, and every block comes back.
+//! prefix cache never change a greedy sequence's tokens, and every block comes back. The same for
+//! Gemma 3 270M, whose sliding-window layers keep only their window of blocks.
 
 mod common;
 
@@ -13,7 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn engine(config: EngineConfig) -> Engine {
-    let mut file = GgufFile::open(&common::smollm2_path()).unwrap();
+    engine_of("smollm2-135m", config)
+}
+
+/// An engine on one of the demo models.
+fn engine_of(alias: &str, config: EngineConfig) -> Engine {
+    let mut file = GgufFile::open(&common::demo_path(alias)).unwrap();
     let tokenizer = Arc::new(bodega::tokenizer::Tokenizer::from_gguf(&file).unwrap());
     let model = bodega::model::from_gguf(&mut file, &Device::Cpu).unwrap();
     Engine::start(model, tokenizer, Device::Cpu, config).unwrap()
@@ -174,4 +180,25 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
     assert!(err.to_string().contains("exceeds the context of 64 tokens"), "{err}");
     let err = engine.submit(greedy(vec![1; 80], 1)).err().expect("accepted a prompt larger than the pool");
     assert!(err.to_string().contains("prompt is 80 tokens but the context holds 64"), "{err}");
+}
+
+#[test]
+fn gemma3_greedy_output_is_identical_alone_and_among_eight() {
+    // Chunks of 128 tokens: the 575-token prompt crosses the 512-token window while others decode.
+    let config = EngineConfig { context_length: 1024, max_seqs: 8, max_batched_tokens: 128, ..EngineConfig::default() };
+    let engine = engine_of("gemma3-270m", config);
+    let cases = common::fixture("gemma3")["cases"].as_array().unwrap().clone();
+    let mut prompts: Vec<Vec<u32>> = cases.iter().map(|c| common::ids(&c["prompt_ids"])).collect();
+    prompts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    assert!(prompts[0].len() > 512, "the fixture has a prompt longer than the window");
+    let requests: Vec<Request> = prompts.into_iter().take(8).map(|p| greedy(p, 16)).collect();
+    let alone = run_one_by_one(&engine, requests.clone());
+    let together = run_all(&engine, requests);
+    for (i, (a, (t, _))) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, t, "request {i} differs among 8");
+    }
+    let stats = engine.stats();
+    assert!(stats.window_blocks.is_some_and(|w| w.total < stats.blocks.total), "no small window pool: {stats:?}");
+    assert_no_leak(&engine);
+    assert_eq!(engine.stats().window_blocks.unwrap().used, 0, "window blocks leaked");
 }

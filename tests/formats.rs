@@ -3,6 +3,7 @@
 //! folders, with reference logits and greedy tokens from transformers and from mlx-lm. Through the
 //! model directly (logits) and through the batched engine, alone and among 8 (greedy tokens).
 
+use bodega::engine::sampler::Sampler;
 use bodega::engine::{Engine, EngineConfig, Request, SamplingParams, StopConditions};
 use bodega::model::load::{LoadOptions, Matrix, ModelFiles};
 use bodega::model::Model;
@@ -99,7 +100,7 @@ fn last_logits(model: &dyn Model, prompts: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let chunks: Vec<SeqChunk> = prompts
         .iter()
         .zip(&tables)
-        .map(|(p, t)| SeqChunk { tokens: p, start: 0, block_table: t, sample: true })
+        .map(|(p, t)| SeqChunk { tokens: p, start: 0, block_table: t, sample: true, window_blocks: None })
         .collect();
     run_step(model, &cache, &chunks, &Device::Cpu).unwrap()
 }
@@ -211,4 +212,108 @@ fn mlx_8bit_is_dequantized_and_says_so() {
     assert!(matches!(matrix, Matrix::Dense(_)));
     let ModelFiles::Safetensors(folder) = &files else { panic!("not a folder") };
     assert_eq!(folder.dequantized(), ["model.layers.0.self_attn.q_proj"]);
+}
+
+/// Tokens sampled with `params` through the runner with one whole-context block table for every
+/// layer (no window pool): the simpler path the engine's window pool must agree with. The prompt is
+/// fed in chunks of `chunk`.
+fn sample_without_window_pool(
+    model: &dyn Model,
+    prompt: &[u32],
+    max_tokens: usize,
+    chunk: usize,
+    params: &SamplingParams,
+) -> Vec<u32> {
+    let mut sampler = Sampler::new(params.clone());
+    let info = model.info();
+    let blocks = (prompt.len() + max_tokens).div_ceil(4);
+    let cache =
+        PagedKvCache::new(info.num_layers, blocks, 4, info.num_kv_heads, info.head_dim, DType::F32, &Device::Cpu)
+            .unwrap();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let mut tokens = prompt.to_vec();
+    let mut start = 0;
+    while tokens.len() < prompt.len() + max_tokens {
+        let end = (start + chunk).min(tokens.len());
+        let step =
+            SeqChunk { tokens: &tokens[start..end], start, block_table: &table, sample: true, window_blocks: None };
+        let mut logits = run_step(model, &cache, &[step], &Device::Cpu).unwrap().remove(0);
+        if end == tokens.len() {
+            let token = sampler.sample(&mut logits, &tokens, prompt.len());
+            tokens.push(token);
+        }
+        start = end;
+    }
+    tokens[prompt.len()..].to_vec()
+}
+
+/// Sampled rather than greedy: the tiny random model's greedy output repeats one token, which a
+/// wrong window would not change; sampled tokens follow every change of the distribution.
+#[test]
+fn gemma3_sliding_layers_keep_only_their_window_and_sample_the_same_tokens() {
+    const MAX_TOKENS: usize = 120;
+    const CHUNK: usize = 8;
+    let params = SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, seed: 7, ..SamplingParams::default() };
+    let cases = reference("gemma3")["hf"].as_array().unwrap().clone();
+    let (model, tokenizer) = open("gemma3/hf");
+    let window = model.info().layer_windows.iter().copied().max().unwrap();
+    assert_eq!(window, 16, "the tiny Gemma 3 has a window of 16 tokens");
+    let simple: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| sample_without_window_pool(model.as_ref(), &ids(&c["ids"]), MAX_TOKENS, CHUNK, &params))
+        .collect();
+    // Blocks of 4 tokens: a window spans 4 blocks, and each prompt of up to 78 tokens grows by 120.
+    let config = EngineConfig { block_size: 4, max_batched_tokens: CHUNK, max_seqs: 1, ..EngineConfig::default() };
+    let engine = Engine::start(model, Arc::new(tokenizer), Device::Cpu, config).unwrap();
+    let bound = (window + CHUNK).div_ceil(4) + 1;
+    for (case, expected) in cases.iter().zip(&simple) {
+        let request = Request { sampling: params.clone(), ..greedy(ids(&case["ids"]), MAX_TOKENS) };
+        let handle = engine.submit(request).unwrap();
+        let mut streamed = 0;
+        let generated = loop {
+            match handle.recv().expect("the engine ends every request with Done") {
+                bodega::engine::Event::Token { .. } => streamed += 1,
+                bodega::engine::Event::Done(completion) => break completion.generated_ids,
+                bodega::engine::Event::Error(e) => panic!("{e}"),
+            }
+            // Stats are published after each step: the one sequence never holds more than its window.
+            let held = engine.stats().window_blocks.expect("a window pool").used;
+            assert!(held <= bound, "{held} window blocks held after {streamed} tokens (bound {bound})");
+        };
+        let distinct: std::collections::HashSet<&u32> = generated.iter().collect();
+        eprintln!("{:?}: {} distinct tokens of {}", case["text"], distinct.len(), generated.len());
+        assert!(distinct.len() > MAX_TOKENS / 4, "too few distinct tokens to tell windows apart");
+        assert_eq!(&generated, expected, "{:?}: the window pool changes the tokens", case["text"]);
+    }
+    let stats = engine.stats();
+    let window_blocks = stats.window_blocks.unwrap();
+    assert!(window_blocks.total < stats.blocks.total, "the window pool is the small one: {stats:?}");
+}
+
+#[test]
+fn gemma3_window_pool_survives_preemption_and_returns_every_block() {
+    let cases = reference("gemma3")["hf"].as_array().unwrap().clone();
+    let (model, tokenizer) = open("gemma3/hf");
+    // A pool too small for 8 sequences at once: sequences are preempted and recomputed.
+    let layer_block = PagedKvCache::bytes_per_block(1, 4, model.info().num_kv_heads, model.info().head_dim, DType::F32);
+    let kv_memory = (40 * model.info().num_layers * layer_block) as u64;
+    let config =
+        EngineConfig { block_size: 4, max_batched_tokens: 8, kv_memory: Some(kv_memory), ..EngineConfig::default() };
+    let engine = Engine::start(model, Arc::new(tokenizer), Device::Cpu, config).unwrap();
+    let requests: Vec<Request> = (0..8).map(|i| greedy(ids(&cases[i % cases.len()]["ids"]), 20 + 17 * i)).collect();
+    let alone: Vec<Vec<u32>> =
+        requests.iter().map(|r| engine.submit(r.clone()).unwrap().wait().unwrap().0.generated_ids).collect();
+    let handles: Vec<_> = requests.into_iter().map(|r| engine.submit(r).unwrap()).collect();
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(h.wait().unwrap().0.generated_ids, alone[i], "request {i} differs among 8");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while engine.stats().blocks.used + engine.stats().window_blocks.unwrap().used != 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stats = engine.stats();
+    assert!(stats.preemptions > 0, "the run was meant to preempt: {stats:?}");
+    assert_eq!((stats.blocks.used, stats.window_blocks.unwrap().used), (0, 0), "blocks leaked: {stats:?}");
 }

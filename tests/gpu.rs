@@ -338,7 +338,7 @@ fn argmax_per_position(model: &dyn Model, device: &Device, kv_dtype: DType, toke
     let cache =
         PagedKvCache::new(info.num_layers, blocks, BLOCK, info.num_kv_heads, info.head_dim, kv_dtype, device).unwrap();
     let table: Vec<u32> = (0..blocks as u32).collect();
-    let chunk = SeqChunk { tokens, start: 0, block_table: &table, sample: true };
+    let chunk = SeqChunk { tokens, start: 0, block_table: &table, sample: true, window_blocks: None };
     let mut input = build_step(&[chunk], BLOCK, device).unwrap();
     input.logits_rows = Tensor::arange(0u32, tokens.len() as u32, device).unwrap();
     let logits = model.forward(&input, &cache).unwrap();
@@ -574,7 +574,7 @@ fn decode_step_host_vs_gpu_time() {
             (0..seqs).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
         let token = [7u32];
         let chunks: Vec<SeqChunk> =
-            tables.iter().map(|t| SeqChunk { tokens: &token, start: context, block_table: t, sample: true }).collect();
+            tables.iter().map(|t| SeqChunk { tokens: &token, start: context, block_table: t, sample: true, window_blocks: None }).collect();
         let input = build_step(&chunks, BLOCK, &dev).unwrap();
         drop(model.forward(&input, &cache).unwrap());
         dev.synchronize().unwrap();

@@ -60,7 +60,7 @@ fn teacher_forced_logits(demo: &Demo, prompt: &[u32], greedy: &[u32]) -> Vec<Vec
         PagedKvCache::new(info.num_layers, blocks, 16, info.num_kv_heads, info.head_dim, DType::F32, &Device::Cpu)
             .unwrap();
     let table: Vec<u32> = (0..blocks as u32).collect();
-    let chunk = SeqChunk { tokens: &tokens, start: 0, block_table: &table, sample: true };
+    let chunk = SeqChunk { tokens: &tokens, start: 0, block_table: &table, sample: true, window_blocks: None };
     let mut input = build_step(&[chunk], 16, &Device::Cpu).unwrap();
     let rows: Vec<u32> = (prompt.len() as u32 - 1..tokens.len() as u32).collect();
     input.logits_rows = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();

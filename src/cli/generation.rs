@@ -18,21 +18,24 @@ pub struct SamplingArgs {
     /// Stop after N generated tokens (default: until end of turn or the context end). Example: --max-tokens 128
     #[arg(long, value_name = "N")]
     max_tokens: Option<usize>,
-    /// Sampling temperature; 0 = greedy, the same reply every time. Example: --temperature 0
-    #[arg(long, default_value_t = 0.8, value_name = "T")]
-    temperature: f32,
-    /// Sample among the K most likely tokens only (0 = off). Example: --top-k 40
-    #[arg(long, default_value_t = 40, value_name = "K")]
-    top_k: usize,
-    /// Sample from the smallest set of tokens whose probability adds up to P (1 = off). Example: --top-p 0.9
-    #[arg(long, default_value_t = 0.95, value_name = "P")]
-    top_p: f32,
-    /// Drop tokens less likely than P × the likeliest one's probability (0 = off). Example: --min-p 0.05
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    min_p: f32,
-    /// Penalise tokens seen in the last 64 (1 = off). Example: --repeat-penalty 1.1
-    #[arg(long, default_value_t = 1.0, value_name = "X")]
-    repeat_penalty: f32,
+    /// Sampling temperature; 0 = greedy, the same reply every time (default: the model's
+    /// generation_config.json, else 0.8). Example: --temperature 0
+    #[arg(long, value_name = "T")]
+    temperature: Option<f32>,
+    /// Sample among the K most likely tokens only (0 = off; default: the model's, else 40). Example: --top-k 40
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability adds up to P (1 = off; default: the
+    /// model's, else 0.95). Example: --top-p 0.9
+    #[arg(long, value_name = "P")]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than P × the likeliest one's probability (0 = off; default: the
+    /// model's, else 0). Example: --min-p 0.05
+    #[arg(long, value_name = "P")]
+    min_p: Option<f32>,
+    /// Penalise tokens seen in the last 64 (1 = off; default: the model's, else 1). Example: --repeat-penalty 1.1
+    #[arg(long, value_name = "X")]
+    repeat_penalty: Option<f32>,
     /// Subtract X from the logits of tokens already in the reply (OpenAI's presence penalty).
     /// Example: --presence-penalty 0.5
     #[arg(long, default_value_t = 0.0, value_name = "X", allow_negative_numbers = true)]
@@ -50,32 +53,38 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The sampling parameters these flags ask for, checked.
-    pub fn params(&self) -> anyhow::Result<SamplingParams> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(UsageError(format!("--temperature must be 0 or more, not {}", self.temperature)).into());
+    /// Checks the flags given, before the model loads.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(t) = self.temperature.filter(|t| !(*t >= 0.0 && t.is_finite())) {
+            return Err(UsageError(format!("--temperature must be 0 or more, not {t}")).into());
         }
-        if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
+        if [self.top_p, self.min_p].iter().flatten().any(|p| !(0.0..=1.0).contains(p)) {
             return Err(UsageError("--top-p and --min-p must be between 0 and 1".into()).into());
         }
         if ![self.presence_penalty, self.frequency_penalty].iter().all(|p| (-2.0..=2.0).contains(p)) {
             return Err(UsageError("--presence-penalty and --frequency-penalty must be between -2 and 2".into()).into());
         }
-        if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
+        if self.repeat_penalty.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err(UsageError("--repeat-penalty must be more than 0".into()).into());
         }
-        Ok(SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
+        Ok(())
+    }
+
+    /// The sampling parameters: each flag given (checked by [`check`](Self::check)), else the
+    /// model's default.
+    pub fn params(&self, model_defaults: &SamplingParams) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(model_defaults.temperature),
+            top_k: self.top_k.unwrap_or(model_defaults.top_k),
+            top_p: self.top_p.unwrap_or(model_defaults.top_p),
+            min_p: self.min_p.unwrap_or(model_defaults.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(model_defaults.repeat_penalty),
             repeat_last_n: 64,
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logprobs: None,
             seed: self.seed.unwrap_or_else(rand::random),
-        })
+        }
     }
 
     /// When to stop a reply.

@@ -6,7 +6,7 @@ use super::{GlobalArgs, UsageError};
 use crate::engine::speculative::draft::DraftModel;
 use crate::engine::speculative::ngram::PromptLookup;
 use crate::engine::speculative::{Proposer, Speculation, DEFAULT_SPEC_MAX_BATCH, DEFAULT_SPEC_TOKENS};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::error::Error;
 use crate::hub::{Fetch, PullEvent};
 use crate::model::load::synthetic::SyntheticSpec;
@@ -135,6 +135,8 @@ pub struct Loaded {
     pub quant: Option<String>,
     /// The GPU it runs on (`Apple M2 Pro`), for reports; `None` on the CPU.
     pub gpu: Option<String>,
+    /// The model's default sampling (its `generation_config.json`), for settings left unset.
+    pub sampling: SamplingParams,
 }
 
 /// Resolves `reference` to a GGUF file or a model folder, pulling it (with progress on stderr) when it is a Hub
@@ -200,6 +202,7 @@ fn start(
     }
     let tokenizer = Arc::new(tokenizer);
     let quant = files.quantization();
+    let sampling = files.sampling_defaults()?;
     let options = LoadOptions::for_device(&device, engine_args.dtype.requested(), files.native_dtype());
     let model = crate::model::load(&mut files, options, &device)?;
     if let ModelFiles::Safetensors(folder) = &files {
@@ -236,7 +239,7 @@ fn start(
         let kernels = crate::ops::cpu_kernel_path()?;
         tracing::info!("CPU quantized matmul: {kernels} kernels, {} threads", bodega_cpu_kernels::threads());
     }
-    Ok(Loaded { engine, tokenizer, path, quant, gpu })
+    Ok(Loaded { engine, tokenizer, path, quant, gpu, sampling })
 }
 
 /// The one line saying that MLX matrices run dequantized (slower and larger than their own format).

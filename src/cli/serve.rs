@@ -51,6 +51,7 @@ pub fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         max_queue: args.max_queue as usize,
         body_limit: 4 << 20,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        sampling: loaded.sampling,
     };
     let state = AppState::new(loaded.engine, loaded.tokenizer, config);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -19,11 +19,11 @@ pub use request::{
 
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelInfo};
-use crate::ops::PagedKvCache;
+use crate::ops::{KvShape, PagedKvCache};
 use crate::tokenizer::Tokenizer;
 use crate::unified_memory::activation_bytes;
 use candle_core::{DType, Device};
-use kv::PoolStats;
+use kv::{KvLayout, PoolStats};
 use scheduler::{Scheduler, SchedulerConfig};
 use speculative::{SpecCounts, Speculation};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +87,8 @@ pub struct EngineStats {
     pub waiting: usize,
     /// KV blocks: total, used, free, cached.
     pub blocks: PoolStats,
+    /// The same for the sliding-window layers' own pool, when the model has some.
+    pub window_blocks: Option<PoolStats>,
     /// Sequences preempted (their blocks taken back, to be recomputed) since the engine started.
     pub preemptions: u64,
     /// Steps run since the engine started.
@@ -209,24 +211,29 @@ impl Engine {
         let kv_dtype = crate::device::kv_dtype(&device);
         let per_block = PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, kv_dtype);
         let context = config.context_length.min(info.context_length).max(2);
-        let needed = (config.max_seqs * context.div_ceil(bs) * per_block) as u64;
+        let layout =
+            KvLayout::new(&info.layer_windows, context, bs, config.max_batched_tokens, per_block / info.num_layers);
+        let needed = (config.max_seqs * layout.bytes_per_seq()) as u64;
         let budget = match crate::device::unified_memory(&device) {
             Some(memory) => {
                 let activations = activation_bytes(&info, config.max_batched_tokens, config.max_seqs, context);
-                memory.kv_pool(info.weight_bytes as u64, activations, config.kv_memory, needed, 2 * per_block as u64)?
+                let min = layout.min_bytes() as u64;
+                memory.kv_pool(info.weight_bytes as u64, activations, config.kv_memory, needed, min)?
             }
             None => config.kv_memory.unwrap_or_else(|| default_kv_memory(needed)),
         };
-        let num_blocks = (budget / per_block as u64) as usize;
-        if num_blocks < 2 {
+        let (num_blocks, num_window_blocks) = layout.split(budget, config.max_seqs);
+        if num_blocks < 2 || budget < layout.min_bytes() as u64 {
             return Err(Error::InvalidRequest(format!(
-                "a KV budget of {budget} bytes holds no blocks (one block of {bs} tokens takes {per_block} bytes)"
+                "a KV budget of {budget} bytes holds no blocks (it needs at least {} bytes for blocks of {bs} tokens)",
+                layout.min_bytes()
             )));
         }
         let context_length = context.min(num_blocks * bs);
-        let cache =
-            PagedKvCache::new(info.num_layers, num_blocks, bs, info.num_kv_heads, info.head_dim, kv_dtype, &device)?;
-        let scheduler = Scheduler::new(
+        let shape =
+            KvShape { block_size: bs, num_kv_heads: info.num_kv_heads, head_dim: info.head_dim, dtype: kv_dtype };
+        let cache = PagedKvCache::with_window_group(&layout.windowed, num_blocks, num_window_blocks, shape, &device)?;
+        let mut scheduler = Scheduler::new(
             SchedulerConfig {
                 block_size: bs,
                 max_batched_tokens: config.max_batched_tokens,
@@ -235,6 +242,9 @@ impl Engine {
             num_blocks,
             config.prefix_caching,
         );
+        if layout.window > 0 {
+            scheduler = scheduler.with_window(layout.window, num_window_blocks, config.prefix_caching);
+        }
         if let Some(spec) = &mut speculation {
             spec.proposer.reserve(num_blocks, bs)?;
         }
@@ -245,7 +255,10 @@ impl Engine {
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))
             .map_err(|e| Error::InvalidRequest(format!("cannot start the engine thread: {e}")))?;
-        tracing::debug!("KV cache: {num_blocks} blocks of {bs} tokens ({} MiB)", (num_blocks * per_block) >> 20);
+        tracing::debug!(
+            "KV cache: {num_blocks} blocks of {bs} tokens, {num_window_blocks} for the window group ({} MiB)",
+            (num_blocks * layout.bytes_per_block + num_window_blocks * layout.window_bytes_per_block) >> 20
+        );
         Ok(Self { commands, thread: Some(thread), info, context_length, block_size: bs, num_blocks, kv_dtype, stats })
     }
 

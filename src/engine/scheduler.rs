@@ -12,9 +12,15 @@
 //! budget; after verification the engine keeps the accepted guesses (`accept_draft`), and the blocks
 //! that held only rejected ones go back to the pool.
 //!
+//! A model with sliding-window layers has a second pool for them (`with_window`): each sequence
+//! holds a [`WindowTable`] there besides its block table, allocated and preempted together, and the
+//! leading window blocks that no later query can see go back to that pool after every step. A
+//! prefix-cache hit then needs both the global blocks of the prefix and the window blocks of its
+//! last `window` tokens (both pools cache full blocks by the same chained hash).
+//!
 //! The scheduler knows sequences and blocks, never tensors or requests.
 
-use super::kv::{block_hash, BlockHash, BlockId, BlockPool, PoolStats};
+use super::kv::{block_hash, droppable_blocks, BlockHash, BlockId, BlockPool, PoolStats, WindowTable};
 use std::collections::VecDeque;
 
 /// Identifies a sequence for the life of its request.
@@ -47,6 +53,8 @@ pub struct Sequence {
     /// Speculative guesses at the end of `tokens`, fed this step and taken back after it.
     num_draft: usize,
     block_table: Vec<BlockId>,
+    /// Its blocks in the sliding-window pool (empty when the scheduler has none).
+    window_table: WindowTable,
     /// Chained hashes of its full blocks registered so far.
     block_hashes: Vec<BlockHash>,
 }
@@ -62,6 +70,7 @@ impl Sequence {
             admitted: false,
             num_draft: 0,
             block_table: Vec::new(),
+            window_table: WindowTable::default(),
             block_hashes: Vec::new(),
         }
     }
@@ -69,6 +78,11 @@ impl Sequence {
     /// Its blocks, in order.
     pub fn block_table(&self) -> &[BlockId] {
         &self.block_table
+    }
+
+    /// Its blocks in the sliding-window pool.
+    pub fn window_table(&self) -> &WindowTable {
+        &self.window_table
     }
 
     /// Whether its next step feeds one token to sample the next (its prompt is done).
@@ -119,11 +133,20 @@ pub struct SchedulerOutput {
     pub preempted: Vec<SeqId>,
 }
 
-/// The scheduler: the block pool and the two queues.
+/// The pool of the sliding-window layers' blocks, and their window.
+#[derive(Debug)]
+struct WindowPool {
+    pool: BlockPool,
+    /// Keys each query of those layers sees.
+    window: usize,
+}
+
+/// The scheduler: the block pool(s) and the two queues.
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
     pool: BlockPool,
+    window: Option<WindowPool>,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
 }
@@ -131,7 +154,20 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler over a pool of `num_blocks` blocks.
     pub fn new(config: SchedulerConfig, num_blocks: usize, prefix_caching: bool) -> Self {
-        Self { config, pool: BlockPool::new(num_blocks, prefix_caching), waiting: VecDeque::new(), running: Vec::new() }
+        Self {
+            config,
+            pool: BlockPool::new(num_blocks, prefix_caching),
+            window: None,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Adds a second pool of `num_blocks` blocks for the layers that see only the last `window`
+    /// keys, whose blocks are returned as they leave the window.
+    pub fn with_window(mut self, window: usize, num_blocks: usize, prefix_caching: bool) -> Self {
+        self.window = Some(WindowPool { pool: BlockPool::new(num_blocks, prefix_caching), window });
+        self
     }
 
     /// Queues a sequence.
@@ -152,6 +188,11 @@ impl Scheduler {
     /// Block counts.
     pub fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    /// Block counts of the sliding-window pool, when there is one.
+    pub fn window_pool_stats(&self) -> Option<PoolStats> {
+        self.window.as_ref().map(|w| w.pool.stats())
     }
 
     /// The sequence with this id, running or waiting.
@@ -187,10 +228,14 @@ impl Scheduler {
         let bs = self.config.block_size;
         let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { return };
         seq.num_computed = (seq.num_computed + accepted).min(seq.tokens.len());
-        register_full_blocks(&mut self.pool, seq, bs);
+        register_full_blocks(&mut self.pool, self.window.as_mut(), seq, bs);
         let keep = seq.tokens.len().div_ceil(bs);
         if seq.block_table.len() > keep {
             self.pool.release(seq.block_table.drain(keep..).rev());
+        }
+        if let Some(w) = &mut self.window {
+            seq.window_table.truncate(&mut w.pool, keep);
+            seq.window_table.drop_outside(&mut w.pool, bs, w.window, seq.num_computed);
         }
     }
 
@@ -232,7 +277,8 @@ impl Scheduler {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             self.take_cached_prefix(&mut seq);
             let chunk = seq.next_chunk(budget);
-            if !allocate_up_to(&mut self.pool, &mut seq.block_table, self.config.block_size, chunk.start + chunk.len) {
+            let bs = self.config.block_size;
+            if !allocate_seq(&mut self.pool, self.window.as_mut(), &mut seq, bs, chunk.start + chunk.len) {
                 self.free_blocks(&mut seq);
                 self.waiting.push_front(seq);
                 break;
@@ -254,7 +300,10 @@ impl Scheduler {
         for chunk in &out.chunks {
             let Some(seq) = self.running.iter_mut().find(|s| s.id == chunk.seq) else { continue };
             seq.num_computed = (chunk.start + chunk.len).min(seq.tokens.len());
-            register_full_blocks(&mut self.pool, seq, bs);
+            register_full_blocks(&mut self.pool, self.window.as_mut(), seq, bs);
+            if let Some(w) = &mut self.window {
+                seq.window_table.drop_outside(&mut w.pool, bs, w.window, seq.num_computed);
+            }
         }
     }
 
@@ -262,13 +311,17 @@ impl Scheduler {
     /// benchmark comparing two settings on the same prompts).
     pub fn clear_prefix_cache(&mut self) {
         self.pool.forget_cached();
+        if let Some(w) = &mut self.window {
+            w.pool.forget_cached();
+        }
     }
 
     /// Gives running sequence `i` blocks for `target` tokens, preempting the newest running
     /// sequences while none are free. Returns false when `i` itself had to be preempted.
     fn grow_or_preempt(&mut self, i: usize, target: usize, out: &mut SchedulerOutput) -> bool {
         loop {
-            if allocate_up_to(&mut self.pool, &mut self.running[i].block_table, self.config.block_size, target) {
+            let bs = self.config.block_size;
+            if allocate_seq(&mut self.pool, self.window.as_mut(), &mut self.running[i], bs, target) {
                 return true;
             }
             let victim_index = self.running.len() - 1;
@@ -284,27 +337,46 @@ impl Scheduler {
         }
     }
 
-    /// Starts a sequence without blocks on the longest cached run of its full blocks. The last token
-    /// is never served from the cache: its logits are needed.
+    /// Starts a sequence without blocks on the longest cached run of its full blocks (with a window
+    /// pool: whose window blocks are cached too). The last token is never served from the cache: its
+    /// logits are needed.
     fn take_cached_prefix(&mut self, seq: &mut Sequence) {
         if !seq.block_table.is_empty() {
             return;
         }
         let bs = self.config.block_size;
         let full = (seq.tokens.len() - 1) / bs;
-        let mut parent = None;
+        let block_tokens = |b: usize| &seq.tokens[b * bs..(b + 1) * bs];
+        let mut hashes: Vec<BlockHash> = Vec::new();
         for b in 0..full {
-            let tokens = &seq.tokens[b * bs..(b + 1) * bs];
-            let hash = block_hash(parent, tokens);
-            match self.pool.take_cached(hash, tokens) {
-                Some(block) => {
-                    seq.block_table.push(block);
-                    seq.block_hashes.push(hash);
-                    parent = Some(hash);
-                }
-                None => break,
+            let hash = block_hash(hashes.last().copied(), block_tokens(b));
+            if !self.pool.contains(hash, block_tokens(b)) {
+                break;
+            }
+            hashes.push(hash);
+        }
+        let mut hit = hashes.len();
+        if let Some(w) = &self.window {
+            let window_cached = |k: usize| {
+                (droppable_blocks(bs, w.window, k * bs)..k).all(|b| w.pool.contains(hashes[b], block_tokens(b)))
+            };
+            while !window_cached(hit) {
+                hit -= 1;
             }
         }
+        for (b, &hash) in hashes.iter().enumerate().take(hit) {
+            let block = self.pool.take_cached(hash, block_tokens(b)).expect("checked cached above");
+            seq.block_table.push(block);
+        }
+        if let Some(w) = &mut self.window {
+            let first = droppable_blocks(bs, w.window, hit * bs);
+            seq.window_table = WindowTable::starting_at(first);
+            for (b, &hash) in hashes.iter().enumerate().take(hit).skip(first) {
+                seq.window_table.push(w.pool.take_cached(hash, block_tokens(b)).expect("checked cached above"));
+            }
+        }
+        hashes.truncate(hit);
+        seq.block_hashes = hashes;
         seq.num_computed = seq.block_table.len() * bs;
         if !seq.admitted {
             seq.num_cached = seq.num_computed;
@@ -314,20 +386,41 @@ impl Scheduler {
     /// Returns a sequence's blocks to the pool, last block first (so its prefix stays cached longest).
     fn free_blocks(&mut self, seq: &mut Sequence) {
         self.pool.release(seq.block_table.drain(..).rev());
+        if let Some(w) = &mut self.window {
+            seq.window_table.release_all(&mut w.pool);
+        }
         seq.block_hashes.clear();
         seq.num_computed = 0;
     }
 }
 
-/// Registers a sequence's newly full, computed blocks in the prefix cache.
-fn register_full_blocks(pool: &mut BlockPool, seq: &mut Sequence, bs: usize) {
+/// Registers a sequence's newly full, computed blocks in the prefix cache, in both pools (a window
+/// block is registered before it can leave the window, so it stays findable while it waits free).
+fn register_full_blocks(pool: &mut BlockPool, window: Option<&mut WindowPool>, seq: &mut Sequence, bs: usize) {
+    let mut window = window;
     while seq.block_hashes.len() < seq.num_computed / bs {
         let b = seq.block_hashes.len();
         let tokens = &seq.tokens[b * bs..(b + 1) * bs];
         let hash = block_hash(seq.block_hashes.last().copied(), tokens);
         pool.register(seq.block_table[b], hash, tokens);
+        if let (Some(w), Some(block)) = (window.as_deref_mut(), seq.window_table.get(b)) {
+            w.pool.register(block, hash, tokens);
+        }
         seq.block_hashes.push(hash);
     }
+}
+
+/// Gives `seq` blocks for `target` tokens in every pool; false if one ran dry (the blocks taken so
+/// far stay with the sequence).
+fn allocate_seq(
+    pool: &mut BlockPool,
+    window: Option<&mut WindowPool>,
+    seq: &mut Sequence,
+    block_size: usize,
+    target: usize,
+) -> bool {
+    allocate_up_to(pool, &mut seq.block_table, block_size, target)
+        && window.is_none_or(|w| seq.window_table.allocate_up_to(&mut w.pool, block_size, target))
 }
 
 /// Allocates blocks until `table` holds `target` tokens; false if the pool ran dry (the blocks taken
@@ -409,9 +502,19 @@ mod tests {
 
     #[test]
     fn speculative_rollback_keeps_accepted_tokens_and_never_leaks() {
+        speculate_at_random(Scheduler::new(config(64, 4), 64, true), None);
+    }
+
+    #[test]
+    fn speculative_rollback_with_a_window_pool_keeps_only_the_window() {
+        speculate_at_random(Scheduler::new(config(64, 4), 64, true).with_window(6, 24, true), Some(6));
+    }
+
+    /// Three sequences speculating at random for many steps: blocks match tokens in every pool, and
+    /// all return at the end.
+    fn speculate_at_random(mut s: Scheduler, window: Option<usize>) {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let mut s = Scheduler::new(config(64, 4), 64, true);
         for id in 0..3 {
             s.add(Sequence::new(id, vec![id as u32; 5]));
         }
@@ -443,6 +546,15 @@ mod tests {
                 assert!(blocks <= seq.tokens.len().div_ceil(4), "blocks beyond the tokens");
                 assert!(blocks >= seq.num_computed.div_ceil(4), "computed tokens without blocks");
                 assert_eq!(seq.block_hashes.len(), seq.num_computed / 4, "hashes only for computed full blocks");
+                if let Some(window) = window {
+                    let table = seq.window_table();
+                    assert_eq!(table.len(), blocks, "window table covers what the block table covers");
+                    assert_eq!(
+                        table.first(),
+                        droppable_blocks(4, window, seq.num_computed),
+                        "blocks outside the window"
+                    );
+                }
             }
             // Sequences restart before they outgrow the pool.
             for id in 0..3 {
@@ -461,7 +573,55 @@ mod tests {
             s.finish(id);
         }
         assert_eq!(s.pool_stats().used, 0);
+        assert_eq!(s.window_pool_stats().map_or(0, |w| w.used), 0);
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_long_sequence_holds_a_bounded_number_of_window_blocks() {
+        let mut s = Scheduler::new(config(4, 4), 64, false).with_window(8, 4, false);
+        s.add(Sequence::new(1, vec![1; 10]));
+        for step in 0..200 {
+            let out = s.schedule();
+            assert!(out.preempted.is_empty(), "step {step}: preempted");
+            s.commit(&out);
+            if out.chunks[0].sample {
+                s.append_token(1, 2);
+            }
+            let seq = s.get(1).unwrap();
+            assert!(seq.window_table().blocks().len() <= 8 / 4 + 1, "step {step}: {:?}", seq.window_table());
+        }
+        assert!(s.get(1).unwrap().tokens.len() > 200);
+        s.finish(1);
+        assert_eq!((s.pool_stats().used, s.window_pool_stats().unwrap().used), (0, 0));
+    }
+
+    #[test]
+    fn a_prefix_hit_needs_the_window_blocks_of_its_last_window() {
+        // Chunks of 4 tokens: a window pool of 4 blocks is enough for one sequence.
+        let mut s = Scheduler::new(config(4, 4), 64, true).with_window(8, 4, true);
+        let prompt: Vec<u32> = (0..30).collect();
+        // Prefills a prompt, finishes it, and returns the first position it computed.
+        let run = |s: &mut Scheduler, id: SeqId, prompt: &[u32]| {
+            s.add(Sequence::new(id, prompt.to_vec()));
+            let mut first = None;
+            loop {
+                let out = s.schedule();
+                s.commit(&out);
+                first.get_or_insert(out.chunks[0].start);
+                if out.chunks[0].sample {
+                    s.finish(id);
+                    return first.unwrap();
+                }
+            }
+        };
+        assert_eq!(run(&mut s, 1, &prompt), 0);
+        // Blocks 0..7 are cached globally; of the window pool, the blocks of the last window (5, 6).
+        assert_eq!(run(&mut s, 2, &prompt), 28);
+        // Another prompt takes every window block back: the global blocks alone are no hit.
+        run(&mut s, 3, &(100..130).collect::<Vec<u32>>());
+        assert_eq!(run(&mut s, 4, &prompt), 0);
+        assert_eq!((s.pool_stats().used, s.window_pool_stats().unwrap().used), (0, 0));
     }
 
     #[test]

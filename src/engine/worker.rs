@@ -10,7 +10,7 @@ use super::{EngineStats, TokenLogprobs};
 use crate::error::Result;
 use crate::model::Model;
 use crate::ops::PagedKvCache;
-use crate::runner::{run_step_rows, SeqChunk};
+use crate::runner::{run_step_rows, SeqChunk, WindowBlocks};
 use crate::tokenizer::Tokenizer;
 use candle_core::Device;
 use std::collections::HashMap;
@@ -287,6 +287,10 @@ impl Worker {
                     start: c.start,
                     block_table: seq.block_table(),
                     sample: c.sample,
+                    window_blocks: self.cache.has_window_group().then(|| WindowBlocks {
+                        first: seq.window_table().first(),
+                        blocks: seq.window_table().blocks(),
+                    }),
                 };
                 Some((chunk, if c.sample { c.draft + 1 } else { 0 }))
             })
@@ -429,6 +433,7 @@ impl Worker {
             stats.running = running;
             stats.waiting = waiting;
             stats.blocks = self.scheduler.pool_stats();
+            stats.window_blocks = self.scheduler.window_pool_stats();
         }
     }
 }

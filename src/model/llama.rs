@@ -7,7 +7,7 @@ use super::config::ModelConfig;
 use super::load::{LoadOptions, Matrix, WeightSource};
 use super::rope::{Rope, RopeConfig, StepRotation};
 use super::{Model, ModelInfo, StepInput};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::{self, Activation, PagedKvCache, QWeights};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
@@ -103,6 +103,7 @@ impl Llama {
             head_dim: config.head_dim,
             vocab_size,
             context_length: config.context_length,
+            layer_windows: config.layer_windows[..config.num_layers].to_vec(),
             weight_bytes: loader.bytes,
             step_weight_bytes,
         };
@@ -128,7 +129,7 @@ impl Llama {
         &self,
         block: &Block,
         x: &Tensor,
-        input: &StepInput,
+        meta: &ops::AttentionMetadata,
         rotation: &StepRotation,
         cache: (&Tensor, &Tensor),
     ) -> Result<Tensor> {
@@ -143,8 +144,8 @@ impl Llama {
         }
         let q = rotation.apply(&q)?;
         let k = rotation.apply(&k)?;
-        ops::kv_write(&k, &v, &input.attention.slot_mapping, cache.0, cache.1)?;
-        let out = ops::paged_attention(&q, cache.0, cache.1, &input.attention, self.scale, block.window)?;
+        ops::kv_write(&k, &v, &meta.slot_mapping, cache.0, cache.1)?;
+        let out = ops::paged_attention(&q, cache.0, cache.1, meta, self.scale, block.window)?;
         block.o.forward(&out.reshape((t, h * d))?)
     }
 
@@ -183,8 +184,13 @@ impl Model for Llama {
         let rotations =
             self.ropes.iter().map(|rope| rope.at(&input.positions)).collect::<Result<Vec<StepRotation>>>()?;
         for (i, block) in self.blocks.iter().enumerate() {
+            let meta = match (cache.is_windowed(i), &input.window_attention) {
+                (false, _) => &input.attention,
+                (true, Some(window)) => window,
+                (true, None) => return Err(Error::InvalidRequest("the step has no window block tables".into())),
+            };
             x = self.residual(x, &block.attn_norm, block.post_attn_norm.as_ref(), |h| {
-                self.attention(block, h, input, &rotations[block.rope], cache.layer(i))
+                self.attention(block, h, meta, &rotations[block.rope], cache.layer(i))
             })?;
             x = self.residual(x, &block.ffn_norm, block.post_ffn_norm.as_ref(), |h| self.feed_forward(block, h))?;
         }

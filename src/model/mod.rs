@@ -22,6 +22,8 @@ pub struct StepInput {
     pub positions: Tensor,
     /// Where each sequence's keys and values live, and which of its tokens are queries.
     pub attention: AttentionMetadata,
+    /// The same for the cache's window group (its own blocks), when the cache has one.
+    pub window_attention: Option<AttentionMetadata>,
     /// `[R]` u32: the rows of the step whose logits are needed (one per sequence that samples).
     pub logits_rows: Tensor,
 }
@@ -45,6 +47,8 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// The context the model was trained for.
     pub context_length: usize,
+    /// Keys each query of layer `i` sees (0: all): the engine keeps windowed layers in a smaller pool.
+    pub layer_windows: Vec<usize>,
     /// Bytes the weights take in memory.
     pub weight_bytes: usize,
     /// Bytes of weights one forward pass reads, whatever its batch: the numerator of a decode step's

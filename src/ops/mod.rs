@@ -19,7 +19,7 @@ mod qmatmul;
 
 pub use bodega_cpu_kernels::Activation;
 pub use gated::gated_activation;
-pub use kv_cache::PagedKvCache;
+pub use kv_cache::{KvShape, PagedKvCache};
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
 pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};

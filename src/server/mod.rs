@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long in-flight requests may run on after a shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Sampling for the fields a request leaves out: the model's `generation_config.json` over
+    /// bodega's defaults.
+    pub sampling: crate::engine::SamplingParams,
 }
 
 /// What every handler shares.

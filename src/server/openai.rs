@@ -186,8 +186,9 @@ impl CompletionRequest {
 }
 
 impl Common {
-    /// Checks every value and builds the engine request for `prompt_ids`.
-    pub fn to_request(&self, prompt_ids: Vec<u32>, chat: bool) -> Result<Request, ApiError> {
+    /// Checks every value and builds the engine request for `prompt_ids`; fields left out take the
+    /// model's `defaults`.
+    pub fn to_request(&self, prompt_ids: Vec<u32>, chat: bool, defaults: &SamplingParams) -> Result<Request, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("n", "only n = 1 is supported"));
         }
@@ -228,20 +229,19 @@ impl Common {
             Some(Stop::Many(v)) if v.len() <= 16 => v.clone(),
             Some(Stop::Many(_)) => return Err(ApiError::invalid("stop", "at most 16 stop strings")),
         };
-        let defaults = SamplingParams::default();
         Ok(Request {
             prompt_ids,
             sampling: SamplingParams {
                 temperature: self.temperature.unwrap_or(defaults.temperature),
                 top_k: if self.top_k.is_some() { top_k } else { defaults.top_k },
                 top_p: self.top_p.unwrap_or(defaults.top_p),
-                min_p: self.min_p.unwrap_or(0.0),
-                repeat_penalty: self.repetition_penalty.unwrap_or(1.0),
+                min_p: self.min_p.unwrap_or(defaults.min_p),
+                repeat_penalty: self.repetition_penalty.unwrap_or(defaults.repeat_penalty),
                 presence_penalty: self.presence_penalty.unwrap_or(0.0),
                 frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
                 logprobs,
                 seed: self.seed.unwrap_or_else(rand::random),
-                ..defaults
+                ..defaults.clone()
             },
             stop: StopConditions { max_tokens, stop_strings, ignore_eos: self.ignore_eos },
         })
@@ -251,4 +251,31 @@ impl Common {
 /// Token text for logprobs (the token's own piece of text).
 pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     tokenizer.decode(&[id]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_left_out_take_the_models_defaults_and_given_ones_override_them() {
+        let model = SamplingParams {
+            temperature: 0.6,
+            top_k: 20,
+            top_p: 0.9,
+            repeat_penalty: 1.1,
+            ..SamplingParams::default()
+        };
+        let omitted: Common = serde_json::from_value(serde_json::json!({"seed": 1})).unwrap();
+        let request = omitted.to_request(vec![1], true, &model).unwrap();
+        assert_eq!(request.sampling, SamplingParams { seed: 1, ..model.clone() });
+        let given: Common = serde_json::from_value(serde_json::json!({
+            "seed": 1, "temperature": 0.0, "top_k": -1, "top_p": 1.0, "repetition_penalty": 1.0
+        }))
+        .unwrap();
+        let request = given.to_request(vec![1], true, &model).unwrap();
+        let expected =
+            SamplingParams { seed: 1, temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..model.clone() };
+        assert_eq!(request.sampling, expected);
+    }
 }

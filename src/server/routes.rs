@@ -128,7 +128,7 @@ impl Drop for Slot {
 
 /// Submits the request and answers with JSON or a stream of events.
 async fn respond(state: Arc<AppState>, api: Api, common: &Common, ids: Vec<u32>) -> Result<Response, ApiError> {
-    let request = common.to_request(ids, api == Api::Chat)?;
+    let request = common.to_request(ids, api == Api::Chat, &state.config.sampling)?;
     let queued = state.in_flight.fetch_add(1, Ordering::Relaxed);
     let slot = Slot(state.clone());
     if queued >= state.config.max_queue {

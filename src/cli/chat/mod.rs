@@ -63,20 +63,21 @@ pub struct ChatArgs {
 
 /// Runs `bodega chat`.
 pub fn run(args: ChatArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let sampling = args.sampling.params()?;
+    args.sampling.check()?;
     if std::io::stdin().is_terminal() {
         if args.jsonl || args.json {
             return Err(UsageError("--jsonl and --json are for piped input; at a terminal, just chat".into()).into());
         }
         let loaded = load(&args.model, &args.engine, global)?;
+        let sampling = args.sampling.params(&loaded.sampling);
         Repl::new(&args, global, &loaded, sampling).run()
     } else {
-        piped(&args, global, sampling)
+        piped(&args, global)
     }
 }
 
 /// Stdin is not a terminal: one reply to what was piped in, with `run`'s output contract.
-fn piped(args: &ChatArgs, global: &GlobalArgs, sampling: SamplingParams) -> anyhow::Result<()> {
+fn piped(args: &ChatArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let text = read_stdin_prompt("no input")?;
     let mut conversation = if args.jsonl {
         let mut messages = Vec::new();
@@ -98,7 +99,11 @@ fn piped(args: &ChatArgs, global: &GlobalArgs, sampling: SamplingParams) -> anyh
     let loaded = load(&args.model, &args.engine, global)?;
     let (prompt_ids, _) =
         conversation.fit(&loaded.tokenizer, loaded.engine.context_length(), 1, args.context_overflow)?;
-    let request = Request { prompt_ids, sampling, stop: args.sampling.stop_conditions(false) };
+    let request = Request {
+        prompt_ids,
+        sampling: args.sampling.params(&loaded.sampling),
+        stop: args.sampling.stop_conditions(false),
+    };
     reply_once(&loaded.engine, request, args.json, global.verbose)
 }
 

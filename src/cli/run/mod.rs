@@ -57,14 +57,16 @@ pub struct RunArgs {
 
 /// Runs `bodega run`.
 pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let sampling = args.sampling.params()?;
+    args.sampling.check()?;
     if args.each_line {
         let lines = read_lines()?;
         let loaded = load(&args.model, &args.engine, global)?;
+        let sampling = args.sampling.params(&loaded.sampling);
         return each_line::run_lines(&args, &loaded, &sampling, lines);
     }
     let prompt = read_prompt(args.prompt.as_deref())?;
     let loaded = load(&args.model, &args.engine, global)?;
+    let sampling = args.sampling.params(&loaded.sampling);
     let prompt_ids = args.encode(&loaded, &prompt)?;
     reply_once(&loaded.engine, args.request(prompt_ids, &sampling), args.json, global.verbose)
 }

@@ -100,6 +100,13 @@ impl BlockPool {
         Some(id)
     }
 
+    /// Whether a block holding exactly `tokens` after this hash chain is cached (nothing changes).
+    pub fn contains(&self, hash: BlockHash, tokens: &[u32]) -> bool {
+        self.by_hash
+            .get(&hash)
+            .is_some_and(|&id| self.blocks[id as usize].cached.as_ref().is_some_and(|(_, t)| t == tokens))
+    }
+
     /// Records that block `id` now holds the full block `tokens` with this chained hash. A block
     /// whose content is already cached elsewhere is left unregistered.
     pub fn register(&mut self, id: BlockId, hash: BlockHash, tokens: &[u32]) {

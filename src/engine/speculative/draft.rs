@@ -122,6 +122,7 @@ impl Proposer for DraftModel {
                         start: f.start,
                         block_table: &self.seqs[&requests[f.request].seq].blocks,
                         sample: true,
+                        window_blocks: None,
                     })
                     .collect();
                 run_step(self.model.as_ref(), cache, &chunks, &self.device)?

@@ -3,6 +3,7 @@
 //! generated on demand. Each format gives a [`ModelConfig`] and a [`WeightSource`]
 //! that hands out tensors under GGUF's names, so that the model is built by one piece of code.
 
+mod generation;
 pub mod gguf;
 mod gguf_config;
 pub use gguf_config::config as gguf_config;
@@ -132,6 +133,16 @@ impl ModelFiles {
         match self {
             Self::Gguf(file) => !file.quantized_on_bodega_kernels(),
             Self::Safetensors(_) => false,
+        }
+    }
+
+    /// The sampling settings for whatever the user leaves unset: a folder's `generation_config.json`
+    /// over bodega's defaults (a GGUF file has none of its own).
+    pub fn sampling_defaults(&self) -> Result<crate::engine::SamplingParams> {
+        let defaults = crate::engine::SamplingParams::default();
+        match self {
+            Self::Gguf(_) => Ok(defaults),
+            Self::Safetensors(model) => generation::sampling_defaults(model.dir(), defaults),
         }
     }
 
