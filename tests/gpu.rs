@@ -573,8 +573,10 @@ fn decode_step_host_vs_gpu_time() {
         let tables: Vec<Vec<u32>> =
             (0..seqs).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
         let token = [7u32];
-        let chunks: Vec<SeqChunk> =
-            tables.iter().map(|t| SeqChunk { tokens: &token, start: context, block_table: t, sample: true, window_blocks: None }).collect();
+        let chunks: Vec<SeqChunk> = tables
+            .iter()
+            .map(|t| SeqChunk { tokens: &token, start: context, block_table: t, sample: true, window_blocks: None })
+            .collect();
         let input = build_step(&chunks, BLOCK, &dev).unwrap();
         drop(model.forward(&input, &cache).unwrap());
         dev.synchronize().unwrap();

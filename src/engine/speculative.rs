@@ -28,9 +28,17 @@ use std::collections::HashMap;
 pub const DEFAULT_SPEC_TOKENS: usize = 4;
 
 /// By default, speculation is off in a step where more than this many sequences decode
-/// (`--spec-max-batch`). A CPU default, not yet measured per backend: a 135M-parameter model on a
-/// few cores becomes compute-bound at small batches, a GPU much later.
-pub const DEFAULT_SPEC_MAX_BATCH: usize = 16;
+/// (`--spec-max-batch`): where verifying guesses starts to cost more than it saves, measured with
+/// the copy-edit scenario (`docs/perf.md`). On 2 CPU cores, n-gram speculation gave 1.51× at 1
+/// sequence, 1.04× at 4 and 0.96× at 8; on an H200 (4-layer SmolLM2) 1.69× at 1, 1.26× at 4 and
+/// 0.81× at 16.
+pub fn default_spec_max_batch(device: &candle_core::Device) -> usize {
+    if device.is_cpu() {
+        4
+    } else {
+        8
+    }
+}
 
 /// Below this many accepted tokens per verification (a running average), a sequence stops
 /// proposing, and only probes with one token every [`PROBE_EVERY`] steps.
