@@ -4,7 +4,7 @@
 
 mod common;
 
-use bodega::engine::{Engine, EngineConfig, FinishReason, Request, SamplingParams, StopConditions};
+use bodega::engine::{Engine, EngineConfig, FinishReason, Request};
 use bodega::model::load::gguf::GgufFile;
 use bodega::ops::PagedKvCache;
 use candle_core::{DType, Device};
@@ -32,14 +32,6 @@ fn blocks(n: usize) -> u64 {
 
 fn config(max_batched_tokens: usize, kv_blocks: usize, prefix_caching: bool) -> EngineConfig {
     EngineConfig { max_batched_tokens, kv_memory: Some(blocks(kv_blocks)), prefix_caching, ..EngineConfig::default() }
-}
-
-fn greedy(prompt_ids: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
-        prompt_ids,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-        stop: StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..StopConditions::default() },
-    }
 }
 
 /// The fixture's prompts: 20 lengths from 1 to 293 tokens, raw and chat.
@@ -76,7 +68,7 @@ fn assert_no_leak(engine: &Engine) {
 #[test]
 fn sixteen_concurrent_greedy_requests_match_each_alone() {
     let engine = engine(config(512, 512, false));
-    let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| greedy(p, 12)).collect();
+    let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| common::greedy(p, 12)).collect();
     let alone = run_one_by_one(&engine, requests.clone());
     let together = run_all(&engine, requests);
     for (i, (a, (t, _))) in alone.iter().zip(&together).enumerate() {
@@ -88,7 +80,7 @@ fn sixteen_concurrent_greedy_requests_match_each_alone() {
 
 #[test]
 fn chunked_prefill_with_odd_chunk_sizes_matches_whole_prompt_prefill() {
-    let requests: Vec<Request> = prompts().into_iter().rev().take(6).map(|p| greedy(p, 6)).collect();
+    let requests: Vec<Request> = prompts().into_iter().rev().take(6).map(|p| common::greedy(p, 6)).collect();
     let whole = run_all(&engine(config(4096, 512, false)), requests.clone());
     for chunk in [7, 61] {
         let chunked = run_all(&engine(config(chunk, 512, false)), requests.clone());
@@ -98,7 +90,7 @@ fn chunked_prefill_with_odd_chunk_sizes_matches_whole_prompt_prefill() {
 
 #[test]
 fn preemption_under_a_small_kv_budget_keeps_every_output() {
-    let requests: Vec<Request> = prompts().into_iter().take(10).map(|p| greedy(p, 24)).collect();
+    let requests: Vec<Request> = prompts().into_iter().take(10).map(|p| common::greedy(p, 24)).collect();
     let roomy = run_all(&engine(config(512, 512, false)), requests.clone());
     let tight_engine = engine(config(512, 12, false));
     let tight = run_all(&tight_engine, requests);
@@ -119,11 +111,11 @@ fn a_shared_system_prompt_is_served_from_the_prefix_cache() {
     let (first, second) = (chat("What is bread?"), chat("Name a river."));
     let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
     let warm = engine(config(512, 512, true));
-    run_all(&warm, vec![greedy(first, 4)]);
-    let (ids, cached) = run_all(&warm, vec![greedy(second.clone(), 8)]).remove(0);
+    run_all(&warm, vec![common::greedy(first, 4)]);
+    let (ids, cached) = run_all(&warm, vec![common::greedy(second.clone(), 8)]).remove(0);
     assert_eq!(cached, shared / 16 * 16, "cached tokens should be the shared full blocks");
     assert!(cached >= 64, "only {cached} tokens cached");
-    let cold = run_all(&engine(config(512, 512, false)), vec![greedy(second, 8)]).remove(0);
+    let cold = run_all(&engine(config(512, 512, false)), vec![common::greedy(second, 8)]).remove(0);
     assert_eq!(ids, cold.0, "a prefix-cache hit changed the output");
     assert_eq!(cold.1, 0);
 }
@@ -138,7 +130,7 @@ fn randomized_prefix_sharing_under_eviction_matches_cold_runs() {
             let mut p = prefixes[rng.random_range(0..prefixes.len())].clone();
             p.truncate(rng.random_range(1..=p.len()));
             p.extend((0..rng.random_range(1..20)).map(|_| rng.random_range(100..40000u32)));
-            greedy(p, 3)
+            common::greedy(p, 3)
         })
         .collect();
     let cold = run_all(&engine(config(512, 400, false)), requests.clone());
@@ -159,7 +151,7 @@ fn randomized_prefix_sharing_under_eviction_matches_cold_runs() {
 #[test]
 fn cancelling_mid_generation_frees_the_blocks_at_once() {
     let engine = engine(config(512, 256, true));
-    let handle = engine.submit(greedy(prompts()[12].clone(), 2000)).unwrap();
+    let handle = engine.submit(common::greedy(prompts()[12].clone(), 2000)).unwrap();
     for _ in 0..3 {
         handle.recv().unwrap();
     }
@@ -167,7 +159,7 @@ fn cancelling_mid_generation_frees_the_blocks_at_once() {
     drop(handle);
     assert_no_leak(&engine);
     // Every block is free or cached; the engine still serves.
-    let (done, _) = engine.submit(greedy(prompts()[0].clone(), 2)).unwrap().wait().unwrap();
+    let (done, _) = engine.submit(common::greedy(prompts()[0].clone(), 2)).unwrap().wait().unwrap();
     assert_eq!(done.finish_reason, FinishReason::Length);
     assert_no_leak(&engine);
 }
@@ -176,9 +168,9 @@ fn cancelling_mid_generation_frees_the_blocks_at_once() {
 fn requests_that_can_never_fit_are_rejected_at_once() {
     let engine = engine(config(512, 4, true));
     assert_eq!(engine.context_length(), 64);
-    let err = engine.submit(greedy(vec![1; 40], 40)).err().expect("accepted a request larger than the pool");
+    let err = engine.submit(common::greedy(vec![1; 40], 40)).err().expect("accepted a request larger than the pool");
     assert!(err.to_string().contains("exceeds the context of 64 tokens"), "{err}");
-    let err = engine.submit(greedy(vec![1; 80], 1)).err().expect("accepted a prompt larger than the pool");
+    let err = engine.submit(common::greedy(vec![1; 80], 1)).err().expect("accepted a prompt larger than the pool");
     assert!(err.to_string().contains("prompt is 80 tokens but the context holds 64"), "{err}");
 }
 
@@ -191,7 +183,7 @@ fn gemma3_greedy_output_is_identical_alone_and_among_eight() {
     let mut prompts: Vec<Vec<u32>> = cases.iter().map(|c| common::ids(&c["prompt_ids"])).collect();
     prompts.sort_by_key(|p| std::cmp::Reverse(p.len()));
     assert!(prompts[0].len() > 512, "the fixture has a prompt longer than the window");
-    let requests: Vec<Request> = prompts.into_iter().take(8).map(|p| greedy(p, 16)).collect();
+    let requests: Vec<Request> = prompts.into_iter().take(8).map(|p| common::greedy(p, 16)).collect();
     let alone = run_one_by_one(&engine, requests.clone());
     let together = run_all(&engine, requests);
     for (i, (a, (t, _))) in alone.iter().zip(&together).enumerate() {

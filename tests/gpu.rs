@@ -5,7 +5,9 @@
 //! agrees with the CPU backend on ≥ 99% of teacher-forced top-1 tokens, and the engine's batching,
 //! chunked prefill, preemption and prefix cache work on the GPU.
 
-use bodega::engine::{Engine, EngineConfig, Request, SamplingParams, StopConditions};
+mod common;
+
+use bodega::engine::{Engine, EngineConfig, Request};
 use bodega::model::load::gguf::GgufFile;
 use bodega::model::load::synthetic::SyntheticSpec;
 use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
@@ -398,14 +400,6 @@ fn config(max_batched_tokens: usize, kv_blocks: usize, prefix_caching: bool) -> 
     }
 }
 
-fn greedy(prompt_ids: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
-        prompt_ids,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-        stop: StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..StopConditions::default() },
-    }
-}
-
 fn prompts() -> Vec<Vec<u32>> {
     let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/reference-smollm2.json")).unwrap();
     fixture["cases"]
@@ -448,7 +442,7 @@ fn assert_same_outputs(a: &[(Vec<u32>, usize)], b: &[(Vec<u32>, usize)], what: &
 #[test]
 fn engine_on_cuda_sixteen_concurrent_greedy_requests_match_each_alone() {
     let engine = engine(config(512, 512, false));
-    let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| greedy(p, 12)).collect();
+    let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| common::greedy(p, 12)).collect();
     let alone: Vec<_> = requests.iter().map(|r| run_all(&engine, vec![r.clone()]).remove(0)).collect();
     let together = run_all(&engine, requests);
     assert_same_outputs(&alone, &together, "batched vs alone");
@@ -457,7 +451,7 @@ fn engine_on_cuda_sixteen_concurrent_greedy_requests_match_each_alone() {
 
 #[test]
 fn engine_on_cuda_chunked_prefill_matches_whole_prompt_prefill() {
-    let requests: Vec<Request> = prompts().into_iter().rev().take(6).map(|p| greedy(p, 6)).collect();
+    let requests: Vec<Request> = prompts().into_iter().rev().take(6).map(|p| common::greedy(p, 6)).collect();
     let whole = run_all(&engine(config(4096, 512, false)), requests.clone());
     for chunk in [7, 61] {
         let chunked = run_all(&engine(config(chunk, 512, false)), requests.clone());
@@ -467,7 +461,7 @@ fn engine_on_cuda_chunked_prefill_matches_whole_prompt_prefill() {
 
 #[test]
 fn engine_on_cuda_preemption_under_a_small_kv_budget_keeps_every_output() {
-    let requests: Vec<Request> = prompts().into_iter().take(10).map(|p| greedy(p, 24)).collect();
+    let requests: Vec<Request> = prompts().into_iter().take(10).map(|p| common::greedy(p, 24)).collect();
     let roomy = run_all(&engine(config(512, 512, false)), requests.clone());
     let tight_engine = engine(config(512, 12, false));
     let tight = run_all(&tight_engine, requests);
@@ -478,7 +472,7 @@ fn engine_on_cuda_preemption_under_a_small_kv_budget_keeps_every_output() {
 
 #[test]
 fn engine_on_cuda_prefix_cache_hits_keep_the_outputs() {
-    let requests: Vec<Request> = prompts().into_iter().take(8).map(|p| greedy(p, 8)).collect();
+    let requests: Vec<Request> = prompts().into_iter().take(8).map(|p| common::greedy(p, 8)).collect();
     let cold = run_all(&engine(config(512, 512, false)), requests.clone());
     let warm = engine(config(512, 512, true));
     run_all(&warm, requests.clone());

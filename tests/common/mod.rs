@@ -109,3 +109,14 @@ pub fn serve_lite(extra: &[&str]) -> Server {
         .unwrap_or_else(|| panic!("no address in startup line {line:?}"));
     Server { child, port }
 }
+
+/// A greedy request for `max_tokens` tokens that ignores end-of-sequence, so that every comparison
+/// runs to the same length.
+pub fn greedy(prompt_ids: Vec<u32>, max_tokens: usize) -> bodega::engine::Request {
+    use bodega::engine::{Request, SamplingParams, StopConditions};
+    Request {
+        prompt_ids,
+        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+        stop: StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..StopConditions::default() },
+    }
+}
