@@ -39,18 +39,6 @@ fn prompts() -> Vec<Vec<u32>> {
     common::reference()["cases"].as_array().unwrap().iter().map(|c| common::ids(&c["prompt_ids"])).collect()
 }
 
-/// Submits everything at once and returns each request's generated ids (and cached tokens).
-fn run_all(engine: &Engine, requests: Vec<Request>) -> Vec<(Vec<u32>, usize)> {
-    let handles: Vec<_> = requests.into_iter().map(|r| engine.submit(r).unwrap()).collect();
-    handles
-        .iter()
-        .map(|h| {
-            let (c, _) = h.wait().unwrap();
-            (c.generated_ids, c.usage.cached_tokens)
-        })
-        .collect()
-}
-
 fn run_one_by_one(engine: &Engine, requests: Vec<Request>) -> Vec<Vec<u32>> {
     requests.into_iter().map(|r| engine.submit(r).unwrap().wait().unwrap().0.generated_ids).collect()
 }
@@ -70,7 +58,7 @@ fn sixteen_concurrent_greedy_requests_match_each_alone() {
     let engine = engine(config(512, 512, false));
     let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| common::greedy(p, 12)).collect();
     let alone = run_one_by_one(&engine, requests.clone());
-    let together = run_all(&engine, requests);
+    let together = common::run_all(&engine, requests);
     for (i, (a, (t, _))) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a, t, "request {i} differs when batched");
     }
@@ -81,9 +69,9 @@ fn sixteen_concurrent_greedy_requests_match_each_alone() {
 #[test]
 fn chunked_prefill_with_odd_chunk_sizes_matches_whole_prompt_prefill() {
     let requests: Vec<Request> = prompts().into_iter().rev().take(6).map(|p| common::greedy(p, 6)).collect();
-    let whole = run_all(&engine(config(4096, 512, false)), requests.clone());
+    let whole = common::run_all(&engine(config(4096, 512, false)), requests.clone());
     for chunk in [7, 61] {
-        let chunked = run_all(&engine(config(chunk, 512, false)), requests.clone());
+        let chunked = common::run_all(&engine(config(chunk, 512, false)), requests.clone());
         assert_eq!(whole, chunked, "chunks of {chunk} tokens differ from whole prefill");
     }
 }
@@ -91,9 +79,9 @@ fn chunked_prefill_with_odd_chunk_sizes_matches_whole_prompt_prefill() {
 #[test]
 fn preemption_under_a_small_kv_budget_keeps_every_output() {
     let requests: Vec<Request> = prompts().into_iter().take(10).map(|p| common::greedy(p, 24)).collect();
-    let roomy = run_all(&engine(config(512, 512, false)), requests.clone());
+    let roomy = common::run_all(&engine(config(512, 512, false)), requests.clone());
     let tight_engine = engine(config(512, 12, false));
-    let tight = run_all(&tight_engine, requests);
+    let tight = common::run_all(&tight_engine, requests);
     assert!(tight_engine.stats().preemptions > 0, "the budget did not force preemption");
     assert_eq!(roomy, tight);
     assert_no_leak(&tight_engine);
@@ -111,11 +99,11 @@ fn a_shared_system_prompt_is_served_from_the_prefix_cache() {
     let (first, second) = (chat("What is bread?"), chat("Name a river."));
     let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
     let warm = engine(config(512, 512, true));
-    run_all(&warm, vec![common::greedy(first, 4)]);
-    let (ids, cached) = run_all(&warm, vec![common::greedy(second.clone(), 8)]).remove(0);
+    common::run_all(&warm, vec![common::greedy(first, 4)]);
+    let (ids, cached) = common::run_all(&warm, vec![common::greedy(second.clone(), 8)]).remove(0);
     assert_eq!(cached, shared / 16 * 16, "cached tokens should be the shared full blocks");
     assert!(cached >= 64, "only {cached} tokens cached");
-    let cold = run_all(&engine(config(512, 512, false)), vec![common::greedy(second, 8)]).remove(0);
+    let cold = common::run_all(&engine(config(512, 512, false)), vec![common::greedy(second, 8)]).remove(0);
     assert_eq!(ids, cold.0, "a prefix-cache hit changed the output");
     assert_eq!(cold.1, 0);
 }
@@ -133,12 +121,12 @@ fn randomized_prefix_sharing_under_eviction_matches_cold_runs() {
             common::greedy(p, 3)
         })
         .collect();
-    let cold = run_all(&engine(config(512, 400, false)), requests.clone());
+    let cold = common::run_all(&engine(config(512, 400, false)), requests.clone());
     // 40 blocks for up to 64 sequences: cached blocks are evicted and reused all the time.
     let warm_engine = engine(config(256, 40, true));
     let mut warm = Vec::new();
     for batch in requests.chunks(20) {
-        warm.extend(run_all(&warm_engine, batch.to_vec()));
+        warm.extend(common::run_all(&warm_engine, batch.to_vec()));
     }
     for (i, ((c, _), (w, _))) in cold.iter().zip(&warm).enumerate() {
         assert_eq!(c, w, "request {i} differs with the prefix cache");
@@ -185,7 +173,7 @@ fn gemma3_greedy_output_is_identical_alone_and_among_eight() {
     assert!(prompts[0].len() > 512, "the fixture has a prompt longer than the window");
     let requests: Vec<Request> = prompts.into_iter().take(8).map(|p| common::greedy(p, 16)).collect();
     let alone = run_one_by_one(&engine, requests.clone());
-    let together = run_all(&engine, requests);
+    let together = common::run_all(&engine, requests);
     for (i, (a, (t, _))) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a, t, "request {i} differs among 8");
     }

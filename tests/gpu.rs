@@ -410,17 +410,6 @@ fn prompts() -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn run_all(engine: &Engine, requests: Vec<Request>) -> Vec<(Vec<u32>, usize)> {
-    let handles: Vec<_> = requests.into_iter().map(|r| engine.submit(r).unwrap()).collect();
-    handles
-        .iter()
-        .map(|h| {
-            let (c, _) = h.wait().unwrap();
-            (c.generated_ids, c.usage.cached_tokens)
-        })
-        .collect()
-}
-
 /// Greedy outputs of two engine configurations. The attention kernels are batch-invariant (tested
 /// bitwise above), but cuBLAS is not: it picks its GEMM kernel (and summation order) by the number of
 /// rows in the step, so a sequence's logits move in the last bits with the batch, and near-ties of a
@@ -443,8 +432,8 @@ fn assert_same_outputs(a: &[(Vec<u32>, usize)], b: &[(Vec<u32>, usize)], what: &
 fn engine_on_cuda_sixteen_concurrent_greedy_requests_match_each_alone() {
     let engine = engine(config(512, 512, false));
     let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| common::greedy(p, 12)).collect();
-    let alone: Vec<_> = requests.iter().map(|r| run_all(&engine, vec![r.clone()]).remove(0)).collect();
-    let together = run_all(&engine, requests);
+    let alone: Vec<_> = requests.iter().map(|r| common::run_all(&engine, vec![r.clone()]).remove(0)).collect();
+    let together = common::run_all(&engine, requests);
     assert_same_outputs(&alone, &together, "batched vs alone");
     assert_no_leak(&engine);
 }
@@ -452,9 +441,9 @@ fn engine_on_cuda_sixteen_concurrent_greedy_requests_match_each_alone() {
 #[test]
 fn engine_on_cuda_chunked_prefill_matches_whole_prompt_prefill() {
     let requests: Vec<Request> = prompts().into_iter().rev().take(6).map(|p| common::greedy(p, 6)).collect();
-    let whole = run_all(&engine(config(4096, 512, false)), requests.clone());
+    let whole = common::run_all(&engine(config(4096, 512, false)), requests.clone());
     for chunk in [7, 61] {
-        let chunked = run_all(&engine(config(chunk, 512, false)), requests.clone());
+        let chunked = common::run_all(&engine(config(chunk, 512, false)), requests.clone());
         assert_same_outputs(&whole, &chunked, &format!("chunks of {chunk} vs whole prefill"));
     }
 }
@@ -462,9 +451,9 @@ fn engine_on_cuda_chunked_prefill_matches_whole_prompt_prefill() {
 #[test]
 fn engine_on_cuda_preemption_under_a_small_kv_budget_keeps_every_output() {
     let requests: Vec<Request> = prompts().into_iter().take(10).map(|p| common::greedy(p, 24)).collect();
-    let roomy = run_all(&engine(config(512, 512, false)), requests.clone());
+    let roomy = common::run_all(&engine(config(512, 512, false)), requests.clone());
     let tight_engine = engine(config(512, 12, false));
-    let tight = run_all(&tight_engine, requests);
+    let tight = common::run_all(&tight_engine, requests);
     assert!(tight_engine.stats().preemptions > 0, "the budget did not force preemption");
     assert_same_outputs(&roomy, &tight, "preempted vs roomy");
     assert_no_leak(&tight_engine);
@@ -473,10 +462,10 @@ fn engine_on_cuda_preemption_under_a_small_kv_budget_keeps_every_output() {
 #[test]
 fn engine_on_cuda_prefix_cache_hits_keep_the_outputs() {
     let requests: Vec<Request> = prompts().into_iter().take(8).map(|p| common::greedy(p, 8)).collect();
-    let cold = run_all(&engine(config(512, 512, false)), requests.clone());
+    let cold = common::run_all(&engine(config(512, 512, false)), requests.clone());
     let warm = engine(config(512, 512, true));
-    run_all(&warm, requests.clone());
-    let again = run_all(&warm, requests);
+    common::run_all(&warm, requests.clone());
+    let again = common::run_all(&warm, requests);
     let cached: usize = again.iter().map(|(_, c)| c).sum();
     assert!(cached > 0, "the second round hit no cached prefix");
     assert_same_outputs(&cold, &again, "prefix cache hits vs cold");

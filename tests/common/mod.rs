@@ -120,3 +120,15 @@ pub fn greedy(prompt_ids: Vec<u32>, max_tokens: usize) -> bodega::engine::Reques
         stop: StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..StopConditions::default() },
     }
 }
+
+/// Submits everything at once and returns each request's generated ids (and cached tokens).
+pub fn run_all(engine: &bodega::engine::Engine, requests: Vec<bodega::engine::Request>) -> Vec<(Vec<u32>, usize)> {
+    let handles: Vec<_> = requests.into_iter().map(|r| engine.submit(r).unwrap()).collect();
+    handles
+        .iter()
+        .map(|h| {
+            let (c, _) = h.wait().unwrap();
+            (c.generated_ids, c.usage.cached_tokens)
+        })
+        .collect()
+}
