@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Model, StepInput};
-use crate::ops::{AttentionMetadata, PagedKvCache};
+use crate::ops::{self, AttentionMetadata, PagedKvCache};
 use candle_core::{Device, Tensor};
 
 /// One sequence's share of a step: a prefill chunk or a decode token.
@@ -105,6 +105,7 @@ fn metadata(chunks: &[SeqChunk<'_>], tables: &[WindowBlocks<'_>], block_size: us
         max_blocks,
         cu_query_lens: Vec::with_capacity(chunks.len() + 1),
         context_lens: Vec::with_capacity(chunks.len()),
+        uploads: Default::default(),
     };
     meta.cu_query_lens.push(0);
     for (chunk, table) in chunks.iter().zip(tables) {
@@ -126,21 +127,96 @@ pub fn run_step(
     chunks: &[SeqChunk<'_>],
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    run_step_rows(model, cache, chunks, &sampled_rows(chunks), device)
+    let logits = forward(model, cache, chunks, &sampled_rows(chunks), device)?;
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }
 
-/// [`run_step`] with the logits of the last `rows[i]` tokens of chunk `i`, in order.
+/// What the engine gets back for one row of a step: the token itself when the row is sampled
+/// greedily (the argmax taken where the logits are, so that a GPU sends back only token ids), the
+/// logits otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepRow {
+    /// The greedy token (lowest index among equal logits).
+    Greedy(u32),
+    /// The whole row of logits, for a sampler that needs the distribution.
+    Logits(Vec<f32>),
+}
+
+/// Runs one step with the logits of the last `rows[i]` tokens of chunk `i`, in order; the rows of
+/// chunks with `greedy[i]` come back as their argmax, the others as logits.
 pub fn run_step_rows(
     model: &dyn Model,
     cache: &PagedKvCache,
     chunks: &[SeqChunk<'_>],
     rows: &[usize],
+    greedy: &[bool],
     device: &Device,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Vec<StepRow>> {
+    let logits = forward(model, cache, chunks, rows, device)?;
+    let flags: Vec<bool> = rows.iter().zip(greedy).flat_map(|(&n, &g)| std::iter::repeat_n(g, n)).collect();
+    split_rows(&logits, &flags)
+}
+
+/// The forward pass of a step, returning the logits of the last `rows[i]` tokens of chunk `i`.
+fn forward(
+    model: &dyn Model,
+    cache: &PagedKvCache,
+    chunks: &[SeqChunk<'_>],
+    rows: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
     let input = build_step_rows(chunks, rows, cache.block_size(), device)?;
     if cache.has_window_group() != input.window_attention.is_some() {
         return Err(Error::InvalidRequest("the step's window blocks do not match the cache's window group".into()));
     }
-    let logits = model.forward(&input, cache)?;
-    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+    model.forward(&input, cache)
+}
+
+/// Splits `logits` (`[R, V]`) into greedy tokens (rows with `greedy[r]`, reduced by
+/// [`ops::argmax_rows`]) and host copies of the other rows, in row order.
+pub fn split_rows(logits: &Tensor, greedy: &[bool]) -> Result<Vec<StepRow>> {
+    let logits = logits.to_dtype(candle_core::DType::F32)?;
+    let rows_where = |want: bool| -> Result<Option<Tensor>> {
+        let picked: Vec<u32> = (0..greedy.len() as u32).filter(|&r| greedy[r as usize] == want).collect();
+        Ok(match picked.len() {
+            0 => None,
+            n if n == greedy.len() => Some(logits.clone()),
+            n => Some(logits.index_select(&Tensor::from_vec(picked, n, logits.device())?, 0)?),
+        })
+    };
+    let mut tokens = match rows_where(true)? {
+        Some(t) => ops::argmax_rows(&t)?,
+        None => Vec::new(),
+    }
+    .into_iter();
+    let mut full = match rows_where(false)? {
+        Some(t) => t.to_vec2::<f32>()?,
+        None => Vec::new(),
+    }
+    .into_iter();
+    greedy
+        .iter()
+        .map(|&g| match g {
+            true => tokens.next().map(StepRow::Greedy),
+            false => full.next().map(StepRow::Logits),
+        })
+        .collect::<Option<Vec<StepRow>>>()
+        .ok_or_else(|| Error::InvalidRequest(format!("the model returned fewer than {} logits rows", greedy.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rows_returns_each_greedy_rows_argmax_and_the_other_rows_whole_in_order() {
+        let logits = vec![0.5, 2.0, 2.0, -1.0, 3.0, 0.0, 9.0, 1.0, 9.0, f32::NAN, 0.0, 0.1];
+        let t = Tensor::from_vec(logits.clone(), (4, 3), &Device::Cpu).unwrap();
+        let rows = split_rows(&t, &[true, false, true, true]).unwrap();
+        assert_eq!(
+            rows,
+            vec![StepRow::Greedy(1), StepRow::Logits(logits[3..6].to_vec()), StepRow::Greedy(0), StepRow::Greedy(2),]
+        );
+        assert!(split_rows(&t, &[true; 5]).is_err(), "more rows asked for than the model returned");
+    }
 }

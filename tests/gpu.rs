@@ -7,14 +7,17 @@
 
 mod common;
 
+use bodega::engine::speculative::ngram::PromptLookup;
+use bodega::engine::speculative::Speculation;
 use bodega::engine::{Engine, EngineConfig, Request};
 use bodega::model::load::gguf::GgufFile;
 use bodega::model::load::synthetic::SyntheticSpec;
 use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
 use bodega::model::Model;
 use bodega::ops::{kv_write, paged_attention, AttentionMetadata, PagedKvCache};
-use bodega::runner::{build_step, SeqChunk};
+use bodega::runner::{build_step, SeqChunk, StepRow};
 use candle_core::{DType, Device, Tensor};
+use common::writes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -214,6 +217,7 @@ fn a_sequence_gets_bitwise_the_same_attention_alone_batched_or_chunked() {
         max_blocks: x.meta.max_blocks,
         cu_query_lens: vec![0, q.len() as u32],
         context_lens: vec![ctx as u32],
+        ..Default::default()
     };
     let run = |meta: AttentionMetadata, q: std::ops::Range<usize>| {
         let inputs = Inputs {
@@ -250,7 +254,7 @@ fn kv_write_converts_into_exactly_its_slots() {
         let v_cache = k_cache.copy().unwrap();
         let kt = Tensor::from_slice(&k, (tokens, kv_heads, dim), &dev).unwrap();
         let vt = Tensor::from_slice(&v, (tokens, kv_heads, dim), &dev).unwrap();
-        kv_write(&kt, &vt, &slots, &k_cache, &v_cache).unwrap();
+        kv_write(&kt, &vt, &writes(&slots), &k_cache, &v_cache).unwrap();
         for (cache, src) in [(&k_cache, &k), (&v_cache, &v)] {
             let got: Vec<f32> = cache.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let mut want = vec![POISON; got.len()];
@@ -470,6 +474,105 @@ fn engine_on_cuda_prefix_cache_hits_keep_the_outputs() {
     assert!(cached > 0, "the second round hit no cached prefix");
     assert_same_outputs(&cold, &again, "prefix cache hits vs cold");
     assert_no_leak(&warm);
+}
+
+/// Logits rows that make an argmax easy to get wrong: random values, the maximum repeated at several
+/// indices (the lowest must win), NaN (read as −∞), all equal, and −∞ before the maximum.
+fn tricky_logits(rng: &mut ChaCha8Rng, rows: usize, vocab: usize) -> Vec<f32> {
+    let mut logits = random(rng, rows * vocab);
+    for (r, row) in logits.chunks_exact_mut(vocab).enumerate() {
+        let at = |rng: &mut ChaCha8Rng| rng.random_range(0..vocab);
+        match r % 5 {
+            1 => {
+                let top = row.iter().fold(f32::MIN, |m, &x| m.max(x)) + 1.0;
+                for _ in 0..3 {
+                    row[at(rng)] = top;
+                }
+            }
+            2 => {
+                for _ in 0..vocab.div_ceil(7) {
+                    row[at(rng)] = f32::NAN;
+                }
+            }
+            3 => row.fill(0.25),
+            4 => {
+                row[0] = f32::NEG_INFINITY;
+                row[at(rng)] = 2.0;
+            }
+            _ => {}
+        }
+    }
+    logits
+}
+
+/// Greedy sampling on the device picks exactly the host's token for every row (ties, NaN, whole
+/// vocabularies of one value), at Llama 3's vocabulary and at sizes that leave threads idle.
+#[test]
+fn argmax_rows_on_cuda_picks_the_hosts_token() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    for (rows, vocab) in [(64, 128_256), (7, 1), (11, 33), (9, 1025), (5, 49_152)] {
+        let logits = tricky_logits(&mut rng, rows, vocab);
+        let want: Vec<u32> = logits.chunks_exact(vocab).map(bodega::ops::cpu::argmax).collect();
+        let got = bodega::ops::argmax_rows(&Tensor::from_slice(&logits, (rows, vocab), &dev).unwrap()).unwrap();
+        assert_eq!(got, want, "{rows} rows of {vocab}");
+    }
+}
+
+/// A step's rows split by sampler: greedy rows come back as the host's argmax, the others as their
+/// exact logits, in row order, on the GPU as on the CPU.
+#[test]
+fn split_rows_on_cuda_returns_greedy_tokens_and_exact_logits() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let (rows, vocab) = (12, 3000);
+    let logits = tricky_logits(&mut rng, rows, vocab);
+    for greedy in [vec![true; rows], vec![false; rows], (0..rows).map(|r| r % 3 == 1).collect()] {
+        let cpu =
+            bodega::runner::split_rows(&Tensor::from_slice(&logits, (rows, vocab), &Device::Cpu).unwrap(), &greedy);
+        let gpu = bodega::runner::split_rows(&Tensor::from_slice(&logits, (rows, vocab), &dev).unwrap(), &greedy);
+        let (cpu, gpu) = (cpu.unwrap(), gpu.unwrap());
+        for (r, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            match (c, g) {
+                (StepRow::Greedy(a), StepRow::Greedy(b)) => assert_eq!(a, b, "row {r}"),
+                // NaN != NaN: compare the bits.
+                (StepRow::Logits(a), StepRow::Logits(b)) => assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "row {r}: logits changed on the way"
+                ),
+                _ => panic!("row {r}: {c:?} on the CPU, {g:?} on the GPU"),
+            }
+        }
+        assert_eq!(gpu.len(), rows);
+    }
+}
+
+/// The engine on CUDA, greedy: rows sampled on the device (token ids only) against the same requests
+/// asking for logprobs, which copies every row's logits to the host sampler; same batch, same
+/// steps, so every token must be the same. With n-gram speculation too (greedy verification on the
+/// device against the host's).
+#[test]
+fn engine_on_cuda_device_greedy_sampling_is_token_identical_to_the_host_sampler() {
+    let dev = cuda();
+    let with_logprobs = |r: &Request| {
+        let mut r = r.clone();
+        r.sampling.logprobs = Some(1);
+        r
+    };
+    let requests: Vec<Request> = prompts().into_iter().take(12).map(|p| common::greedy(p, 24)).collect();
+    for speculate in [false, true] {
+        let speculation =
+            speculate.then(|| Speculation { proposer: Box::new(PromptLookup), max_tokens: 4, max_batch: 64 });
+        let engine =
+            Engine::start_with(load_model(&dev, true), tokenizer(), dev.clone(), config(512, 512, false), speculation)
+                .unwrap();
+        let on_device = common::run_all(&engine, requests.clone());
+        let on_host = common::run_all(&engine, requests.iter().map(with_logprobs).collect());
+        for (i, (d, h)) in on_device.iter().zip(&on_host).enumerate() {
+            assert_eq!(d.0, h.0, "speculation {speculate}: request {i} differs between device and host sampling");
+        }
+        assert_no_leak(&engine);
+    }
 }
 
 fn assert_no_leak(engine: &Engine) {

@@ -5,8 +5,11 @@
 //! `scripts/check-macos.sh` type-checks it and `tests/metal_emulated.rs` runs the kernels on the CPU.
 #![cfg(target_os = "macos")]
 
+mod common;
+
 use bodega::ops::{kv_write, paged_attention, AttentionMetadata, PagedKvCache};
 use candle_core::{DType, Device, Tensor};
+use common::writes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,7 +47,7 @@ fn max_error(
         let (k, v) = (random(&mut rng, (ctx, kv_heads, dim), dtype), random(&mut rng, (ctx, kv_heads, dim), dtype));
         for (cache, device) in [(&cpu_cache, &Device::Cpu), (&gpu_cache, gpu)] {
             let (kc, vc) = cache.layer(0);
-            kv_write(&k.to_device(device).unwrap(), &v.to_device(device).unwrap(), &slots, kc, vc).unwrap();
+            kv_write(&k.to_device(device).unwrap(), &v.to_device(device).unwrap(), &writes(&slots), kc, vc).unwrap();
         }
         queries.push(random(&mut rng, (q_len, heads, dim), dtype));
         meta.slot_mapping.extend(&slots[ctx - q_len..]);

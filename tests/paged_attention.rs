@@ -3,8 +3,11 @@
 //! decode (q_len 1) and prefill chunks (q_len > 1) of several sequences in one call, scattered blocks,
 //! and the sliding window.
 
+mod common;
+
 use bodega::ops::{kv_write, paged_attention, AttentionMetadata, PagedKvCache};
 use candle_core::{DType, Device, Tensor};
+use common::writes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -82,7 +85,7 @@ fn check(case: &Case, seed: u64) {
         let slots: Vec<u32> = (0..ctx).map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32).collect();
         let kt = Tensor::from_vec(keys.clone(), (ctx, kvh, d), &Device::Cpu).unwrap();
         let vt = Tensor::from_vec(values.clone(), (ctx, kvh, d), &Device::Cpu).unwrap();
-        kv_write(&kt, &vt, &slots, kc, vc).unwrap();
+        kv_write(&kt, &vt, &writes(&slots), kc, vc).unwrap();
         let q = random(&mut rng, q_len * h * d);
         expected.extend(dense(&q, &keys, &values, h, kvh, d, ctx, q_len, case.window));
         q_all.extend(q);

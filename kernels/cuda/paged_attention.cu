@@ -1,7 +1,8 @@
-// Paged attention over the block tables, for decode (one query per sequence), chunked prefill and
-// speculative verification (several, causal) in one kernel, plus the reduction of context splits.
+// Paged attention over the block tables: `paged_attention` for chunked prefill and speculative
+// verification (several queries per sequence, causal), `paged_decode` for sequences with one query
+// (below), and the reduction of context splits that both feed.
 //
-// One thread block (128 threads) = one work item (up to QT query tokens of one sequence) × one KV head
+// paged_attention: one thread block (128 threads) = one work item (up to QT query tokens of one sequence) × one KV head
 // (× one chunk of its query heads when a GQA group is wider than a tile) × one context partition of
 // PART keys. Its query rows (token, head) sit in shared memory; the keys and values are walked in
 // tiles of KT positions, each tile loaded once into shared memory for every row of the block, with
@@ -247,6 +248,176 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
     }
 }
 
+// Decode (one query per sequence): one block = (sequence, KV head, up to DG query heads of its group,
+// partition of PART keys), flash-decoding style. Bandwidth is the limit, so every cache load is 16
+// bytes and nothing waits for a shared tile: LPK lanes hold one key (each lane CH 16-byte pieces of it),
+// a warp reads 32 / LPK keys at a time and the block's warps stride over the partition's keys. Pass 1:
+// each key's dot with the DG queries (kept in registers) into shared scores; the partition's softmax;
+// pass 2: the probability-weighted values, summed across lanes and warps in a fixed order. Keys
+// outside [lo, hi) (window, other partitions, not yet written) are never read.
+#define DG 8
+
+template <typename T, int D> struct Dec {
+    static constexpr int E = 16 / (int)sizeof(T);              // elements per 16-byte load
+    static constexpr int LPK = D / E < 32 ? D / E : 32;        // lanes per key
+    static constexpr int CH = D / (E * LPK);                   // 16-byte pieces per lane
+    static constexpr int KPW = 32 / LPK;                       // keys per warp in flight
+};
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
+}
+
+template <typename T, int D>
+__device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ k_cache,
+                             const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
+                             const uint32_t *__restrict__ cu_query_lens, const uint32_t *__restrict__ context_lens,
+                             const uint32_t *__restrict__ decode_seqs, float *__restrict__ out,
+                             float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
+    using C = Dec<T, D>;
+    __shared__ float s_s[DG][PART];
+    __shared__ float acc_s[WARPS][DG][D];
+    __shared__ float m_s[DG], l_s[DG];
+
+    const uint32_t seq = decode_seqs[blockIdx.x];
+    const uint32_t group = p.num_heads / p.num_kv_heads;
+    const uint32_t hchunks = (group + DG - 1) / DG;
+    const uint32_t kv_head = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
+    const uint32_t head0 = kv_head * group + hc * DG;
+    const int heads = (int)min((uint32_t)DG, group - hc * DG);
+    const uint32_t row = cu_query_lens[seq];
+    const uint32_t ctx = context_lens[seq], pos = ctx - 1;
+    const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
+    const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
+    const uint32_t part_lo = blockIdx.z * PART;
+    const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + PART);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int sub = lane % C::LPK, kw = lane / C::LPK;  // lane within its key, key within the warp
+    // This lane's dims: piece c covers [(c * LPK + sub) * E, + E).
+    float qr[DG][C::CH][C::E];
+#pragma unroll
+    for (int g = 0; g < DG; g++)
+#pragma unroll
+        for (int c = 0; c < C::CH; c++)
+#pragma unroll
+            for (int e = 0; e < C::E; e++) {
+                const int d = (c * C::LPK + sub) * C::E + e;
+                qr[g][c][e] = g < heads ? q[((size_t)row * p.num_heads + head0 + g) * D + d] * p.scale : 0.f;
+            }
+
+    const uint32_t n = lo < hi ? hi - part_lo : 0;  // score slots used: [0, n) relative to part_lo
+    // Pass 1: scores.
+    // Every lane of a warp runs the same iterations (the shuffles below need the whole warp).
+    for (uint32_t base = (uint32_t)(warp * C::KPW); base < n; base += WARPS * C::KPW) {
+        const uint32_t j = base + kw, kpos = part_lo + j;
+        float dot[DG];
+#pragma unroll
+        for (int g = 0; g < DG; g++) dot[g] = 0.f;
+        const bool live = j < n && kpos >= lo;
+        if (live) {
+            const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+            const uint4 *src = reinterpret_cast<const uint4 *>(k_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
+#pragma unroll
+            for (int c = 0; c < C::CH; c++) {
+                float kf[C::E];
+                unpack16<T>(src[c * C::LPK + sub], kf);
+#pragma unroll
+                for (int g = 0; g < DG; g++)
+#pragma unroll
+                    for (int e = 0; e < C::E; e++) dot[g] += qr[g][c][e] * kf[e];
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < DG; g++) {
+#pragma unroll
+            for (int o = C::LPK / 2; o > 0; o /= 2) dot[g] += __shfl_xor_sync(0xffffffff, dot[g], o);
+        }
+        if (sub == 0 && j < n) {
+#pragma unroll
+            for (int g = 0; g < DG; g++) s_s[g][j] = live ? dot[g] : -INFINITY;
+        }
+    }
+    __syncthreads();
+    // The partition's softmax: warp w takes heads w, w + WARPS, ...
+    for (int g = warp; g < heads; g += WARPS) {
+        float mx = -INFINITY;
+        for (uint32_t j = lane; j < n; j += 32) mx = fmaxf(mx, s_s[g][j]);
+        for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+        float sum = 0.f;
+        for (uint32_t j = lane; j < n; j += 32) {
+            const float e = mx == -INFINITY ? 0.f : expf(s_s[g][j] - mx);
+            s_s[g][j] = e;
+            sum += e;
+        }
+        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) {
+            m_s[g] = mx;
+            l_s[g] = sum;
+        }
+    }
+    __syncthreads();
+    // Pass 2: weighted values, this lane's dims of its keys.
+    float acc[DG][C::CH][C::E];
+#pragma unroll
+    for (int g = 0; g < DG; g++)
+#pragma unroll
+        for (int c = 0; c < C::CH; c++)
+#pragma unroll
+            for (int e = 0; e < C::E; e++) acc[g][c][e] = 0.f;
+    for (uint32_t j = (uint32_t)(warp * C::KPW + kw); j < n; j += WARPS * C::KPW) {
+        const uint32_t kpos = part_lo + j;
+        if (kpos < lo) continue;
+        const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+        const uint4 *src = reinterpret_cast<const uint4 *>(v_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
+        float w[DG];
+#pragma unroll
+        for (int g = 0; g < DG; g++) w[g] = s_s[g][j];
+#pragma unroll
+        for (int c = 0; c < C::CH; c++) {
+            float vf[C::E];
+            unpack16<T>(src[c * C::LPK + sub], vf);
+#pragma unroll
+            for (int g = 0; g < DG; g++)
+#pragma unroll
+                for (int e = 0; e < C::E; e++) acc[g][c][e] += w[g] * vf[e];
+        }
+    }
+    // Sum over the warp's keys (lanes of equal `sub`), then over warps in order.
+#pragma unroll
+    for (int g = 0; g < DG; g++)
+#pragma unroll
+        for (int c = 0; c < C::CH; c++)
+#pragma unroll
+            for (int e = 0; e < C::E; e++) {
+                float a = acc[g][c][e];
+#pragma unroll
+                for (int o = 16; o >= C::LPK; o /= 2) a += __shfl_xor_sync(0xffffffff, a, o);
+                if (kw == 0 && g < heads) acc_s[warp][g][(c * C::LPK + sub) * C::E + e] = a;
+            }
+    __syncthreads();
+    for (int i = threadIdx.x; i < heads * D; i += NT) {
+        const int g = i / D, d = i % D;
+        float a = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) a += acc_s[w][g][d];
+        const size_t o = (size_t)row * p.num_heads + head0 + g;
+        if (p.num_partitions == 1) {
+            out[o * D + d] = a / l_s[g];
+        } else {
+            const size_t po = (size_t)blockIdx.z * p.num_tokens * p.num_heads + o;
+            part_acc[po * D + d] = a;
+            if (d == 0) {
+                part_ml[2 * po] = m_s[g];
+                part_ml[2 * po + 1] = l_s[g];
+            }
+        }
+    }
+}
+
 // Combines the partitions of row (token blockIdx.x, head blockIdx.y) in partition order.
 extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
                                                   float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads,
@@ -276,6 +447,25 @@ extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part
         paged_attention<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, work, out, \
                               part_acc, part_ml, p);                                                   \
     }
+
+#define PAGED_DECODE(NAME, T, D)                                                                       \
+    extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
+        const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
+        float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
+        paged_decode<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, \
+                           out, part_acc, part_ml, p);                                                 \
+    }
+
+PAGED_DECODE(paged_decode_f32_d64, float, 64)
+PAGED_DECODE(paged_decode_f32_d128, float, 128)
+PAGED_DECODE(paged_decode_f32_d256, float, 256)
+PAGED_DECODE(paged_decode_f16_d64, __half, 64)
+PAGED_DECODE(paged_decode_f16_d128, __half, 128)
+PAGED_DECODE(paged_decode_f16_d256, __half, 256)
+PAGED_DECODE(paged_decode_bf16_d64, __nv_bfloat16, 64)
+PAGED_DECODE(paged_decode_bf16_d128, __nv_bfloat16, 128)
+PAGED_DECODE(paged_decode_bf16_d256, __nv_bfloat16, 256)
 
 PAGED_ATTENTION(paged_attention_f32_d64, float, 64)
 PAGED_ATTENTION(paged_attention_f32_d128, float, 128)

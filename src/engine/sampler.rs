@@ -2,6 +2,7 @@
 //! a draw from the request's own seeded random stream (llama.cpp's order), or argmax when greedy.
 
 use super::request::{SamplingParams, TokenLogprobs};
+use crate::ops::cpu::argmax;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -18,6 +19,18 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
         Self { params, rng, candidates: Vec::new() }
+    }
+
+    /// Whether this sampler's token is always the argmax of the raw logits (temperature 0, no
+    /// penalties, no logprobs): then the engine asks the runner for the token alone
+    /// ([`crate::runner::StepRow::Greedy`]) and the logits never leave the device.
+    pub fn greedy_only(&self) -> bool {
+        let p = &self.params;
+        p.temperature <= 0.0
+            && p.logprobs.is_none()
+            && p.repeat_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
     }
 
     /// Picks the next token from `logits`, given the sequence's tokens so far (`history`, whose
@@ -153,17 +166,6 @@ pub fn logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
     }
 }
 
-/// The index of the largest logit (the lowest index among equals).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
     let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.map(|l| ((l - max) / temperature).exp()).collect();
@@ -177,6 +179,25 @@ mod tests {
 
     fn params(temperature: f32) -> SamplingParams {
         SamplingParams { temperature, seed: 7, ..SamplingParams::default() }
+    }
+
+    #[test]
+    fn greedy_only_samplers_pick_the_argmax_of_the_raw_logits() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1009) as f32 * 0.01).collect();
+        let greedy = [params(0.0), SamplingParams { top_k: 3, top_p: 0.5, min_p: 0.2, ..params(0.0) }];
+        for p in greedy {
+            let mut s = Sampler::new(p);
+            assert!(s.greedy_only());
+            assert_eq!(s.sample(&mut logits.clone(), &[1, 2], 1), argmax(&logits));
+        }
+        let not_greedy = [
+            params(0.7),
+            SamplingParams { logprobs: Some(1), ..params(0.0) },
+            SamplingParams { repeat_penalty: 1.1, ..params(0.0) },
+            SamplingParams { presence_penalty: 0.5, ..params(0.0) },
+            SamplingParams { frequency_penalty: 0.5, ..params(0.0) },
+        ];
+        assert!(not_greedy.into_iter().all(|p| !Sampler::new(p).greedy_only()));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use super::detok::{Detokenizer, StopMatcher, StopScan};
 use super::request::{Completion, Event, FinishReason, Request, Timings, Usage};
-use super::sampler::{logprobs, Sampler};
+use super::sampler::{logprobs, Distribution, Sampler};
 use super::scheduler::{ScheduledChunk, Scheduler, SchedulerOutput, SeqId, Sequence};
 use super::speculative::{verify_token, AdaptiveK, Proposal, ProposalRequest, SpecCounts, Speculation, Verdict};
 use super::{EngineStats, TokenLogprobs};
 use crate::error::Result;
 use crate::model::Model;
 use crate::ops::PagedKvCache;
-use crate::runner::{run_step_rows, SeqChunk, WindowBlocks};
+use crate::runner::{run_step_rows, SeqChunk, StepRow, WindowBlocks};
 use crate::tokenizer::Tokenizer;
 use candle_core::Device;
 use std::collections::HashMap;
@@ -75,6 +75,14 @@ struct SpecState {
     enabled: bool,
     totals: SpecCounts,
     verifications: u64,
+}
+
+/// One step's work for the runner: the chunks, how many logits rows each needs, and whether those
+/// rows are sampled greedily.
+struct StepWork<'a> {
+    chunks: Vec<SeqChunk<'a>>,
+    rows: Vec<usize>,
+    greedy: Vec<bool>,
 }
 
 /// State owned by the engine thread.
@@ -176,10 +184,17 @@ impl Worker {
         let drafts = self.propose()?;
         let out = self.scheduler.schedule();
         let logits = {
-            let (chunks, rows) = self.chunks(&out);
-            match chunks.is_empty() {
+            let work = self.chunks(&out);
+            match work.chunks.is_empty() {
                 true => None,
-                false => Some(run_step_rows(self.model.as_ref(), &self.cache, &chunks, &rows, &self.device)),
+                false => Some(run_step_rows(
+                    self.model.as_ref(),
+                    &self.cache,
+                    &work.chunks,
+                    &work.rows,
+                    &work.greedy,
+                    &self.device,
+                )),
             }
         };
         for &id in drafts.keys() {
@@ -198,10 +213,10 @@ impl Worker {
         let prefill = out.chunks.iter().any(|c| self.is_prefill(c));
         let mut rows = logits.into_iter();
         for chunk in &sampled {
-            let mine: Vec<Vec<f32>> = rows.by_ref().take(chunk.draft + 1).collect();
+            let mine: Vec<StepRow> = rows.by_ref().take(chunk.draft + 1).collect();
             match drafts.get(&chunk.seq) {
                 Some(proposal) if chunk.draft > 0 => self.on_verify(chunk.seq, mine, proposal)?,
-                _ => self.on_logits(chunk.seq, mine.into_iter().next().unwrap_or_default())?,
+                _ => self.on_row(chunk.seq, mine.into_iter().next().unwrap_or(StepRow::Logits(Vec::new())))?,
             }
         }
         if let Ok(mut stats) = self.stats.lock() {
@@ -276,31 +291,36 @@ impl Worker {
         chunk.len > 1 + chunk.draft || chunk.start < prompt_len
     }
 
-    /// The step's chunks for the runner, and how many logits rows each needs.
-    fn chunks<'a>(&'a self, out: &SchedulerOutput) -> (Vec<SeqChunk<'a>>, Vec<usize>) {
-        out.chunks
-            .iter()
-            .filter_map(|c| {
-                let seq = self.scheduler.get(c.seq)?;
-                let chunk = SeqChunk {
-                    tokens: &seq.tokens[c.start..c.start + c.len],
-                    start: c.start,
-                    block_table: seq.block_table(),
-                    sample: c.sample,
-                    window_blocks: self.cache.has_window_group().then(|| WindowBlocks {
-                        first: seq.window_table().first(),
-                        blocks: seq.window_table().blocks(),
-                    }),
-                };
-                Some((chunk, if c.sample { c.draft + 1 } else { 0 }))
-            })
-            .unzip()
+    /// The step's chunks for the runner, how many logits rows each needs, and whether its rows are
+    /// sampled greedily (then only their argmax comes back from the device).
+    fn chunks<'a>(&'a self, out: &SchedulerOutput) -> StepWork<'a> {
+        let mut work = StepWork { chunks: Vec::new(), rows: Vec::new(), greedy: Vec::new() };
+        for c in &out.chunks {
+            let Some(seq) = self.scheduler.get(c.seq) else { continue };
+            work.chunks.push(SeqChunk {
+                tokens: &seq.tokens[c.start..c.start + c.len],
+                start: c.start,
+                block_table: seq.block_table(),
+                sample: c.sample,
+                window_blocks: self
+                    .cache
+                    .has_window_group()
+                    .then(|| WindowBlocks { first: seq.window_table().first(), blocks: seq.window_table().blocks() }),
+            });
+            work.rows.push(if c.sample { c.draft + 1 } else { 0 });
+            work.greedy.push(self.active.get(&c.seq).is_some_and(|a| a.sampler.greedy_only()));
+        }
+        work
     }
 
-    /// Samples a sequence's next token, streams its text and ends the request when a stop is met.
-    fn on_logits(&mut self, id: SeqId, mut logits: Vec<f32>) -> Result<()> {
+    /// Samples a sequence's next token (or takes the greedy one the runner picked), streams its text
+    /// and ends the request when a stop is met.
+    fn on_row(&mut self, id: SeqId, row: StepRow) -> Result<()> {
         let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(()) };
-        let (token, logprobs) = a.sampler.sample_with_logprobs(&mut logits, &seq.tokens, a.prompt_len);
+        let (token, logprobs) = match row {
+            StepRow::Greedy(token) => (token, None),
+            StepRow::Logits(mut logits) => a.sampler.sample_with_logprobs(&mut logits, &seq.tokens, a.prompt_len),
+        };
         self.scheduler.append_token(id, token);
         match self.emit(id, token, logprobs)? {
             Some(reason) => self.complete(id, reason),
@@ -311,14 +331,20 @@ impl Worker {
     /// Verifies a sequence's guesses against the target's logits at its last token and at each
     /// guess (`rows`), then streams the accepted guesses and the token after them (a replacement or
     /// a bonus) as if sampled one by one, and keeps the accepted guesses' keys and values.
-    fn on_verify(&mut self, id: SeqId, rows: Vec<Vec<f32>>, proposal: &Proposal) -> Result<()> {
+    fn on_verify(&mut self, id: SeqId, rows: Vec<StepRow>, proposal: &Proposal) -> Result<()> {
         let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(()) };
         let guesses = &proposal.tokens[..rows.len() - 1];
         let mut history = seq.tokens.clone();
         let mut emitted: Vec<(u32, Option<TokenLogprobs>)> = Vec::with_capacity(rows.len());
-        for (i, mut row) in rows.into_iter().enumerate() {
-            let raw = a.job.request.sampling.logprobs.map(|n| (row.clone(), n));
-            let p = a.sampler.distribution(&mut row, &history, a.prompt_len);
+        for (i, row) in rows.into_iter().enumerate() {
+            let (p, raw) = match row {
+                // A greedy-only sampler's distribution is its argmax with probability 1.
+                StepRow::Greedy(token) => (Distribution(vec![(token, 1.0)]), None),
+                StepRow::Logits(mut row) => {
+                    let raw = a.job.request.sampling.logprobs.map(|n| (row.clone(), n));
+                    (a.sampler.distribution(&mut row, &history, a.prompt_len), raw)
+                }
+            };
             let (token, last) = match guesses.get(i) {
                 Some(&guess) => {
                     let q = proposal.dists.as_ref().and_then(|d| d.get(i));

@@ -4,44 +4,26 @@
 //! [`Variant`](super::config::Variant); the block is written once.
 
 use super::config::ModelConfig;
+use super::linear::{self, Linear, Projections};
 use super::load::{LoadOptions, Matrix, WeightSource};
 use super::rope::{Rope, RopeConfig, StepRotation};
 use super::{Model, ModelInfo, StepInput};
 use crate::error::{Error, Result};
 use crate::ops::{self, Activation, PagedKvCache, QWeights};
 use candle_core::{Device, Tensor};
-use std::sync::Arc;
-
-/// A projection: quantized (or dense) weights and an optional bias.
-#[derive(Debug)]
-struct Linear {
-    weight: QWeights,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-}
 
 #[derive(Debug)]
 struct Block {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Q, K and V.
+    qkv: Projections,
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up.
+    gate_up: Projections,
     down: Linear,
     post_ffn_norm: Option<Tensor>,
     /// Keys each query sees (0: all).
@@ -135,23 +117,26 @@ impl Llama {
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
         let (h, kvh, d) = (self.info.num_heads, self.info.num_kv_heads, self.info.head_dim);
-        let mut q = block.q.forward(x)?.reshape((t, h, d))?;
-        let mut k = block.k.forward(x)?.reshape((t, kvh, d))?;
-        let v = block.v.forward(x)?.reshape((t, kvh, d))?;
+        let [q, k, v]: [Tensor; 3] = block.qkv.forward(x)?.try_into().map_err(|_| Error::Metadata("Q/K/V".into()))?;
+        let mut q = q.reshape((t, h, d))?;
+        let mut k = k.reshape((t, kvh, d))?;
+        let v = v.reshape((t, kvh, d))?;
         if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
             q = self.norm(&q, qn)?;
             k = self.norm(&k, kn)?;
         }
         let q = rotation.apply(&q)?;
         let k = rotation.apply(&k)?;
-        ops::kv_write(&k, &v, &meta.slot_mapping, cache.0, cache.1)?;
+        ops::kv_write(&k, &v, meta, cache.0, cache.1)?;
         let out = ops::paged_attention(&q, cache.0, cache.1, meta, self.scale, block.window)?;
         block.o.forward(&out.reshape((t, h * d))?)
     }
 
     fn feed_forward(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
         let act = if self.gelu { Activation::GeluTanh } else { Activation::Silu };
-        let gated = ops::gated_activation(&block.gate.forward(x)?, &block.up.forward(x)?, act)?;
+        let [gate, up]: [Tensor; 2] =
+            block.gate_up.forward(x)?.try_into().map_err(|_| Error::Metadata("gate/up".into()))?;
+        let gated = ops::gated_activation(&gate, &up, act)?;
         block.down.forward(&gated)
     }
 
@@ -213,12 +198,22 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn matrix(&mut self, name: &str) -> Result<QWeights> {
-        let weights = match self.source.matrix(name, self.device)? {
-            Matrix::Quantized(t) => QWeights::new(Arc::new(*t))?,
-            Matrix::Dense(t) => QWeights::dense(t.to_dtype(self.options.dense_dtype)?)?,
-        };
+        let weights = linear::weights(self.source.matrix(name, self.device)?, self.options.dense_dtype)?;
         self.bytes += weights.storage_bytes();
         Ok(weights)
+    }
+
+    /// The projections `names` of one input (`{name}.weight`, and `{name}.bias` when `bias`).
+    fn projections(&mut self, names: &[String], bias: bool) -> Result<Projections> {
+        let mut parts: Vec<(Matrix, Option<Tensor>)> = Vec::with_capacity(names.len());
+        for name in names {
+            let matrix = self.source.matrix(&format!("{name}.weight"), self.device)?;
+            let b = bias.then(|| self.vector(&format!("{name}.bias"))).transpose()?;
+            parts.push((matrix, b));
+        }
+        let projections = Projections::new(parts, self.options.dense_dtype, self.device)?;
+        self.bytes += projections.storage_bytes();
+        Ok(projections)
     }
 
     fn vector(&mut self, name: &str) -> Result<Tensor> {
@@ -238,16 +233,13 @@ impl Loader<'_> {
         let (variant, gemma) = (config.variant, config.variant.gemma);
         Ok(Block {
             attn_norm: self.vector(&p("attn_norm.weight"))?,
-            q: self.linear(&p("attn_q"), variant.qkv_bias)?,
-            k: self.linear(&p("attn_k"), variant.qkv_bias)?,
-            v: self.linear(&p("attn_v"), variant.qkv_bias)?,
+            qkv: self.projections(&[p("attn_q"), p("attn_k"), p("attn_v")], variant.qkv_bias)?,
             o: self.linear(&p("attn_output"), false)?,
             q_norm: variant.qk_norm.then(|| self.vector(&p("attn_q_norm.weight"))).transpose()?,
             k_norm: variant.qk_norm.then(|| self.vector(&p("attn_k_norm.weight"))).transpose()?,
             post_attn_norm: gemma.then(|| self.vector(&p("post_attention_norm.weight"))).transpose()?,
             ffn_norm: self.vector(&p("ffn_norm.weight"))?,
-            gate: self.linear(&p("ffn_gate"), false)?,
-            up: self.linear(&p("ffn_up"), false)?,
+            gate_up: self.projections(&[p("ffn_gate"), p("ffn_up")], false)?,
             down: self.linear(&p("ffn_down"), false)?,
             post_ffn_norm: gemma.then(|| self.vector(&p("post_ffw_norm.weight"))).transpose()?,
             window,

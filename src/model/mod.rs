@@ -3,6 +3,7 @@
 //! keys and values kept in the paged cache. Logits come back only for the rows that need a token.
 
 pub mod config;
+mod linear;
 mod llama;
 pub mod load;
 mod rope;

@@ -23,6 +23,19 @@ pub struct AttentionParams {
     pub window: usize,
 }
 
+/// The index of the largest of `row` (greedy sampling): the lowest index among equals, NaN read
+/// as −∞ (a row of NaN gives 0). The definition `argmax_rows` is tested against on every backend.
+pub fn argmax(row: &[f32]) -> u32 {
+    let value = |l: f32| if l.is_nan() { f32::NEG_INFINITY } else { l };
+    let mut best = 0;
+    for (i, &l) in row.iter().enumerate() {
+        if value(l) > value(row[best]) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Copies row `t` of `src` (`[T, row_len]`) into cache slot `slot_mapping[t]` of `cache`
 /// (`[slots, row_len]`).
 pub fn kv_write(src: &[f32], slot_mapping: &[u32], cache: &mut [f32], row_len: usize) {

@@ -1,6 +1,8 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
-//! device: `kv_write` in place, and paged attention with its split-context reduction. The PTX of the
-//! newest compiled architecture the GPU supports is loaded once per device (candle caches modules).
+//! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
+//! one for the others, both split over the context and reduced), and the row argmax of greedy
+//! sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
+//! per device (candle caches modules).
 
 use super::cpu::AttentionParams;
 use super::AttentionMetadata;
@@ -16,6 +18,14 @@ mod ptx {
 
 /// Threads per attention block (`NT` in `paged_attention.cu`).
 const ATTENTION_THREADS: u32 = 128;
+/// Key of the slot mapping's upload in [`AttentionMetadata::uploads`].
+const SLOTS_UPLOAD: u32 = 0;
+/// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
+const ATTENTION_UPLOAD: u32 = 1;
+/// Threads per row of `argmax_rows` (`ARGMAX_THREADS` in `argmax.cu`).
+const ARGMAX_THREADS: u32 = 1024;
+/// Query heads of a GQA group per decode block (`DG` in `paged_attention.cu`).
+const DECODE_HEADS: usize = 8;
 /// Keys per context partition (`PART` in `paged_attention.cu`).
 const PARTITION_KEYS: usize = 256;
 
@@ -57,21 +67,40 @@ fn f32_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result
     Ok(slice.slice(start..end))
 }
 
-/// Writes `src` (`[T, row_len]` f32) into cache slots `slot_mapping`, converting to the cache's type.
+/// The argmax of each of the `rows` rows of `vocab` f32 in `logits` (contiguous), as `[rows]` u32.
+pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usize) -> Result<CudaStorage> {
+    let dev = logits.device.clone();
+    let logits = f32_view(logits, layout, "argmax-rows logits")?;
+    // SAFETY: the kernel writes one id per row, every row.
+    let out = unsafe { dev.alloc::<u32>(rows)? };
+    let func = function(&dev, "argmax", "argmax_rows_f32")?;
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (ARGMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    let vocab = vocab as u32;
+    builder.arg(&logits).arg(&vocab).arg(&out);
+    // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows` u32.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// Writes `src` (`[T, row_len]` f32) into cache slots `meta.slot_mapping`, converting to the cache's
+/// type.
 pub fn kv_write(
     cache: &mut CudaStorage,
     cache_l: &Layout,
     src: &CudaStorage,
     src_l: &Layout,
-    slot_mapping: &[u32],
+    meta: &AttentionMetadata,
     row_len: usize,
 ) -> Result<()> {
+    let slot_mapping = &meta.slot_mapping;
     if slot_mapping.is_empty() {
         return Ok(());
     }
     let dev = cache.device.clone();
     let src = f32_view(src, src_l, "kv-write source")?;
-    let slots = dev.clone_htod(slot_mapping)?;
+    let slots = meta.uploads.get_or_upload(SLOTS_UPLOAD, || dev.clone_htod(slot_mapping))?;
     let func = function(&dev, "kv_write", &format!("kv_write_{}", dtype_suffix(&cache.slice)?))?;
     let cfg = LaunchConfig {
         grid_dim: (slot_mapping.len() as u32, 1, 1),
@@ -79,7 +108,7 @@ pub fn kv_write(
         shared_mem_bytes: 0,
     };
     let offset = cache_l.start_offset();
-    let args = (&src, &slots, offset, row_len as u32, cfg);
+    let args = (&src, &*slots, offset, row_len as u32, cfg);
     let stream = dev.cuda_stream();
     match &mut cache.slice {
         CudaStorageSlice::F32(c) => launch_kv_write(&stream, &func, c, args),
@@ -151,10 +180,11 @@ impl Tiling {
 }
 
 /// Device-side metadata of one call, packed into one upload: block tables, query offsets, context
-/// lengths, then the work items (sequence, first query row, query count).
-fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>, [usize; 3]) {
+/// lengths, the work items of the sequences with several queries (sequence, first query row, query
+/// count), then the sequences that decode (one query each).
+fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>, [usize; 4]) {
     let b = meta.num_seqs();
-    let mut packed = Vec::with_capacity(meta.block_tables.len().max(1) + 2 * b + 1 + 3 * meta.num_tokens());
+    let mut packed = Vec::with_capacity(meta.block_tables.len().max(1) + 3 * b + 1 + 3 * meta.num_tokens());
     packed.extend_from_slice(&meta.block_tables);
     if packed.is_empty() {
         packed.push(0); // a zero-width table still needs a valid pointer
@@ -164,13 +194,23 @@ fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>,
     let ctx_at = packed.len();
     packed.extend_from_slice(&meta.context_lens);
     let work_at = packed.len();
-    for s in 0..b {
-        let (start, end) = (meta.cu_query_lens[s] as usize, meta.cu_query_lens[s + 1] as usize);
-        for first in (start..end).step_by(tokens_per_item) {
-            packed.extend([s as u32, first as u32, (end - first).min(tokens_per_item) as u32]);
+    let query_rows = |s: usize| meta.cu_query_lens[s] as usize..meta.cu_query_lens[s + 1] as usize;
+    for s in (0..b).filter(|&s| query_rows(s).len() > 1) {
+        let rows = query_rows(s);
+        for first in rows.clone().step_by(tokens_per_item) {
+            packed.extend([s as u32, first as u32, (rows.end - first).min(tokens_per_item) as u32]);
         }
     }
-    (packed, [cu_at, ctx_at, work_at])
+    let decode_at = packed.len();
+    packed.extend((0..b).filter(|&s| query_rows(s).len() == 1).map(|s| s as u32));
+    (packed, [cu_at, ctx_at, work_at, decode_at])
+}
+
+/// One call's uploaded metadata ([`pack_metadata`]) and where its parts start.
+struct PackedMetadata {
+    slice: CudaSlice<u32>,
+    len: usize,
+    at: [usize; 4],
 }
 
 /// Paged attention on the GPU: `q` `[T, heads, head_dim]` f32, caches of f32/f16/bf16; returns the
@@ -193,23 +233,27 @@ pub fn paged_attention(
     if tokens == 0 {
         return Ok(CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<f32>(1)?, dev));
     }
-    // SAFETY: the kernels write every (token, head) row: the work items cover each sequence's
-    // queries and the chunks cover each group's heads.
+    // SAFETY: the kernels write every (token, head) row: the work items cover the queries of each
+    // sequence with several and the chunks each group's heads; the decode blocks cover each decoding
+    // sequence's query and its group's heads in chunks of DECODE_HEADS.
     let out = unsafe { dev.alloc::<f32>(out_len)? };
     let tiling = Tiling::new(&shape);
-    let (packed, [cu_at, ctx_at, work_at]) = pack_metadata(meta, tiling.tokens_per_item);
-    let items = (packed.len() - work_at) / 3;
+    let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
+        let (values, at) = pack_metadata(meta, tiling.tokens_per_item);
+        Ok(PackedMetadata { slice: dev.clone_htod(&values)?, len: values.len(), at })
+    })?;
+    let [cu_at, ctx_at, work_at, decode_at] = packed.at;
+    let (items, decodes) = ((decode_at - work_at) / 3, packed.len - decode_at);
     let max_ctx = meta.context_lens.iter().copied().max().unwrap_or(0) as usize;
     let partitions = max_ctx.div_ceil(PARTITION_KEYS).max(1);
-    let packed = dev.clone_htod(&packed)?;
-    let (part_acc, part_ml): (CudaSlice<f32>, CudaSlice<f32>) = if partitions > 1 {
-        // SAFETY: every entry is written by the attention kernel before the reduction reads it.
-        unsafe {
-            (dev.alloc::<f32>(partitions * out_len)?, dev.alloc::<f32>(partitions * tokens * shape.num_heads * 2)?)
-        }
-    } else {
-        (dev.alloc_zeros::<f32>(1)?, dev.alloc_zeros::<f32>(1)?)
+    let (acc_len, ml_len) = match partitions {
+        1 => (1, 1),
+        p => (p * out_len, p * tokens * shape.num_heads * 2),
     };
+    // SAFETY: with several partitions every entry is written by the attention kernel before the
+    // reduction reads it; with one, the kernel writes `out` directly and never touches them (so no
+    // memset launches for placeholders either).
+    let (part_acc, part_ml) = unsafe { (dev.alloc::<f32>(acc_len)?, dev.alloc::<f32>(ml_len)?) };
     let params = KernelParams {
         num_heads: shape.num_heads as u32,
         num_kv_heads: shape.num_kv_heads as u32,
@@ -222,31 +266,46 @@ pub fn paged_attention(
         num_partitions: partitions as u32,
         num_tokens: tokens as u32,
     };
-    let name = format!("paged_attention_{}_d{d}", dtype_suffix(&k.slice)?);
-    let func = function(&dev, "paged_attention", &name)?;
-    let cfg = LaunchConfig {
-        grid_dim: (items as u32, (shape.num_kv_heads * tiling.num_chunks) as u32, partitions as u32),
-        block_dim: (ATTENTION_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (tables, cu) = (packed.slice(..cu_at), packed.slice(cu_at..ctx_at));
-    let (ctx, work) = (packed.slice(ctx_at..work_at), packed.slice(work_at..));
-    let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
-    builder.arg(&q);
-    match (&k.slice, &v.slice) {
-        (CudaStorageSlice::F32(k), CudaStorageSlice::F32(v)) => builder.arg(k).arg(v),
-        (CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => builder.arg(k).arg(v),
-        (CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => builder.arg(k).arg(v),
-        _ => candle_core::bail!("paged-attention: keys and values must share one dtype"),
-    };
     if k_l.start_offset() != 0 || v_l.start_offset() != 0 {
         candle_core::bail!("paged-attention: caches must start at their storage's first element");
     }
-    builder.arg(&tables).arg(&cu).arg(&ctx).arg(&work).arg(&out).arg(&part_acc).arg(&part_ml).arg(&params);
-    // SAFETY: the metadata was validated against the cache shape (blocks, slots, lengths), so every
-    // read stays inside the caches and the tables; writes cover `out` or the partition buffers.
-    unsafe { builder.launch(cfg) }.w()?;
+    let suffix = format!("{}_d{d}", dtype_suffix(&k.slice)?);
+    let slice = &packed.slice;
+    let (tables, cu, ctx) = (slice.slice(..cu_at), slice.slice(cu_at..ctx_at), slice.slice(ctx_at..work_at));
+    let stream = dev.cuda_stream();
+    let group = shape.num_heads / shape.num_kv_heads;
+    // (kernel, its list: work items or decoding sequences, blocks along x and y); each skipped when
+    // the step has none of its sequences.
+    let launches = [
+        ("paged_attention", slice.slice(work_at..decode_at), items, shape.num_kv_heads * tiling.num_chunks),
+        (
+            "paged_decode",
+            slice.slice(decode_at..packed.len),
+            decodes,
+            shape.num_kv_heads * group.div_ceil(DECODE_HEADS),
+        ),
+    ];
+    for (kernel, list, x, y) in launches.iter().filter(|l| l.2 > 0) {
+        let func = function(&dev, "paged_attention", &format!("{kernel}_{suffix}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (*x as u32, *y as u32, partitions as u32),
+            block_dim: (ATTENTION_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&q);
+        match (&k.slice, &v.slice) {
+            (CudaStorageSlice::F32(k), CudaStorageSlice::F32(v)) => builder.arg(k).arg(v),
+            (CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => builder.arg(k).arg(v),
+            (CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => builder.arg(k).arg(v),
+            _ => candle_core::bail!("paged-attention: keys and values must share one dtype"),
+        };
+        builder.arg(&tables).arg(&cu).arg(&ctx).arg(list).arg(&out).arg(&part_acc).arg(&part_ml).arg(&params);
+        // SAFETY: the metadata was validated against the cache shape (blocks, slots, lengths), so every
+        // read stays inside the caches and the tables; the two kernels write disjoint query rows of
+        // `out` or of the partition buffers.
+        unsafe { builder.launch(cfg) }.w()?;
+    }
     if partitions > 1 {
         let reduce = function(&dev, "paged_attention", "paged_attention_reduce")?;
         let cfg = LaunchConfig {

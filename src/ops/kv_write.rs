@@ -1,19 +1,20 @@
 //! `kv_write`: scatters a step's new keys and values into their cache slots, in place.
 
-use super::cpu;
+use super::{cpu, AttentionMetadata};
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
-/// Writes `k` and `v` (`[T, num_kv_heads, head_dim]`) into the slots `slot_mapping[t]` of
+/// Writes `k` and `v` (`[T, num_kv_heads, head_dim]`) into the slots `meta.slot_mapping[t]` of
 /// `k_cache` and `v_cache` (`[num_blocks, block_size, num_kv_heads, head_dim]`).
-pub fn kv_write(k: &Tensor, v: &Tensor, slot_mapping: &[u32], k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
-    let op = KvWrite { slot_mapping };
+pub fn kv_write(k: &Tensor, v: &Tensor, meta: &AttentionMetadata, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
+    let op = KvWrite { meta };
     k_cache.inplace_op2(&k.contiguous()?, &op)?;
     v_cache.inplace_op2(&v.contiguous()?, &op)
 }
 
 /// The in-place op, one struct per backend dispatch.
 struct KvWrite<'a> {
-    slot_mapping: &'a [u32],
+    /// The step's metadata: its slots (and GPU backends' upload of them).
+    meta: &'a AttentionMetadata,
 }
 
 impl KvWrite<'_> {
@@ -22,11 +23,11 @@ impl KvWrite<'_> {
         let (_, block_size, kv_heads, head_dim) = cache_l.shape().dims4()?;
         let row_len = kv_heads * head_dim;
         let (tokens, src_heads, src_dim) = src_l.shape().dims3()?;
-        if src_heads * src_dim != row_len || tokens != self.slot_mapping.len() {
+        if src_heads * src_dim != row_len || tokens != self.meta.slot_mapping.len() {
             candle_core::bail!("kv-write: source {:?} does not fit cache {:?}", src_l.shape(), cache_l.shape());
         }
         let slots = cache_l.shape().elem_count() / row_len;
-        if self.slot_mapping.iter().any(|&s| s as usize >= slots) {
+        if self.meta.slot_mapping.iter().any(|&s| s as usize >= slots) {
             candle_core::bail!("kv-write: slot out of range ({slots} slots of {block_size} tokens each block)");
         }
         Ok(row_len)
@@ -40,12 +41,12 @@ impl InplaceOp2 for KvWrite<'_> {
 
     fn cpu_fwd(&self, cache: &mut CpuStorage, cache_l: &Layout, src: &CpuStorage, src_l: &Layout) -> Result<()> {
         let row_len = self.row_len(cache_l, src_l)?;
-        let tokens = self.slot_mapping.len();
+        let tokens = self.meta.slot_mapping.len();
         match (cache, src) {
             (CpuStorage::F32(cache), CpuStorage::F32(src)) => {
                 let src = &src[src_l.start_offset()..src_l.start_offset() + tokens * row_len];
                 let cache = &mut cache[cache_l.start_offset()..];
-                cpu::kv_write(src, self.slot_mapping, cache, row_len);
+                cpu::kv_write(src, &self.meta.slot_mapping, cache, row_len);
                 Ok(())
             }
             _ => candle_core::bail!("kv-write: the CPU cache holds f32 keys and values"),
@@ -61,7 +62,7 @@ impl InplaceOp2 for KvWrite<'_> {
         src_l: &Layout,
     ) -> Result<()> {
         let row_len = self.row_len(cache_l, src_l)?;
-        super::cuda::kv_write(cache, cache_l, src, src_l, self.slot_mapping, row_len)
+        super::cuda::kv_write(cache, cache_l, src, src_l, self.meta, row_len)
     }
 
     #[cfg(target_os = "macos")]
@@ -73,6 +74,6 @@ impl InplaceOp2 for KvWrite<'_> {
         src_l: &Layout,
     ) -> Result<()> {
         let row_len = self.row_len(cache_l, src_l)?;
-        super::metal::kv_write(cache, cache_l, src, src_l, self.slot_mapping, row_len)
+        super::metal::kv_write(cache, cache_l, src, src_l, &self.meta.slot_mapping, row_len)
     }
 }

@@ -1,11 +1,13 @@
 //! The engine's custom operations, one dispatch point each: `kv_write` puts a step's keys and values
 //! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
 //! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's),
-//! `gated_activation` fuses a feed-forward block's `act(gate) · up`.
+//! `gated_activation` fuses a feed-forward block's `act(gate) · up`, `argmax_rows` samples greedy rows
+//! where the logits are.
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
 //! reference implementation that every other backend is tested against, and the CPU production path;
 //! `metal` (macOS only) launches the Metal kernels of `kernels/metal/`.
 
+mod argmax;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -17,6 +19,7 @@ mod metal;
 mod paged_attention;
 mod qmatmul;
 
+pub use argmax::argmax_rows;
 pub use bodega_cpu_kernels::Activation;
 pub use gated::gated_activation;
 pub use kv_cache::{KvShape, PagedKvCache};
@@ -24,8 +27,13 @@ pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
 pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 /// Where each sequence of a step sits in the paged cache: built once per step by the runner and
-/// shared by every layer.
+/// shared by every layer. Fill it before the first kernel reads it and leave it unchanged after:
+/// kernels keep their device copies of it in `uploads`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AttentionMetadata {
     /// For each of the step's T tokens, the cache slot (`block * block_size + offset`) it writes.
@@ -38,6 +46,51 @@ pub struct AttentionMetadata {
     pub cu_query_lens: Vec<u32>,
     /// `[B]`: tokens of sequence b in the cache after this step's writes (its queries are the last ones).
     pub context_lens: Vec<u32>,
+    /// Device copies of the fields above, uploaded by the first layer's kernels and reused by every
+    /// later layer of the step: one upload per step instead of several per layer.
+    pub uploads: DeviceCopies,
+}
+
+/// Device-side copies of a step's metadata, each made once under a key by the kernel that needs it.
+/// A clone starts empty (the clone may then be edited), and copies never make two metadata unequal.
+#[derive(Default)]
+pub struct DeviceCopies(Mutex<HashMap<u32, Arc<dyn Any + Send + Sync>>>);
+
+impl DeviceCopies {
+    /// The copy under `key`, made by `upload` the first time it is asked for.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn get_or_upload<T: Any + Send + Sync>(
+        &self,
+        key: u32,
+        upload: impl FnOnce() -> candle_core::Result<T>,
+    ) -> candle_core::Result<Arc<T>> {
+        let mut copies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(copy) = copies.get(&key).and_then(|c| c.clone().downcast::<T>().ok()) {
+            return Ok(copy);
+        }
+        let copy = Arc::new(upload()?);
+        copies.insert(key, copy.clone());
+        Ok(copy)
+    }
+}
+
+impl Clone for DeviceCopies {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for DeviceCopies {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for DeviceCopies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |c| c.len());
+        write!(f, "DeviceCopies({n})")
+    }
 }
 
 impl AttentionMetadata {

@@ -132,3 +132,8 @@ pub fn run_all(engine: &bodega::engine::Engine, requests: Vec<bodega::engine::Re
         })
         .collect()
 }
+
+/// The metadata of a step that only writes keys and values, into `slots` (a test filling a cache).
+pub fn writes(slots: &[u32]) -> bodega::ops::AttentionMetadata {
+    bodega::ops::AttentionMetadata { slot_mapping: slots.to_vec(), ..Default::default() }
+}
