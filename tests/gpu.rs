@@ -640,7 +640,8 @@ fn attention_kernel_throughput() {
 
 /// Where a decode step's time goes on a synthetic Llama-3.2-1B F16, printed for docs/perf.md: the
 /// host's time to issue the forward pass (it returns once every kernel is queued), the time until
-/// the GPU has finished it, and the copy of the logits to the host that the engine's sampler reads.
+/// the GPU has finished it, and what greedy sampling then costs: the argmax on the GPU with the ids
+/// copied back (the engine's path), against copying every row's logits to the host.
 /// Issue time close to the total means the step is bound by the host (per-op work and launches), not
 /// by the GPU's memory bandwidth. Asserts only that it ran.
 #[test]
@@ -667,25 +668,65 @@ fn decode_step_host_vs_gpu_time() {
         drop(model.forward(&input, &cache).unwrap());
         dev.synchronize().unwrap();
         let iters = 20;
-        let (mut issue, mut finish, mut copy) = (0.0, 0.0, 0.0);
+        let (mut issue, mut finish, mut copy, mut greedy) = (0.0, 0.0, 0.0, 0.0);
         for _ in 0..iters {
             let start = std::time::Instant::now();
             let logits = model.forward(&input, &cache).unwrap();
             issue += start.elapsed().as_secs_f64();
             dev.synchronize().unwrap();
             finish += start.elapsed().as_secs_f64();
+            let before_argmax = std::time::Instant::now();
+            let tokens = bodega::ops::argmax_rows(&logits).unwrap();
+            greedy += before_argmax.elapsed().as_secs_f64();
             let before_copy = std::time::Instant::now();
             let rows = logits.to_vec2::<f32>().unwrap();
             copy += before_copy.elapsed().as_secs_f64();
             assert_eq!(rows.len(), seqs);
+            assert_eq!(tokens, rows.iter().map(|r| bodega::ops::cpu::argmax(r)).collect::<Vec<_>>());
         }
         let us = |s: f64| s / iters as f64 * 1e6;
         println!(
             "decode step, {seqs} sequences at context {context}: issued by the host in {:.0} µs, finished on the \
-             GPU at {:.0} µs, logits to the host {:.0} µs",
+             GPU at {:.0} µs, greedy tokens (argmax on the GPU) to the host {:.0} µs, whole logits to the host \
+             {:.0} µs",
             us(issue),
             us(finish),
+            us(greedy),
             us(copy)
         );
     }
+}
+
+/// The host's cost of each kind of op a decode step issues (1 token, Llama-3.2-1B shapes, f16
+/// weights), printed for docs/perf.md: µs per call, 200 calls queued back to back and one
+/// synchronisation at the end, so that host time dominates wherever it exceeds the kernel's.
+/// Asserts only that they ran.
+#[test]
+fn decode_op_host_costs() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let x = Tensor::from_vec(random(&mut rng, 2048), (1, 2048), &dev).unwrap();
+    let w = Tensor::from_vec(random(&mut rng, 3072 * 2048), (3072, 2048), &dev).unwrap().to_dtype(DType::F16).unwrap();
+    let norm = Tensor::from_vec(random(&mut rng, 2048), 2048, &dev).unwrap();
+    let wide = Tensor::from_vec(random(&mut rng, 3072), (1, 3072), &dev).unwrap();
+    let cos = Tensor::from_vec(random(&mut rng, 32), (1, 1, 32), &dev).unwrap();
+    let host_ids = vec![7u32; 64];
+    let time = |what: &str, f: &mut dyn FnMut()| {
+        let us = time_per_call(&dev, 200, f) * 1e6;
+        println!("decode op host cost: {what}: {us:.1} µs per call");
+    };
+    time("to_dtype f32 → f16 [1, 2048]", &mut || drop(x.to_dtype(DType::F16).unwrap()));
+    let xh = x.to_dtype(DType::F16).unwrap();
+    time("matmul f16 [1, 2048] × [3072, 2048]ᵀ (cuBLAS)", &mut || drop(xh.matmul(&w.t().unwrap()).unwrap()));
+    time("rms_norm [1, 2048]", &mut || drop(candle_nn::ops::rms_norm(&x, &norm, 1e-5).unwrap()));
+    time("add [1, 2048]", &mut || drop((&x + &x).unwrap()));
+    time("narrow + contiguous [1, 512] of [1, 3072]", &mut || {
+        drop(wide.narrow(1, 2048, 512).unwrap().contiguous().unwrap())
+    });
+    let q = wide.narrow(1, 0, 2048).unwrap().reshape((1, 32, 1, 64)).unwrap();
+    let q = q.contiguous().unwrap();
+    time("rope_i [1, 32, 1, 64]", &mut || drop(candle_nn::rotary_emb::rope_i(&q, &cos, &cos).unwrap()));
+    time("silu [1, 3072]", &mut || drop(candle_nn::ops::silu(&wide).unwrap()));
+    time("upload 64 u32 (Tensor::from_slice)", &mut || drop(Tensor::from_slice(&host_ids, 64, &dev).unwrap()));
+    time("empty synchronize", &mut || dev.synchronize().unwrap());
 }

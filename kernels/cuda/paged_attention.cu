@@ -253,9 +253,11 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
 // bytes and nothing waits for a shared tile: LPK lanes hold one key (each lane CH 16-byte pieces of it),
 // a warp reads 32 / LPK keys at a time and the block's warps stride over the partition's keys. Pass 1:
 // each key's dot with the DG queries (kept in registers) into shared scores; the partition's softmax;
-// pass 2: the probability-weighted values, summed across lanes and warps in a fixed order. Keys
+// pass 2: the probability-weighted values, summed across lanes and warps in a fixed order. Each lane
+// issues the loads of UK keys before it uses the first, so that enough bytes are in flight. Keys
 // outside [lo, hi) (window, other partitions, not yet written) are never read.
 #define DG 8
+#define UK 4  // keys each lane loads before using them
 
 template <typename T, int D> struct Dec {
     static constexpr int E = 16 / (int)sizeof(T);              // elements per 16-byte load
@@ -310,35 +312,50 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
             }
 
     const uint32_t n = lo < hi ? hi - part_lo : 0;  // score slots used: [0, n) relative to part_lo
-    // Pass 1: scores.
-    // Every lane of a warp runs the same iterations (the shuffles below need the whole warp).
-    for (uint32_t base = (uint32_t)(warp * C::KPW); base < n; base += WARPS * C::KPW) {
-        const uint32_t j = base + kw, kpos = part_lo + j;
-        float dot[DG];
+    // Each lane has UK keys' loads in flight before it uses any (bandwidth needs bytes in flight).
+    constexpr uint32_t STEP = WARPS * C::KPW * UK;
+    // Pass 1: scores. Every lane of a warp runs the same iterations (the shuffles need the whole warp).
+    for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
+        uint4 raw[UK][C::CH];
+        bool live[UK];
 #pragma unroll
-        for (int g = 0; g < DG; g++) dot[g] = 0.f;
-        const bool live = j < n && kpos >= lo;
-        if (live) {
-            const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-            const uint4 *src = reinterpret_cast<const uint4 *>(k_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
+        for (int u = 0; u < UK; u++) {
+            const uint32_t j = base + u * C::KPW + kw, kpos = part_lo + j;
+            live[u] = j < n && kpos >= lo;
+            if (live[u]) {
+                const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+                const uint4 *src =
+                    reinterpret_cast<const uint4 *>(k_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
 #pragma unroll
-            for (int c = 0; c < C::CH; c++) {
-                float kf[C::E];
-                unpack16<T>(src[c * C::LPK + sub], kf);
-#pragma unroll
-                for (int g = 0; g < DG; g++)
-#pragma unroll
-                    for (int e = 0; e < C::E; e++) dot[g] += qr[g][c][e] * kf[e];
+                for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
             }
         }
 #pragma unroll
-        for (int g = 0; g < DG; g++) {
+        for (int u = 0; u < UK; u++) {
+            const uint32_t j = base + u * C::KPW + kw;
+            float dot[DG];
 #pragma unroll
-            for (int o = C::LPK / 2; o > 0; o /= 2) dot[g] += __shfl_xor_sync(0xffffffff, dot[g], o);
-        }
-        if (sub == 0 && j < n) {
+            for (int g = 0; g < DG; g++) dot[g] = 0.f;
+            if (live[u]) {
 #pragma unroll
-            for (int g = 0; g < DG; g++) s_s[g][j] = live ? dot[g] : -INFINITY;
+                for (int c = 0; c < C::CH; c++) {
+                    float kf[C::E];
+                    unpack16<T>(raw[u][c], kf);
+#pragma unroll
+                    for (int g = 0; g < DG; g++)
+#pragma unroll
+                        for (int e = 0; e < C::E; e++) dot[g] += qr[g][c][e] * kf[e];
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < DG; g++) {
+#pragma unroll
+                for (int o = C::LPK / 2; o > 0; o /= 2) dot[g] += __shfl_xor_sync(0xffffffff, dot[g], o);
+            }
+            if (sub == 0 && j < n) {
+#pragma unroll
+                for (int g = 0; g < DG; g++) s_s[g][j] = live[u] ? dot[g] : -INFINITY;
+            }
         }
     }
     __syncthreads();
@@ -368,22 +385,37 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
         for (int c = 0; c < C::CH; c++)
 #pragma unroll
             for (int e = 0; e < C::E; e++) acc[g][c][e] = 0.f;
-    for (uint32_t j = (uint32_t)(warp * C::KPW + kw); j < n; j += WARPS * C::KPW) {
-        const uint32_t kpos = part_lo + j;
-        if (kpos < lo) continue;
-        const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-        const uint4 *src = reinterpret_cast<const uint4 *>(v_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
-        float w[DG];
+    for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
+        uint4 raw[UK][C::CH];
+        bool live[UK];
 #pragma unroll
-        for (int g = 0; g < DG; g++) w[g] = s_s[g][j];
+        for (int u = 0; u < UK; u++) {
+            const uint32_t j = base + u * C::KPW + kw, kpos = part_lo + j;
+            live[u] = j < n && kpos >= lo;
+            if (live[u]) {
+                const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+                const uint4 *src =
+                    reinterpret_cast<const uint4 *>(v_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
 #pragma unroll
-        for (int c = 0; c < C::CH; c++) {
-            float vf[C::E];
-            unpack16<T>(src[c * C::LPK + sub], vf);
+                for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
+            }
+        }
 #pragma unroll
-            for (int g = 0; g < DG; g++)
+        for (int u = 0; u < UK; u++) {
+            if (!live[u]) continue;
+            const uint32_t j = base + u * C::KPW + kw;
+            float w[DG];
 #pragma unroll
-                for (int e = 0; e < C::E; e++) acc[g][c][e] += w[g] * vf[e];
+            for (int g = 0; g < DG; g++) w[g] = s_s[g][j];
+#pragma unroll
+            for (int c = 0; c < C::CH; c++) {
+                float vf[C::E];
+                unpack16<T>(raw[u][c], vf);
+#pragma unroll
+                for (int g = 0; g < DG; g++)
+#pragma unroll
+                    for (int e = 0; e < C::E; e++) acc[g][c][e] += w[g] * vf[e];
+            }
         }
     }
     // Sum over the warp's keys (lanes of equal `sub`), then over warps in order.
@@ -418,25 +450,48 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     }
 }
 
-// Combines the partitions of row (token blockIdx.x, head blockIdx.y) in partition order.
+// Combines the partitions of row (token blockIdx.x, head blockIdx.y) in partition order. The threads
+// share the partitions' weights e^(m_z - M) through shared memory, RED_CHUNK at a time, so that each
+// thread's loads of its columns over the partitions are independent of one another (a long context
+// has hundreds of partitions).
+#define RED_CHUNK 256
 extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
                                                   float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads,
                                                   uint32_t head_dim, uint32_t num_partitions) {
+    __shared__ float e_s[RED_CHUNK];
+    __shared__ float max_s[32];
     const size_t o = (size_t)blockIdx.x * num_heads + blockIdx.y;
     const size_t stride = (size_t)num_tokens * num_heads;
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
     float m = -INFINITY;
-    for (uint32_t z = 0; z < num_partitions; z++) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
-    for (uint32_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float num = 0.f, den = 0.f;
-        for (uint32_t z = 0; z < num_partitions; z++) {
-            const float mz = part_ml[2 * (z * stride + o)];
-            if (mz == -INFINITY) continue;
-            const float e = expf(mz - m);
-            num += e * part_acc[(z * stride + o) * head_dim + d];
-            den += e * part_ml[2 * (z * stride + o) + 1];
+    for (uint32_t z = threadIdx.x; z < num_partitions; z += blockDim.x) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
+    for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off));
+    if (lane == 0) max_s[warp] = m;
+    __syncthreads();
+    m = -INFINITY;
+    for (uint32_t w = 0; w < warps; w++) m = fmaxf(m, max_s[w]);
+    // Each thread owns columns threadIdx.x + i * blockDim.x (at most 2: head_dim <= 2 * blockDim.x).
+    const uint32_t d0 = threadIdx.x, d1 = threadIdx.x + blockDim.x;
+    float num0 = 0.f, num1 = 0.f, den = 0.f;
+    for (uint32_t zc = 0; zc < num_partitions; zc += RED_CHUNK) {
+        const uint32_t zn = min((uint32_t)RED_CHUNK, num_partitions - zc);
+        __syncthreads();
+        for (uint32_t i = threadIdx.x; i < zn; i += blockDim.x) {
+            const float mz = part_ml[2 * ((zc + i) * stride + o)];
+            e_s[i] = mz == -INFINITY ? 0.f : expf(mz - m);
         }
-        out[o * head_dim + d] = num / den;
+        __syncthreads();
+#pragma unroll 8
+        for (uint32_t i = 0; i < zn; i++) {
+            const float e = e_s[i];
+            const size_t base = ((zc + i) * stride + o) * head_dim;
+            den += e * part_ml[2 * ((zc + i) * stride + o) + 1];
+            if (d0 < head_dim) num0 += e * part_acc[base + d0];
+            if (d1 < head_dim) num1 += e * part_acc[base + d1];
+        }
     }
+    if (d0 < head_dim) out[o * head_dim + d0] = num0 / den;
+    if (d1 < head_dim) out[o * head_dim + d1] = num1 / den;
 }
 
 #define PAGED_ATTENTION(NAME, T, D)                                                                    \
