@@ -14,7 +14,7 @@ use bodega::model::load::gguf::GgufFile;
 use bodega::model::load::synthetic::SyntheticSpec;
 use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
 use bodega::model::Model;
-use bodega::ops::{kv_write, paged_attention, AttentionMetadata, PagedKvCache};
+use bodega::ops::{kv_write, paged_attention, Activation, AttentionMetadata, PagedKvCache};
 use bodega::runner::{build_step, SeqChunk, StepRow};
 use candle_core::{DType, Device, Tensor};
 use common::writes;
@@ -474,6 +474,27 @@ fn engine_on_cuda_prefix_cache_hits_keep_the_outputs() {
     assert!(cached > 0, "the second round hit no cached prefix");
     assert_same_outputs(&cold, &again, "prefix cache hits vs cold");
     assert_no_leak(&warm);
+}
+
+/// The fused gated activation on CUDA reads gate and up as the two halves of one `[T, 2N]` matmul
+/// output (strided, as the fused gate/up projection leaves them) and matches the CPU kernels.
+#[test]
+fn gated_activation_on_cuda_reads_strided_halves_and_matches_the_cpu() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for (t, n) in [(1, 8192), (7, 1000), (64, 2304)] {
+        let both: Vec<f32> = random(&mut rng, t * 2 * n).iter().map(|x| x * 6.0).collect();
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let on = |device: &Device| {
+                let fused = Tensor::from_slice(&both, (t, 2 * n), device).unwrap();
+                let (gate, up) = (fused.narrow(1, 0, n).unwrap(), fused.narrow(1, n, n).unwrap());
+                let out = bodega::ops::gated_activation(&gate, &up, act).unwrap();
+                out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            let err = relative_error(&on(&dev), &on(&Device::Cpu));
+            assert!(err < 1e-5, "{act:?} [{t}, {n}]: relative error {err:e}");
+        }
+    }
 }
 
 /// Logits rows that make an argmax easy to get wrong: random values, the maximum repeated at several

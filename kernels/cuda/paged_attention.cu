@@ -248,15 +248,14 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
     }
 }
 
-// Decode (one query per sequence): one block = (sequence, KV head, up to DG query heads of its group,
+// Decode (one query per sequence): one block = (sequence, KV head, up to G query heads of its group,
 // partition of PART keys), flash-decoding style. Bandwidth is the limit, so every cache load is 16
 // bytes and nothing waits for a shared tile: LPK lanes hold one key (each lane CH 16-byte pieces of it),
 // a warp reads 32 / LPK keys at a time and the block's warps stride over the partition's keys. Pass 1:
-// each key's dot with the DG queries (kept in registers) into shared scores; the partition's softmax;
+// each key's dot with the G queries (kept in registers) into shared scores; the partition's softmax;
 // pass 2: the probability-weighted values, summed across lanes and warps in a fixed order. Each lane
 // issues the loads of UK keys before it uses the first, so that enough bytes are in flight. Keys
 // outside [lo, hi) (window, other partitions, not yet written) are never read.
-#define DG 8
 #define UK 4  // keys each lane loads before using them
 
 template <typename T, int D> struct Dec {
@@ -273,23 +272,23 @@ __device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
     for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
 }
 
-template <typename T, int D>
+template <typename T, int D, int G>
 __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ k_cache,
                              const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
                              const uint32_t *__restrict__ cu_query_lens, const uint32_t *__restrict__ context_lens,
                              const uint32_t *__restrict__ decode_seqs, float *__restrict__ out,
                              float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
     using C = Dec<T, D>;
-    __shared__ float s_s[DG][PART];
-    __shared__ float acc_s[WARPS][DG][D];
-    __shared__ float m_s[DG], l_s[DG];
+    __shared__ float s_s[G][PART];
+    __shared__ float acc_s[WARPS][G][D];
+    __shared__ float m_s[G], l_s[G];
 
     const uint32_t seq = decode_seqs[blockIdx.x];
     const uint32_t group = p.num_heads / p.num_kv_heads;
-    const uint32_t hchunks = (group + DG - 1) / DG;
+    const uint32_t hchunks = (group + G - 1) / G;
     const uint32_t kv_head = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
-    const uint32_t head0 = kv_head * group + hc * DG;
-    const int heads = (int)min((uint32_t)DG, group - hc * DG);
+    const uint32_t head0 = kv_head * group + hc * G;
+    const int heads = (int)min((uint32_t)G, group - hc * G);
     const uint32_t row = cu_query_lens[seq];
     const uint32_t ctx = context_lens[seq], pos = ctx - 1;
     const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
@@ -300,9 +299,9 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int sub = lane % C::LPK, kw = lane / C::LPK;  // lane within its key, key within the warp
     // This lane's dims: piece c covers [(c * LPK + sub) * E, + E).
-    float qr[DG][C::CH][C::E];
+    float qr[G][C::CH][C::E];
 #pragma unroll
-    for (int g = 0; g < DG; g++)
+    for (int g = 0; g < G; g++)
 #pragma unroll
         for (int c = 0; c < C::CH; c++)
 #pragma unroll
@@ -333,28 +332,28 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
 #pragma unroll
         for (int u = 0; u < UK; u++) {
             const uint32_t j = base + u * C::KPW + kw;
-            float dot[DG];
+            float dot[G];
 #pragma unroll
-            for (int g = 0; g < DG; g++) dot[g] = 0.f;
+            for (int g = 0; g < G; g++) dot[g] = 0.f;
             if (live[u]) {
 #pragma unroll
                 for (int c = 0; c < C::CH; c++) {
                     float kf[C::E];
                     unpack16<T>(raw[u][c], kf);
 #pragma unroll
-                    for (int g = 0; g < DG; g++)
+                    for (int g = 0; g < G; g++)
 #pragma unroll
                         for (int e = 0; e < C::E; e++) dot[g] += qr[g][c][e] * kf[e];
                 }
             }
 #pragma unroll
-            for (int g = 0; g < DG; g++) {
+            for (int g = 0; g < G; g++) {
 #pragma unroll
                 for (int o = C::LPK / 2; o > 0; o /= 2) dot[g] += __shfl_xor_sync(0xffffffff, dot[g], o);
             }
             if (sub == 0 && j < n) {
 #pragma unroll
-                for (int g = 0; g < DG; g++) s_s[g][j] = live[u] ? dot[g] : -INFINITY;
+                for (int g = 0; g < G; g++) s_s[g][j] = live[u] ? dot[g] : -INFINITY;
             }
         }
     }
@@ -378,9 +377,9 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     }
     __syncthreads();
     // Pass 2: weighted values, this lane's dims of its keys.
-    float acc[DG][C::CH][C::E];
+    float acc[G][C::CH][C::E];
 #pragma unroll
-    for (int g = 0; g < DG; g++)
+    for (int g = 0; g < G; g++)
 #pragma unroll
         for (int c = 0; c < C::CH; c++)
 #pragma unroll
@@ -404,15 +403,15 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
         for (int u = 0; u < UK; u++) {
             if (!live[u]) continue;
             const uint32_t j = base + u * C::KPW + kw;
-            float w[DG];
+            float w[G];
 #pragma unroll
-            for (int g = 0; g < DG; g++) w[g] = s_s[g][j];
+            for (int g = 0; g < G; g++) w[g] = s_s[g][j];
 #pragma unroll
             for (int c = 0; c < C::CH; c++) {
                 float vf[C::E];
                 unpack16<T>(raw[u][c], vf);
 #pragma unroll
-                for (int g = 0; g < DG; g++)
+                for (int g = 0; g < G; g++)
 #pragma unroll
                     for (int e = 0; e < C::E; e++) acc[g][c][e] += w[g] * vf[e];
             }
@@ -420,7 +419,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     }
     // Sum over the warp's keys (lanes of equal `sub`), then over warps in order.
 #pragma unroll
-    for (int g = 0; g < DG; g++)
+    for (int g = 0; g < G; g++)
 #pragma unroll
         for (int c = 0; c < C::CH; c++)
 #pragma unroll
@@ -503,24 +502,28 @@ extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part
                               part_acc, part_ml, p);                                                   \
     }
 
-#define PAGED_DECODE(NAME, T, D)                                                                       \
+// G: query heads per block, 4 (GQA groups of up to 4: half the registers, more blocks per SM) or 8.
+#define PAGED_DECODE(NAME, T, D, G)                                                                    \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
         float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
-        paged_decode<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, \
-                           out, part_acc, part_ml, p);                                                 \
+        paged_decode<T, D, G>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, \
+                              out, part_acc, part_ml, p);                                              \
     }
+#define PAGED_DECODE_G(T, NAME, D)                                                                     \
+    PAGED_DECODE(paged_decode_##NAME##_d##D##_g4, T, D, 4)                                             \
+    PAGED_DECODE(paged_decode_##NAME##_d##D##_g8, T, D, 8)
 
-PAGED_DECODE(paged_decode_f32_d64, float, 64)
-PAGED_DECODE(paged_decode_f32_d128, float, 128)
-PAGED_DECODE(paged_decode_f32_d256, float, 256)
-PAGED_DECODE(paged_decode_f16_d64, __half, 64)
-PAGED_DECODE(paged_decode_f16_d128, __half, 128)
-PAGED_DECODE(paged_decode_f16_d256, __half, 256)
-PAGED_DECODE(paged_decode_bf16_d64, __nv_bfloat16, 64)
-PAGED_DECODE(paged_decode_bf16_d128, __nv_bfloat16, 128)
-PAGED_DECODE(paged_decode_bf16_d256, __nv_bfloat16, 256)
+PAGED_DECODE_G(float, f32, 64)
+PAGED_DECODE_G(float, f32, 128)
+PAGED_DECODE_G(float, f32, 256)
+PAGED_DECODE_G(__half, f16, 64)
+PAGED_DECODE_G(__half, f16, 128)
+PAGED_DECODE_G(__half, f16, 256)
+PAGED_DECODE_G(__nv_bfloat16, bf16, 64)
+PAGED_DECODE_G(__nv_bfloat16, bf16, 128)
+PAGED_DECODE_G(__nv_bfloat16, bf16, 256)
 
 PAGED_ATTENTION(paged_attention_f32_d64, float, 64)
 PAGED_ATTENTION(paged_attention_f32_d128, float, 128)

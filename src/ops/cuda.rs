@@ -1,7 +1,7 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
-//! one for the others, both split over the context and reduced), and the row argmax of greedy
-//! sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
+//! one for the others, both split over the context and reduced), the gated activation of a
+//! feed-forward block, and the row argmax of greedy sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
 //! per device (candle caches modules).
 
 use super::cpu::AttentionParams;
@@ -22,10 +22,19 @@ const ATTENTION_THREADS: u32 = 128;
 const SLOTS_UPLOAD: u32 = 0;
 /// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
 const ATTENTION_UPLOAD: u32 = 1;
+/// Threads per block of the gated activation (`GATED_THREADS` in `gated.cu`).
+const GATED_THREADS: u32 = 256;
 /// Threads per row of `argmax_rows` (`ARGMAX_THREADS` in `argmax.cu`).
 const ARGMAX_THREADS: u32 = 1024;
-/// Query heads of a GQA group per decode block (`DG` in `paged_attention.cu`).
-const DECODE_HEADS: usize = 8;
+/// Query heads of a GQA group per decode block (`G` in `paged_attention.cu`): 4 when the group is
+/// that small (half the registers, so more blocks per SM), else 8.
+fn decode_heads(group: usize) -> usize {
+    if group <= 4 {
+        4
+    } else {
+        8
+    }
+}
 /// Keys per context partition (`PART` in `paged_attention.cu`).
 const PARTITION_KEYS: usize = 256;
 
@@ -80,6 +89,53 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     let vocab = vocab as u32;
     builder.arg(&logits).arg(&vocab).arg(&out);
     // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows` u32.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// Rows `[rows, n]` of an f32 matrix whose rows are contiguous inside: its view from the first
+/// element and its row stride.
+fn row_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result<(CudaView<'a, f32>, usize)> {
+    let CudaStorageSlice::F32(slice) = &storage.slice else {
+        candle_core::bail!("{what} must be f32 on CUDA");
+    };
+    let (rows, n) = layout.shape().dims2()?;
+    let stride = layout.stride();
+    if stride[1] != 1 && n > 1 {
+        candle_core::bail!("{what}: rows must be contiguous inside");
+    }
+    let start = layout.start_offset();
+    let row_stride = if rows > 1 { stride[0] } else { n };
+    Ok((slice.slice(start..start + (rows - 1) * row_stride + n), row_stride))
+}
+
+/// `act(gate) · up` for `[rows, n]` f32 `gate` and `up` whose rows are contiguous inside (the two
+/// halves of a fused gate/up output, say); returns a contiguous `[rows, n]`.
+pub fn gated_activation(
+    gelu: bool,
+    (gate, gate_l): (&CudaStorage, &Layout),
+    (up, up_l): (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    let dev = gate.device.clone();
+    let (rows, n) = gate_l.shape().dims2()?;
+    if rows == 0 || n == 0 {
+        candle_core::bail!("gated-activation of an empty [{rows}, {n}] tensor");
+    }
+    let (gate, gate_stride) = row_view(gate, gate_l, "gated-activation gate")?;
+    let (up, up_stride) = row_view(up, up_l, "gated-activation up")?;
+    // SAFETY: the kernel writes all `rows * n` values.
+    let out = unsafe { dev.alloc::<f32>(rows * n)? };
+    let func = function(&dev, "gated", if gelu { "gated_gelu_f32" } else { "gated_silu_f32" })?;
+    let cfg = LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(GATED_THREADS), rows as u32, 1),
+        block_dim: (GATED_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    let (n, gate_stride, up_stride) = (n as u32, gate_stride as u32, up_stride as u32);
+    builder.arg(&gate).arg(&up).arg(&out).arg(&n).arg(&gate_stride).arg(&up_stride);
+    // SAFETY: reads `rows` rows of `n` at the given strides inside the views, writes `out`.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
@@ -235,7 +291,7 @@ pub fn paged_attention(
     }
     // SAFETY: the kernels write every (token, head) row: the work items cover the queries of each
     // sequence with several and the chunks each group's heads; the decode blocks cover each decoding
-    // sequence's query and its group's heads in chunks of DECODE_HEADS.
+    // sequence's query and its group's heads in chunks of `decode_heads(group)`.
     let out = unsafe { dev.alloc::<f32>(out_len)? };
     let tiling = Tiling::new(&shape);
     let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
@@ -276,17 +332,23 @@ pub fn paged_attention(
     let group = shape.num_heads / shape.num_kv_heads;
     // (kernel, its list: work items or decoding sequences, blocks along x and y); each skipped when
     // the step has none of its sequences.
+    let g = decode_heads(group);
     let launches = [
-        ("paged_attention", slice.slice(work_at..decode_at), items, shape.num_kv_heads * tiling.num_chunks),
         (
-            "paged_decode",
+            format!("paged_attention_{suffix}"),
+            slice.slice(work_at..decode_at),
+            items,
+            shape.num_kv_heads * tiling.num_chunks,
+        ),
+        (
+            format!("paged_decode_{suffix}_g{g}"),
             slice.slice(decode_at..packed.len),
             decodes,
-            shape.num_kv_heads * group.div_ceil(DECODE_HEADS),
+            shape.num_kv_heads * group.div_ceil(g),
         ),
     ];
     for (kernel, list, x, y) in launches.iter().filter(|l| l.2 > 0) {
-        let func = function(&dev, "paged_attention", &format!("{kernel}_{suffix}"))?;
+        let func = function(&dev, "paged_attention", kernel)?;
         let cfg = LaunchConfig {
             grid_dim: (*x as u32, *y as u32, partitions as u32),
             block_dim: (ATTENTION_THREADS, 1, 1),
