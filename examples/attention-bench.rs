@@ -39,6 +39,7 @@ fn main() {
             max_blocks: blocks_per_seq,
             cu_query_lens: (0..=seqs as u32).collect(),
             context_lens: vec![ctx as u32; seqs],
+            ..Default::default()
         };
         let params = AttentionParams {
             num_heads,
