@@ -497,6 +497,28 @@ fn gated_activation_on_cuda_reads_strided_halves_and_matches_the_cpu() {
     }
 }
 
+/// The residual add fused with the next RMS norm on CUDA against candle's two ops on the CPU (the
+/// CPU model's path): both outputs, at one token, a ragged batch and a prefill chunk.
+#[test]
+fn add_rms_norm_on_cuda_matches_the_cpu_add_and_norm() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    for (t, d) in [(1, 2048), (7, 576), (512, 640)] {
+        let (x, y, w) = (random(&mut rng, t * d), random(&mut rng, t * d), random(&mut rng, d));
+        let on = |device: &Device| {
+            let tensor = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, device).unwrap();
+            let (sum, normed) =
+                bodega::ops::add_rms_norm(&tensor(&x, &[t, d]), &tensor(&y, &[t, d]), &tensor(&w, &[d]), 1e-5).unwrap();
+            let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (flat(sum), flat(normed))
+        };
+        let (gpu, cpu) = (on(&dev), on(&Device::Cpu));
+        assert_eq!(gpu.0, cpu.0, "[{t}, {d}]: the sums differ");
+        let err = relative_error(&gpu.1, &cpu.1);
+        assert!(err < 1e-5, "[{t}, {d}]: normed relative error {err:e}");
+    }
+}
+
 /// Logits rows that make an argmax easy to get wrong: random values, the maximum repeated at several
 /// indices (the lowest must win), NaN (read as −∞), all equal, and −∞ before the maximum.
 fn tricky_logits(rng: &mut ChaCha8Rng, rows: usize, vocab: usize) -> Vec<f32> {

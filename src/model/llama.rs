@@ -140,19 +140,20 @@ impl Llama {
         block.down.forward(&gated)
     }
 
-    /// `x + post_norm(f(norm(x)))`, the post-norm being Gemma's.
+    /// A sub-block with its residual: `x + post_norm(f(h))` (`h` being x's norm, the post-norm
+    /// Gemma's), and that sum's norm by `next`, the input of whatever follows.
     fn residual(
         &self,
-        x: Tensor,
-        norm: &Tensor,
+        (x, h): (Tensor, Tensor),
         post_norm: Option<&Tensor>,
+        next: &Tensor,
         f: impl FnOnce(&Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let mut y = f(&self.norm(&x, norm)?)?;
+    ) -> Result<(Tensor, Tensor)> {
+        let mut y = f(&h)?;
         if let Some(post) = post_norm {
             y = self.norm(&y, post)?;
         }
-        Ok((x + y)?)
+        Ok(ops::add_rms_norm(&x, &y, next, self.eps)?)
     }
 }
 
@@ -168,23 +169,28 @@ impl Model for Llama {
         }
         let rotations =
             self.ropes.iter().map(|rope| rope.at(&input.positions)).collect::<Result<Vec<StepRotation>>>()?;
+        // The residual stream and its norm by the next norm weight: each residual add is fused
+        // with the norm after it (the next sub-block's, the last one the output norm).
+        let first_norm = self.blocks.first().map_or(&self.output_norm, |b| &b.attn_norm);
+        let mut stream = (x.clone(), self.norm(&x, first_norm)?);
         for (i, block) in self.blocks.iter().enumerate() {
             let meta = match (cache.is_windowed(i), &input.window_attention) {
                 (false, _) => &input.attention,
                 (true, Some(window)) => window,
                 (true, None) => return Err(Error::InvalidRequest("the step has no window block tables".into())),
             };
-            x = self.residual(x, &block.attn_norm, block.post_attn_norm.as_ref(), |h| {
+            let next_norm = self.blocks.get(i + 1).map_or(&self.output_norm, |b| &b.attn_norm);
+            stream = self.residual(stream, block.post_attn_norm.as_ref(), &block.ffn_norm, |h| {
                 self.attention(block, h, meta, &rotations[block.rope], cache.layer(i))
             })?;
-            x = self.residual(x, &block.ffn_norm, block.post_ffn_norm.as_ref(), |h| self.feed_forward(block, h))?;
+            stream = self.residual(stream, block.post_ffn_norm.as_ref(), next_norm, |h| self.feed_forward(block, h))?;
         }
         if input.logits_rows.dim(0)? == 0 {
             return Ok(Tensor::zeros((0, self.info.vocab_size), candle_core::DType::F32, &Device::Cpu)?);
         }
-        let x = x.index_select(&input.logits_rows, 0)?;
-        let x = self.norm(&x, &self.output_norm)?;
-        self.output.forward(&x)
+        // Rows are normed independently: norming all of them and keeping the sampled ones equals
+        // norming the sampled ones.
+        self.output.forward(&stream.1.index_select(&input.logits_rows, 0)?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
 //! one for the others, both split over the context and reduced), the gated activation of a
-//! feed-forward block, and the row argmax of greedy sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
+//! feed-forward block, the residual add fused with the next RMS norm, and the row argmax of greedy
+//! sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
 //! per device (candle caches modules).
 
 use super::cpu::AttentionParams;
@@ -22,6 +23,8 @@ const ATTENTION_THREADS: u32 = 128;
 const SLOTS_UPLOAD: u32 = 0;
 /// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
 const ATTENTION_UPLOAD: u32 = 1;
+/// Threads per row of `add_rms_norm` (`NORM_THREADS` in `add_norm.cu`).
+const NORM_THREADS: u32 = 256;
 /// Threads per block of the gated activation (`GATED_THREADS` in `gated.cu`).
 const GATED_THREADS: u32 = 256;
 /// Threads per row of `argmax_rows` (`ARGMAX_THREADS` in `argmax.cu`).
@@ -89,6 +92,34 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     let vocab = vocab as u32;
     builder.arg(&logits).arg(&vocab).arg(&out);
     // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows` u32.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// `[2, rows, dim]`: `x + y` and its RMS norm by `w` (all contiguous f32).
+pub fn add_rms_norm(
+    (x, x_l): (&CudaStorage, &Layout),
+    (y, y_l): (&CudaStorage, &Layout),
+    (w, w_l): (&CudaStorage, &Layout),
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let dev = x.device.clone();
+    if rows == 0 || dim == 0 {
+        candle_core::bail!("add-rms-norm of an empty [{rows}, {dim}] tensor");
+    }
+    let (x, y) = (f32_view(x, x_l, "add-rms-norm x")?, f32_view(y, y_l, "add-rms-norm y")?);
+    let w = f32_view(w, w_l, "add-rms-norm weight")?;
+    // SAFETY: the kernel writes both halves of every row.
+    let out = unsafe { dev.alloc::<f32>(2 * rows * dim)? };
+    let func = function(&dev, "add_norm", "add_rms_norm_f32")?;
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    let (rows, dim) = (rows as u32, dim as u32);
+    builder.arg(&x).arg(&y).arg(&w).arg(&out).arg(&rows).arg(&dim).arg(&eps);
+    // SAFETY: reads `rows * dim` of x and y and `dim` of w (checked shapes), writes `out`.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }

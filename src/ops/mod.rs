@@ -2,11 +2,12 @@
 //! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
 //! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's),
 //! `gated_activation` fuses a feed-forward block's `act(gate) · up`, `argmax_rows` samples greedy rows
-//! where the logits are.
+//! where the logits are, `add_rms_norm` fuses a residual add with the next norm.
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
 //! reference implementation that every other backend is tested against, and the CPU production path;
 //! `metal` (macOS only) launches the Metal kernels of `kernels/metal/`.
 
+mod add_norm;
 mod argmax;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -19,6 +20,7 @@ mod metal;
 mod paged_attention;
 mod qmatmul;
 
+pub use add_norm::add_rms_norm;
 pub use argmax::argmax_rows;
 pub use bodega_cpu_kernels::Activation;
 pub use gated::gated_activation;
