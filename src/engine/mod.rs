@@ -116,6 +116,9 @@ pub struct StepTotals {
     pub steps: u64,
     /// Tokens those steps fed through the model.
     pub tokens: u64,
+    /// Tokens those steps produced for their requests (with speculation, the accepted guesses plus
+    /// one per verification, not the guesses fed): what a decode rate counts.
+    pub generated: u64,
     /// Wall time of those steps' forward passes and sampling.
     pub seconds: f64,
     /// Cached keys and values the steps' attention read, in tokens (summed over sequences).
@@ -124,9 +127,10 @@ pub struct StepTotals {
 
 impl StepTotals {
     /// Adds one step.
-    pub fn add(&mut self, tokens: usize, seconds: f64, kv_tokens_read: usize) {
+    pub fn add(&mut self, tokens: usize, generated: usize, seconds: f64, kv_tokens_read: usize) {
         self.steps += 1;
         self.tokens += tokens as u64;
+        self.generated += generated as u64;
         self.seconds += seconds;
         self.kv_tokens_read += kv_tokens_read as u64;
     }
@@ -136,6 +140,7 @@ impl StepTotals {
         StepTotals {
             steps: self.steps - earlier.steps,
             tokens: self.tokens - earlier.tokens,
+            generated: self.generated - earlier.generated,
             seconds: self.seconds - earlier.seconds,
             kv_tokens_read: self.kv_tokens_read - earlier.kv_tokens_read,
         }
