@@ -3,9 +3,13 @@
 //! sizes 64/128/256, q_len 1..512, contexts 1..32k, windows, f32/f16/bf16 caches, and bitwise batch
 //! invariance. End to end: a truncated SmolLM2 (`BODEGA_GPU_MODEL`, made by scripts/truncate-gguf.py)
 //! agrees with the CPU backend on ≥ 99% of teacher-forced top-1 tokens, and the engine's batching,
-//! chunked prefill, preemption and prefix cache work on the GPU.
+//! chunked prefill, preemption and prefix cache work on the GPU. `formats` runs tests/formats.rs's
+//! cases (every architecture and format against transformers' and mlx-lm's references, the
+//! sliding-window pool) on the GPU.
 
 mod common;
+#[path = "formats/cases.rs"]
+mod formats;
 
 use bodega::engine::{Engine, EngineConfig, Request};
 use bodega::model::load::gguf::GgufFile;
@@ -31,6 +35,11 @@ fn cuda() -> Device {
     bodega::device::select(bodega::device::DeviceChoice::Cuda(0)).unwrap_or_else(|e| {
         panic!("tests/gpu.rs needs an NVIDIA GPU and its driver ({e}); run it on the GPU machine: scripts/gpu-check.sh")
     })
+}
+
+/// The device tests/formats.rs's cases run on here.
+fn test_device() -> Device {
+    cuda()
 }
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {

@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub kv_memory: Option<u64>,
     /// Reuse the cached blocks of shared prompt prefixes.
     pub prefix_caching: bool,
+    /// Dtype of the KV cache; `None`: the device's ([`crate::device::kv_dtype`]). Tests pin f32 to
+    /// hold a GPU backend to the CPU's tolerances.
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             max_batched_tokens: 512,
             kv_memory: None,
             prefix_caching: true,
+            kv_dtype: None,
         }
     }
 }
@@ -213,7 +217,7 @@ impl Engine {
                 "block size, --max-seqs and --max-batched-tokens must be positive".into(),
             ));
         }
-        let kv_dtype = crate::device::kv_dtype(&device);
+        let kv_dtype = config.kv_dtype.unwrap_or_else(|| crate::device::kv_dtype(&device));
         let per_block = PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, kv_dtype);
         let context = config.context_length.min(info.context_length).max(2);
         let layout =
