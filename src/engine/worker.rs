@@ -112,6 +112,8 @@ impl Worker {
 
     /// Serves requests until shut down or every sender is gone.
     pub fn run(mut self, inbox: Receiver<Command>) {
+        // Pool sizes are known before the first request; readers (/metrics) should see them.
+        self.publish_stats();
         loop {
             if self.scheduler.is_idle() {
                 match inbox.recv() {
