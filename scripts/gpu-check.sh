@@ -18,7 +18,8 @@
 # accepted) and on the synthetic 1B (random weights: nothing is accepted, the cost alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dev=.device
+# BODEGA_DEVICE_DIR: another folder than .device/, so that two people can pack without clobbering.
+dev=${BODEGA_DEVICE_DIR:-.device}
 
 pack() {
   eval "$(../shared/tools/cuda-toolchain.sh)"

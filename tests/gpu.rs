@@ -1,11 +1,15 @@
 //! The CUDA backend against the CPU reference, on the GPU machine (`scripts/gpu-check.sh` runs it;
 //! built only with `--features cuda`). Kernels: random inputs, poisoned outputs, GQA 1/3/4/8, head
-//! sizes 64/128/256, q_len 1..512, contexts 1..32k, windows, f32/f16/bf16 caches, and bitwise batch
+//! sizes 16/32/64/128/256, q_len 1..512, contexts 1..32k, windows, f32/f16/bf16 caches, and bitwise batch
 //! invariance. End to end: a truncated SmolLM2 (`BODEGA_GPU_MODEL`, made by scripts/truncate-gguf.py)
 //! agrees with the CPU backend on ≥ 99% of teacher-forced top-1 tokens, and the engine's batching,
-//! chunked prefill, preemption and prefix cache work on the GPU.
+//! chunked prefill, preemption and prefix cache work on the GPU. `formats` runs tests/formats.rs's
+//! cases (every architecture and format against transformers' and mlx-lm's references, the
+//! sliding-window pool) on the GPU.
 
 mod common;
+#[path = "formats/cases.rs"]
+mod formats;
 
 use bodega::engine::speculative::ngram::PromptLookup;
 use bodega::engine::speculative::Speculation;
@@ -34,6 +38,11 @@ fn cuda() -> Device {
     bodega::device::select(bodega::device::DeviceChoice::Cuda(0)).unwrap_or_else(|e| {
         panic!("tests/gpu.rs needs an NVIDIA GPU and its driver ({e}); run it on the GPU machine: scripts/gpu-check.sh")
     })
+}
+
+/// The device tests/formats.rs's cases run on here.
+fn test_device() -> Device {
+    cuda()
 }
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
@@ -188,6 +197,14 @@ fn mixed_batches_gqa_1_and_4_head_64() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     check(&Case { heads: 8, kv_heads: 8, dim: 64, seqs: mixed(&mut rng, 24, 40, 1200), window: 0 }, &ALL, 14);
     check(&Case { heads: 32, kv_heads: 8, dim: 64, seqs: mixed(&mut rng, 24, 90, 2000), window: 0 }, &ALL, 15);
+}
+
+/// Small heads (tiny test models): tiles capped at 64 rows and 64 keys.
+#[test]
+fn small_heads_16_and_32() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    check(&Case { heads: 4, kv_heads: 2, dim: 32, seqs: mixed(&mut rng, 16, 130, 700), window: 0 }, &ALL, 18);
+    check(&Case { heads: 4, kv_heads: 1, dim: 16, seqs: mixed(&mut rng, 16, 130, 700), window: 40 }, &ALL, 19);
 }
 
 #[test]

@@ -338,3 +338,34 @@ fn a_full_queue_answers_429_with_retry_after() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The value of a metric, or `None` when the page does not have it.
+fn metric_if_any(port: u16, name: &str) -> Option<f64> {
+    let (_, _, text) = http(port, "GET", "/metrics", false, b"");
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn metrics_show_the_sliding_window_pool_of_a_model_that_has_one() {
+    assert_eq!(metric_if_any(start(&[]).port, "bodega_kv_window_blocks_total"), None, "SmolLM2 has no window");
+    common::demo_path("gemma3-270m");
+    let server = common::serve("gemma3-270m", &["--api-key", KEY]);
+    let port = server.port;
+    let total = metric_if_any(port, "bodega_kv_window_blocks_total").expect("a window pool for Gemma 3");
+    assert!(total > 0.0 && total < metric(port, "bodega_kv_blocks_total"), "window pool {total}");
+    let body = json!({"model": "gemma3-270m", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true,
+                      "temperature": 0, "stream": true});
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.to_string();
+    write!(s, "POST /v1/completions HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 400];
+    s.read_exact(&mut first).unwrap();
+    assert!(metric(port, "bodega_kv_window_blocks_used") > 0.0, "a decoding Gemma 3 holds window blocks");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(port, "bodega_kv_window_blocks_used") != 0.0 {
+        assert!(Instant::now() < deadline, "window blocks were not returned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -57,9 +57,12 @@ template <> struct Words<__nv_bfloat16> {
     }
 };
 
+// Rows and keys per block are capped at 64: the softmax pass covers a tile with one warp's two
+// lanes per key, and small heads (16, 32) would otherwise overflow the 48 KB of static shared memory.
 template <typename T, int D> struct Tile {
-    static constexpr int R = 2048 / D;                              // query rows per block
-    static constexpr int KT = (sizeof(T) == 4 ? 2048 : 4096) / D;  // keys per tile
+    static constexpr int R = 2048 / D < 64 ? 2048 / D : 64;        // query rows per block
+    static constexpr int KT_FULL = (sizeof(T) == 4 ? 2048 : 4096) / D;
+    static constexpr int KT = KT_FULL < 64 ? KT_FULL : 64;          // keys per tile
     static constexpr int W = D * (int)sizeof(T) / 4;               // 32-bit words per key
     static constexpr int WS = W + 1;                                // padded row: no bank conflicts
     static constexpr int VEC = D * (int)sizeof(T) / 16;             // 16-byte loads per key
@@ -515,22 +518,34 @@ extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part
     PAGED_DECODE(paged_decode_##NAME##_d##D##_g4, T, D, 4)                                             \
     PAGED_DECODE(paged_decode_##NAME##_d##D##_g8, T, D, 8)
 
+PAGED_DECODE_G(float, f32, 16)
+PAGED_DECODE_G(float, f32, 32)
 PAGED_DECODE_G(float, f32, 64)
 PAGED_DECODE_G(float, f32, 128)
 PAGED_DECODE_G(float, f32, 256)
+PAGED_DECODE_G(__half, f16, 16)
+PAGED_DECODE_G(__half, f16, 32)
 PAGED_DECODE_G(__half, f16, 64)
 PAGED_DECODE_G(__half, f16, 128)
 PAGED_DECODE_G(__half, f16, 256)
+PAGED_DECODE_G(__nv_bfloat16, bf16, 16)
+PAGED_DECODE_G(__nv_bfloat16, bf16, 32)
 PAGED_DECODE_G(__nv_bfloat16, bf16, 64)
 PAGED_DECODE_G(__nv_bfloat16, bf16, 128)
 PAGED_DECODE_G(__nv_bfloat16, bf16, 256)
 
+PAGED_ATTENTION(paged_attention_f32_d16, float, 16)
+PAGED_ATTENTION(paged_attention_f32_d32, float, 32)
 PAGED_ATTENTION(paged_attention_f32_d64, float, 64)
 PAGED_ATTENTION(paged_attention_f32_d128, float, 128)
 PAGED_ATTENTION(paged_attention_f32_d256, float, 256)
+PAGED_ATTENTION(paged_attention_f16_d16, __half, 16)
+PAGED_ATTENTION(paged_attention_f16_d32, __half, 32)
 PAGED_ATTENTION(paged_attention_f16_d64, __half, 64)
 PAGED_ATTENTION(paged_attention_f16_d128, __half, 128)
 PAGED_ATTENTION(paged_attention_f16_d256, __half, 256)
+PAGED_ATTENTION(paged_attention_bf16_d16, __nv_bfloat16, 16)
+PAGED_ATTENTION(paged_attention_bf16_d32, __nv_bfloat16, 32)
 PAGED_ATTENTION(paged_attention_bf16_d64, __nv_bfloat16, 64)
 PAGED_ATTENTION(paged_attention_bf16_d128, __nv_bfloat16, 128)
 PAGED_ATTENTION(paged_attention_bf16_d256, __nv_bfloat16, 256)

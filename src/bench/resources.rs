@@ -20,7 +20,8 @@ const PROBE_BYTES: usize = 512 << 20;
 pub struct EngineMetrics {
     /// Tokens per second of the steps that carried prefill chunks.
     pub prefill_tok_s: Option<f64>,
-    /// Tokens per second of the decode-only steps.
+    /// Tokens per second the decode-only steps produced (with speculation: accepted guesses plus
+    /// one per verification; rejected guesses fed to the model do not count).
     pub decode_tok_s: Option<f64>,
     /// Mean milliseconds of a decode-only step.
     pub decode_step_ms: Option<f64>,
@@ -91,7 +92,7 @@ impl Sampler {
         let verifications = after.spec_verifications - self.before.spec_verifications;
         EngineMetrics {
             prefill_tok_s: rate(prefill.tokens, prefill.seconds),
-            decode_tok_s: rate(decode.tokens, decode.seconds),
+            decode_tok_s: rate(decode.generated, decode.seconds),
             decode_step_ms: (decode.steps > 0).then(|| decode.seconds * 1e3 / decode.steps as f64),
             decode_bandwidth_gb_s: bandwidth,
             decode_bandwidth_pct: bandwidth.zip(peak_bandwidth_gb_s).map(|(got, peak)| 100.0 * got / peak),

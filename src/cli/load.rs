@@ -5,7 +5,7 @@ use super::pull::Bars;
 use super::{GlobalArgs, UsageError};
 use crate::engine::speculative::draft::DraftModel;
 use crate::engine::speculative::ngram::PromptLookup;
-use crate::engine::speculative::{default_spec_max_batch, Proposer, Speculation, DEFAULT_SPEC_TOKENS};
+use crate::engine::speculative::{default_spec_max_batch, default_spec_tokens, Proposer, Speculation};
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::error::Error;
 use crate::hub::{Fetch, PullEvent};
@@ -55,10 +55,9 @@ pub struct EngineArgs {
     #[arg(long, value_name = "ngram|draft=MODEL", value_parser = parse_speculative)]
     speculative: Option<String>,
     /// Most guessed tokens per sequence and step; each sequence adapts below it to its acceptance.
-    /// Example: --spec-tokens 6
-    #[arg(long, value_name = "K", default_value_t = DEFAULT_SPEC_TOKENS as u32,
-          value_parser = clap::value_parser!(u32).range(1..=64))]
-    spec_tokens: u32,
+    /// Default: 8 for ngram, 4 for a draft model. Example: --spec-tokens 6
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=64))]
+    spec_tokens: Option<u32>,
     /// Speculation is off in a step where more than N sequences decode (the batch is then
     /// compute-bound and guesses cost as much as tokens). Default: 4 on the CPU, 8 on a GPU
     /// (measured). Example: --spec-max-batch 8
@@ -274,7 +273,8 @@ fn speculation(
         (Some(_), None) => Box::new(PromptLookup),
     };
     let max_batch = args.spec_max_batch.map_or_else(|| default_spec_max_batch(device), |n| n as usize);
-    Ok(Some(Speculation { proposer, max_tokens: args.spec_tokens as usize, max_batch }))
+    let max_tokens = args.spec_tokens.map_or_else(|| default_spec_tokens(draft.is_some()), |k| k as usize);
+    Ok(Some(Speculation { proposer, max_tokens, max_batch }))
 }
 
 /// Loads a draft model (its first `layers` blocks when given), refusing one whose tokenizer is not

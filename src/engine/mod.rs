@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub kv_memory: Option<u64>,
     /// Reuse the cached blocks of shared prompt prefixes.
     pub prefix_caching: bool,
+    /// Dtype of the KV cache; `None`: the device's ([`crate::device::kv_dtype`]). Tests pin f32 to
+    /// hold a GPU backend to the CPU's tolerances.
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             max_batched_tokens: 512,
             kv_memory: None,
             prefix_caching: true,
+            kv_dtype: None,
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct StepTotals {
     pub steps: u64,
     /// Tokens those steps fed through the model.
     pub tokens: u64,
+    /// Tokens those steps produced for their requests (with speculation, the accepted guesses plus
+    /// one per verification, not the guesses fed): what a decode rate counts.
+    pub generated: u64,
     /// Wall time of those steps' forward passes and sampling.
     pub seconds: f64,
     /// Cached keys and values the steps' attention read, in tokens (summed over sequences).
@@ -124,9 +131,10 @@ pub struct StepTotals {
 
 impl StepTotals {
     /// Adds one step.
-    pub fn add(&mut self, tokens: usize, seconds: f64, kv_tokens_read: usize) {
+    pub fn add(&mut self, tokens: usize, generated: usize, seconds: f64, kv_tokens_read: usize) {
         self.steps += 1;
         self.tokens += tokens as u64;
+        self.generated += generated as u64;
         self.seconds += seconds;
         self.kv_tokens_read += kv_tokens_read as u64;
     }
@@ -136,6 +144,7 @@ impl StepTotals {
         StepTotals {
             steps: self.steps - earlier.steps,
             tokens: self.tokens - earlier.tokens,
+            generated: self.generated - earlier.generated,
             seconds: self.seconds - earlier.seconds,
             kv_tokens_read: self.kv_tokens_read - earlier.kv_tokens_read,
         }
@@ -208,7 +217,7 @@ impl Engine {
                 "block size, --max-seqs and --max-batched-tokens must be positive".into(),
             ));
         }
-        let kv_dtype = crate::device::kv_dtype(&device);
+        let kv_dtype = config.kv_dtype.unwrap_or_else(|| crate::device::kv_dtype(&device));
         let per_block = PagedKvCache::bytes_per_block(info.num_layers, bs, info.num_kv_heads, info.head_dim, kv_dtype);
         let context = config.context_length.min(info.context_length).max(2);
         let layout =

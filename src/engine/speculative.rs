@@ -24,8 +24,16 @@ use crate::error::Result;
 use serde::Serialize;
 use std::collections::HashMap;
 
-/// Tokens proposed per sequence and step at most, by default (`--spec-tokens`).
-pub const DEFAULT_SPEC_TOKENS: usize = 4;
+/// Tokens proposed per sequence and step at most, by default (`--spec-tokens`). N-gram guesses
+/// cost nothing to make, so they reach further (8); each of a draft model's guesses is one forward
+/// pass of the draft (4). Each sequence adapts below the maximum to its own acceptance.
+pub fn default_spec_tokens(draft_model: bool) -> usize {
+    if draft_model {
+        4
+    } else {
+        8
+    }
+}
 
 /// By default, speculation is off in a step where more than this many sequences decode
 /// (`--spec-max-batch`): where verifying guesses starts to cost more than it saves, measured with

@@ -120,6 +120,8 @@ impl Worker {
 
     /// Serves requests until shut down or every sender is gone.
     pub fn run(mut self, inbox: Receiver<Command>) {
+        // Pool sizes are known before the first request; readers (/metrics) should see them.
+        self.publish_stats();
         loop {
             if self.scheduler.is_idle() {
                 match inbox.recv() {
@@ -212,12 +214,13 @@ impl Worker {
         let kv_read: usize = out.chunks.iter().map(|c| c.start + c.len).sum();
         let prefill = out.chunks.iter().any(|c| self.is_prefill(c));
         let mut rows = logits.into_iter();
+        let mut generated = 0;
         for chunk in &sampled {
             let mine: Vec<StepRow> = rows.by_ref().take(chunk.draft + 1).collect();
-            match drafts.get(&chunk.seq) {
+            generated += match drafts.get(&chunk.seq) {
                 Some(proposal) if chunk.draft > 0 => self.on_verify(chunk.seq, mine, proposal)?,
                 _ => self.on_row(chunk.seq, mine.into_iter().next().unwrap_or(StepRow::Logits(Vec::new())))?,
-            }
+            };
         }
         if let Ok(mut stats) = self.stats.lock() {
             stats.steps += 1;
@@ -226,7 +229,7 @@ impl Worker {
             stats.tokens_per_s = sampled.len() as f64 / seconds.max(1e-9);
             stats.step_seconds.observe(seconds);
             let totals = if prefill { &mut stats.prefill_steps } else { &mut stats.decode_steps };
-            totals.add(fed, seconds, kv_read);
+            totals.add(fed, generated, seconds, kv_read);
             if let Some(spec) = &self.speculation {
                 stats.speculation = spec.totals;
                 stats.spec_verifications = spec.verifications;
@@ -314,25 +317,27 @@ impl Worker {
     }
 
     /// Samples a sequence's next token (or takes the greedy one the runner picked), streams its text
-    /// and ends the request when a stop is met.
-    fn on_row(&mut self, id: SeqId, row: StepRow) -> Result<()> {
-        let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(()) };
+    /// and ends the request when a stop is met; returns how many tokens it produced (0 for a sequence
+    /// that is gone).
+    fn on_row(&mut self, id: SeqId, row: StepRow) -> Result<usize> {
+        let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(0) };
         let (token, logprobs) = match row {
             StepRow::Greedy(token) => (token, None),
             StepRow::Logits(mut logits) => a.sampler.sample_with_logprobs(&mut logits, &seq.tokens, a.prompt_len),
         };
         self.scheduler.append_token(id, token);
-        match self.emit(id, token, logprobs)? {
-            Some(reason) => self.complete(id, reason),
-            None => Ok(()),
+        if let Some(reason) = self.emit(id, token, logprobs)? {
+            self.complete(id, reason)?;
         }
+        Ok(1)
     }
 
     /// Verifies a sequence's guesses against the target's logits at its last token and at each
     /// guess (`rows`), then streams the accepted guesses and the token after them (a replacement or
-    /// a bonus) as if sampled one by one, and keeps the accepted guesses' keys and values.
-    fn on_verify(&mut self, id: SeqId, rows: Vec<StepRow>, proposal: &Proposal) -> Result<()> {
-        let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(()) };
+    /// a bonus) as if sampled one by one, and keeps the accepted guesses' keys and values; returns
+    /// how many tokens it produced.
+    fn on_verify(&mut self, id: SeqId, rows: Vec<StepRow>, proposal: &Proposal) -> Result<usize> {
+        let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(0) };
         let guesses = &proposal.tokens[..rows.len() - 1];
         let mut history = seq.tokens.clone();
         let mut emitted: Vec<(u32, Option<TokenLogprobs>)> = Vec::with_capacity(rows.len());
@@ -368,14 +373,15 @@ impl Worker {
             spec.totals.add(guesses.len(), accepted);
             spec.verifications += 1;
         }
-        for (token, logprobs) in emitted {
+        for (produced, (token, logprobs)) in emitted.into_iter().enumerate() {
             self.scheduler.append_token(id, token);
             if let Some(reason) = self.emit(id, token, logprobs)? {
-                return self.complete(id, reason);
+                self.complete(id, reason)?;
+                return Ok(produced + 1);
             }
         }
         self.scheduler.accept_draft(id, accepted);
-        Ok(())
+        Ok(accepted + 1)
     }
 
     /// Streams a token just appended to the sequence; the reason to finish, when a stop is met.

@@ -242,7 +242,8 @@ struct KernelParams {
 // SAFETY: plain old data with the C layout the kernel declares.
 unsafe impl DeviceRepr for KernelParams {}
 
-/// How the queries are cut into thread blocks: rows (token, head) per block are `2048 / head_dim`.
+/// How the queries are cut into thread blocks: rows (token, head) per block are `2048 / head_dim`,
+/// at most 64 (`Tile` in `paged_attention.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tiling {
     /// Query heads of a GQA group in one block.
@@ -255,7 +256,7 @@ struct Tiling {
 
 impl Tiling {
     fn new(shape: &AttentionParams) -> Self {
-        let rows = 2048 / shape.head_dim;
+        let rows = (2048 / shape.head_dim).min(64);
         let group = shape.num_heads / shape.num_kv_heads;
         let heads_per_chunk = group.min(rows);
         Self {
@@ -313,8 +314,8 @@ pub fn paged_attention(
     let q = f32_view(q, q_l, "paged-attention queries")?;
     let tokens = meta.num_tokens();
     let d = shape.head_dim;
-    if ![64, 128, 256].contains(&d) {
-        candle_core::bail!("paged-attention on CUDA takes head sizes 64, 128 or 256, not {d}");
+    if ![16, 32, 64, 128, 256].contains(&d) {
+        candle_core::bail!("paged-attention on CUDA takes head sizes 16, 32, 64, 128 or 256, not {d}");
     }
     let out_len = tokens * shape.num_heads * d;
     if tokens == 0 {
@@ -403,7 +404,7 @@ pub fn paged_attention(
         let reduce = function(&dev, "paged_attention", "paged_attention_reduce")?;
         let cfg = LaunchConfig {
             grid_dim: (tokens as u32, shape.num_heads as u32, 1),
-            block_dim: (d.min(128) as u32, 1, 1),
+            block_dim: (d.clamp(32, 128) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut builder = stream.launch_builder(&reduce);

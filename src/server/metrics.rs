@@ -41,6 +41,15 @@ pub fn render(state: &AppState) -> String {
     metric("kv_blocks_total", "gauge", "KV cache blocks in the pool.", s.blocks.total as f64);
     metric("kv_blocks_used", "gauge", "KV cache blocks held by sequences.", s.blocks.used as f64);
     metric("kv_blocks_cached", "gauge", "Free KV blocks that still hold a prefix-cache entry.", s.blocks.cached as f64);
+    if let Some(window) = s.window_blocks {
+        metric(
+            "kv_window_blocks_total",
+            "gauge",
+            "KV blocks in the sliding-window layers' own pool.",
+            window.total as f64,
+        );
+        metric("kv_window_blocks_used", "gauge", "Sliding-window KV blocks held by sequences.", window.used as f64);
+    }
     metric(
         "prefix_cache_hit_rate",
         "gauge",

@@ -92,8 +92,13 @@ impl Drop for Server {
 /// has printed the address it listens on.
 pub fn serve_lite(extra: &[&str]) -> Server {
     smollm2_path();
+    serve("smollm2-135m", extra)
+}
+
+/// `bodega serve-lite MODEL` on a free port (the demo models are fetched by `smollm2_path`).
+pub fn serve(model: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bodega"))
-        .args(["serve-lite", "smollm2-135m", "--port", "0", "--kv-memory", "256M"])
+        .args(["serve-lite", model, "--port", "0", "--kv-memory", "256M"])
         .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::PagedKvCache;
 use crate::runner::{run_step, SeqChunk};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use std::collections::HashMap;
 
 /// Mixed into a request's seed for its draft sampler, so that the draft's random stream is not the
@@ -71,7 +71,7 @@ impl Proposer for DraftModel {
             block_size,
             info.num_kv_heads,
             info.head_dim,
-            DType::F32,
+            crate::device::kv_dtype(&self.device),
             &self.device,
         )?;
         self.cache = Some((cache, BlockPool::new(num_blocks, false)));
