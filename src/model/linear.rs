@@ -14,7 +14,9 @@ use std::sync::Arc;
 /// A projection: quantized (or dense) weights and an optional bias.
 #[derive(Debug)]
 pub struct Linear {
+    /// `W`, `[N, K]`.
     pub weight: QWeights,
+    /// `b`, `[N]` (Qwen2's Q/K/V have one).
     pub bias: Option<Tensor>,
 }
 
@@ -34,7 +36,12 @@ impl Linear {
 pub enum Projections {
     /// The weights stacked by rows (and the biases end to end): one matmul, then each projection's
     /// columns of the output.
-    Fused { linear: Linear, widths: Vec<usize> },
+    Fused {
+        /// The stacked matrix.
+        linear: Linear,
+        /// Each projection's output width, in order.
+        widths: Vec<usize>,
+    },
     /// One matmul each (their formats differ, say Q4_K beside Q6_K).
     Separate(Vec<Linear>),
 }

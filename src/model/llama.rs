@@ -117,7 +117,11 @@ impl Llama {
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
         let (h, kvh, d) = (self.info.num_heads, self.info.num_kv_heads, self.info.head_dim);
-        let [q, k, v]: [Tensor; 3] = block.qkv.forward(x)?.try_into().map_err(|_| Error::Metadata("Q/K/V".into()))?;
+        let [q, k, v]: [Tensor; 3] = block
+            .qkv
+            .forward(x)?
+            .try_into()
+            .map_err(|_| Error::Metadata("the Q/K/V projections gave other than 3 outputs".into()))?;
         let mut q = q.reshape((t, h, d))?;
         let mut k = k.reshape((t, kvh, d))?;
         let v = v.reshape((t, kvh, d))?;
@@ -134,8 +138,11 @@ impl Llama {
 
     fn feed_forward(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
         let act = if self.gelu { Activation::GeluTanh } else { Activation::Silu };
-        let [gate, up]: [Tensor; 2] =
-            block.gate_up.forward(x)?.try_into().map_err(|_| Error::Metadata("gate/up".into()))?;
+        let [gate, up]: [Tensor; 2] = block
+            .gate_up
+            .forward(x)?
+            .try_into()
+            .map_err(|_| Error::Metadata("the gate/up projections gave other than 2 outputs".into()))?;
         let gated = ops::gated_activation(&gate, &up, act)?;
         block.down.forward(&gated)
     }
