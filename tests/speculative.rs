@@ -387,3 +387,40 @@ fn bench_compares_speculation_on_and_off_in_one_run() {
     assert_eq!(run("A")["classes"][0]["completed"], run("B")["classes"][0]["completed"]);
     assert!(!report["ratios"].as_array().unwrap().is_empty());
 }
+
+/// A draft with sliding-window layers (Gemma 3 270M drafting for itself) keeps only their window in
+/// its cache: a 1,300-token prompt is caught up in pieces, the window layers hold about
+/// (512 + 64 + 512) / 16 blocks instead of 82, and the guesses are the target's own greedy tokens,
+/// before and after the draft continues from its accepted guesses.
+#[test]
+fn a_draft_with_window_layers_keeps_only_the_window_and_guesses_right() {
+    let path = common::demo_path("gemma3-270m");
+    let load = || bodega::model::from_gguf(&mut GgufFile::open(&path).unwrap(), &Device::Cpu).unwrap();
+    let tokenizer = Arc::new(bodega::tokenizer::Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap());
+    let text = "The harbour town wakes before the sun, and the boats slip out past the pier. ".repeat(80);
+    let prompt: Vec<u32> = tokenizer.encode_raw(&text).unwrap().into_iter().take(1300).collect();
+    assert_eq!(prompt.len(), 1300);
+    let plain = Engine::start(load(), tokenizer, Device::Cpu, EngineConfig::default()).unwrap();
+    let expected = plain.submit(request(prompt.clone(), 8, greedy())).unwrap().wait().unwrap().0.generated_ids;
+
+    let mut draft = DraftModel::new(load(), Device::Cpu);
+    draft.reserve(200, 16).unwrap();
+    let sampling = greedy();
+    let mut tokens = prompt.clone();
+    for step in 0..2 {
+        let ask = bodega::engine::speculative::ProposalRequest {
+            seq: 0,
+            tokens: &tokens,
+            prompt_len: prompt.len(),
+            k: 4,
+            sampling: &sampling,
+        };
+        let guesses = draft.propose(&[ask]).unwrap().remove(0).tokens;
+        assert_eq!(guesses, expected[4 * step..4 * step + 4], "pass {step}: the draft's greedy guesses");
+        let held = draft.window_blocks_used().expect("Gemma 3 has window layers");
+        assert!(held <= (512 + 64 + 512) / 16 + 2, "{held} window blocks held for {} tokens", tokens.len());
+        tokens.extend(guesses);
+    }
+    draft.forget(0);
+    assert_eq!(draft.window_blocks_used(), Some(0), "blocks leaked");
+}

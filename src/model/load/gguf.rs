@@ -59,6 +59,11 @@ impl GgufFile {
         Self { path, content, reader }
     }
 
+    /// Where it was read from, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// `general.architecture`.
     pub fn architecture(&self) -> Result<&str> {
         self.string("general.architecture")

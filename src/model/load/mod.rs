@@ -137,11 +137,11 @@ impl ModelFiles {
     }
 
     /// The sampling settings for whatever the user leaves unset: a folder's `generation_config.json`
-    /// over bodega's defaults (a GGUF file has none of its own).
+    /// or a GGUF's `general.sampling.*` keys over bodega's defaults.
     pub fn sampling_defaults(&self) -> Result<crate::engine::SamplingParams> {
         let defaults = crate::engine::SamplingParams::default();
         match self {
-            Self::Gguf(_) => Ok(defaults),
+            Self::Gguf(file) => generation::gguf_sampling_defaults(file, defaults),
             Self::Safetensors(model) => generation::sampling_defaults(model.dir(), defaults),
         }
     }
