@@ -59,7 +59,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=64))]
     spec_tokens: Option<u32>,
     /// Speculation is off in a step where more than N sequences decode (the batch is then
-    /// compute-bound and guesses cost as much as tokens). Default: 4 on the CPU, 8 on a GPU
+    /// compute-bound and guesses cost as much as tokens). Default: 4 on the CPU, 16 on a GPU
     /// (measured). Example: --spec-max-batch 8
     #[arg(long, value_name = "N")]
     spec_max_batch: Option<u32>,

@@ -38,13 +38,14 @@ pub fn default_spec_tokens(draft_model: bool) -> usize {
 /// By default, speculation is off in a step where more than this many sequences decode
 /// (`--spec-max-batch`): where verifying guesses starts to cost more than it saves, measured with
 /// the copy-edit scenario (`docs/perf.md`). On 2 CPU cores, n-gram speculation gave 1.51× at 1
-/// sequence, 1.04× at 4 and 0.96× at 8; on an H200 (4-layer SmolLM2) 2.05× at 1, 1.27× at 4,
-/// 0.88× at 16 and 0.61× at 64.
+/// sequence, 1.04× at 4 and 0.96× at 8; on an H200 with greedy rows sampled on the GPU, 1.49× at
+/// 16 and 1.28× at 64 on real text, 1.02× at 16 and 0.90× at 64 on random weights (few guesses
+/// accepted).
 pub fn default_spec_max_batch(device: &candle_core::Device) -> usize {
     if device.is_cpu() {
         4
     } else {
-        8
+        16
     }
 }
 
