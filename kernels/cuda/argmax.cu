@@ -12,6 +12,18 @@ __device__ __forceinline__ bool beats(float v, uint32_t i, float bv, uint32_t bi
     return v > bv || (v == bv && i < bi);
 }
 
+// Reduces (best, best_i) over a warp: lane 0 ends with the warp's winner.
+__device__ __forceinline__ void warp_best(float &best, uint32_t &best_i) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        float v = __shfl_down_sync(0xffffffffu, best, offset);
+        uint32_t i = __shfl_down_sync(0xffffffffu, best_i, offset);
+        if (beats(v, i, best, best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+}
+
 extern "C" __global__ void argmax_rows_f32(const float *__restrict__ logits, uint32_t vocab,
                                            uint32_t *__restrict__ out) {
     const float *row = logits + (size_t)blockIdx.x * vocab;
@@ -25,33 +37,19 @@ extern "C" __global__ void argmax_rows_f32(const float *__restrict__ logits, uin
             best_i = i;
         }
     }
-    for (int offset = 16; offset > 0; offset /= 2) {
-        float v = __shfl_down_sync(0xffffffffu, best, offset);
-        uint32_t i = __shfl_down_sync(0xffffffffu, best_i, offset);
-        if (beats(v, i, best, best_i)) {
-            best = v;
-            best_i = i;
-        }
-    }
-    __shared__ float warp_best[ARGMAX_THREADS / 32];
+    warp_best(best, best_i);
+    __shared__ float warp_values[ARGMAX_THREADS / 32];
     __shared__ uint32_t warp_index[ARGMAX_THREADS / 32];
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (lane == 0) {
-        warp_best[warp] = best;
+        warp_values[warp] = best;
         warp_index[warp] = best_i;
     }
     __syncthreads();
     if (warp == 0) {
-        best = warp_best[lane];
+        best = warp_values[lane];
         best_i = warp_index[lane];
-        for (int offset = 16; offset > 0; offset /= 2) {
-            float v = __shfl_down_sync(0xffffffffu, best, offset);
-            uint32_t i = __shfl_down_sync(0xffffffffu, best_i, offset);
-            if (beats(v, i, best, best_i)) {
-                best = v;
-                best_i = i;
-            }
-        }
+        warp_best(best, best_i);
         if (lane == 0) {
             out[blockIdx.x] = best_i;
         }

@@ -275,6 +275,27 @@ __device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
     for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
 }
 
+// Issues this lane's loads of UK rows of one KV head's cache, at positions part_lo + base + u * KPW + kw
+// (u < UK); live[u] says whether the row lies in [lo, part_lo + n) and was read.
+template <typename T, int D>
+__device__ __forceinline__ void load_keys(uint4 (&raw)[UK][Dec<T, D>::CH], bool (&live)[UK],
+                                          const T *__restrict__ cache, const uint32_t *__restrict__ table,
+                                          uint32_t base, uint32_t n, uint32_t part_lo, uint32_t lo, int kw, int sub,
+                                          const AttnParams &p, uint32_t kv_head) {
+    using C = Dec<T, D>;
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+        const uint32_t j = base + u * C::KPW + kw, kpos = part_lo + j;
+        live[u] = j < n && kpos >= lo;
+        if (live[u]) {
+            const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+            const uint4 *src = reinterpret_cast<const uint4 *>(cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
+#pragma unroll
+            for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
+        }
+    }
+}
+
 template <typename T, int D, int G>
 __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ k_cache,
                              const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
@@ -320,18 +341,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
         uint4 raw[UK][C::CH];
         bool live[UK];
-#pragma unroll
-        for (int u = 0; u < UK; u++) {
-            const uint32_t j = base + u * C::KPW + kw, kpos = part_lo + j;
-            live[u] = j < n && kpos >= lo;
-            if (live[u]) {
-                const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-                const uint4 *src =
-                    reinterpret_cast<const uint4 *>(k_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
-#pragma unroll
-                for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
-            }
-        }
+        load_keys<T, D>(raw, live, k_cache, table, base, n, part_lo, lo, kw, sub, p, kv_head);
 #pragma unroll
         for (int u = 0; u < UK; u++) {
             const uint32_t j = base + u * C::KPW + kw;
@@ -390,18 +400,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
         uint4 raw[UK][C::CH];
         bool live[UK];
-#pragma unroll
-        for (int u = 0; u < UK; u++) {
-            const uint32_t j = base + u * C::KPW + kw, kpos = part_lo + j;
-            live[u] = j < n && kpos >= lo;
-            if (live[u]) {
-                const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-                const uint4 *src =
-                    reinterpret_cast<const uint4 *>(v_cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
-#pragma unroll
-                for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
-            }
-        }
+        load_keys<T, D>(raw, live, v_cache, table, base, n, part_lo, lo, kw, sub, p, kv_head);
 #pragma unroll
         for (int u = 0; u < UK; u++) {
             if (!live[u]) continue;
