@@ -22,6 +22,7 @@ use bodega::ops::{kv_write, paged_attention, Activation, AttentionMetadata, Page
 use bodega::runner::{build_step, SeqChunk, StepRow};
 use candle_core::{DType, Device, Tensor};
 use common::writes;
+use common::AttentionCase as Case;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -54,15 +55,6 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-/// One attention problem: shape, sequences (context after the step, query length), window.
-struct Case {
-    heads: usize,
-    kv_heads: usize,
-    dim: usize,
-    seqs: Vec<(usize, usize)>,
-    window: usize,
 }
 
 /// Random inputs of a case: queries, a whole random cache (no zeros anywhere) and scattered blocks.

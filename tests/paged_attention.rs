@@ -7,21 +7,12 @@ mod common;
 
 use bodega::ops::{kv_write, paged_attention, AttentionMetadata, PagedKvCache};
 use candle_core::{DType, Device, Tensor};
-use common::writes;
+use common::{writes, AttentionCase as Case};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const BLOCK: usize = 16;
-
-struct Case {
-    heads: usize,
-    kv_heads: usize,
-    dim: usize,
-    /// (context length after the step, query length) per sequence.
-    seqs: Vec<(usize, usize)>,
-    window: usize,
-}
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()

@@ -142,3 +142,13 @@ pub fn run_all(engine: &bodega::engine::Engine, requests: Vec<bodega::engine::Re
 pub fn writes(slots: &[u32]) -> bodega::ops::AttentionMetadata {
     bodega::ops::AttentionMetadata { slot_mapping: slots.to_vec(), ..Default::default() }
 }
+
+/// One paged-attention problem for the kernel tests: shape, sequences (context length after the
+/// step, query length) and window (0: none).
+pub struct AttentionCase {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub dim: usize,
+    pub seqs: Vec<(usize, usize)>,
+    pub window: usize,
+}
