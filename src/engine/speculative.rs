@@ -78,6 +78,10 @@ pub struct Proposal {
     /// The distribution each guess was drawn from (a draft model's); `None` for deterministic
     /// guesses, which verification treats as one-hot distributions.
     pub dists: Option<Vec<Distribution>>,
+    /// Guessed from a weak hint (a one-token n-gram match): verified like any guess, but its outcome
+    /// does not change how many guesses the sequence asks for next, so that stray matches of common
+    /// words do not cut a copying sequence's guesses short.
+    pub weak: bool,
 }
 
 /// Something that guesses the next tokens of decoding sequences.

@@ -367,7 +367,9 @@ impl Worker {
             }
         }
         let accepted = emitted.len() - 1;
-        a.adaptive.record(accepted);
+        if !proposal.weak {
+            a.adaptive.record(accepted);
+        }
         a.spec.add(guesses.len(), accepted);
         if let Some(spec) = &mut self.speculation {
             spec.totals.add(guesses.len(), accepted);

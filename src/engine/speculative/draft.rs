@@ -158,7 +158,7 @@ impl Proposer for DraftModel {
         let cache = cache.as_mut().ok_or_else(|| Error::InvalidRequest("the draft model has no KV cache".into()))?;
         let bs = cache.kv.block_size();
         let mut proposals: Vec<Proposal> =
-            requests.iter().map(|_| Proposal { tokens: Vec::new(), dists: Some(Vec::new()) }).collect();
+            requests.iter().map(|_| Proposal { tokens: Vec::new(), dists: Some(Vec::new()), weak: false }).collect();
         // Roll each sequence's draft cache back to what still agrees with it, and make room for k
         // guesses (the last guess is never fed).
         let mut feeds = Vec::new();
