@@ -9,7 +9,8 @@
 # test binary tests/gpu.rs (portable x86-64-v3, stripped, xz), a 4-block SmolLM2 for the real-weight
 # tests (scripts/truncate-gguf.py; the demo file does not fit the carry) and, with PACK_LLAMA=1,
 # llama.cpp's source with its build script (../shared/tools/llama-cpp.sh gpu-src).
-# run: PHASES is any of `tests bench spec llama` (default: all). llama.cpp builds in the background
+# run: PHASES is any of `tests bench eager spec llama` (default: all but eager; `eager` repeats `bench`
+# with --eager, every step op by op, for the CUDA graphs' before/after in one call). llama.cpp builds in the background
 # while the tests run; then both engines are benchmarked on a synthetic Llama-3.2-1B in F16 and Q8_0:
 # single-stream prompt (512) and decode (128) speed, and aggregate decode at 1/4/16/64 sequences of
 # 128 prompt + 128 generated tokens (llama-batched-bench vs `bodega bench`). `spec` runs the
@@ -82,17 +83,22 @@ PY
       | tee "$out/gpu-tests.log" || true
   fi
   local peak=${PEAK_GBS:-3350}
-  if [[ $phases == *bench* ]]; then
+  # `eager`: the same benchmarks with --eager (every step op by op, no CUDA graphs), files *-eager.*
+  local mode
+  for mode in bench eager; do
+    [[ $phases == *$mode* ]] || continue
+    local flag=() tag=""
+    [ "$mode" = eager ] && flag=(--eager) tag=-eager
     for type in f16 q8_0; do
       timeout 120 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --depth 0 --input-len 512 \
-        --output-len 128 --repeat 3 --warmup 1 --peak-bandwidth "$peak" --ctx-size 4096 --kv-memory 4G \
-        --json "$out/bodega-$type-single.json" 2>&1 | tee "$out/bodega-$type-single.log" || true
+        --output-len 128 --repeat 3 --warmup 1 --peak-bandwidth "$peak" --ctx-size 4096 --kv-memory 4G "${flag[@]}" \
+        --json "$out/bodega-$type-single$tag.json" 2>&1 | tee "$out/bodega-$type-single$tag.log" || true
       # Rows of 10 × N requests each (bench's default), N in flight.
       timeout 180 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --concurrency 1,4,16,64 \
-        --warmup 2 --input-len 128 --output-len 128 --max-seqs 64 --ctx-size 512 --kv-memory 4G \
-        --peak-bandwidth "$peak" --json "$out/bodega-$type-sweep.json" 2>&1 | tee "$out/bodega-$type-sweep.log" || true
+        --warmup 2 --input-len 128 --output-len 128 --max-seqs 64 --ctx-size 512 --kv-memory 4G "${flag[@]}" \
+        --peak-bandwidth "$peak" --json "$out/bodega-$type-sweep$tag.json" 2>&1 | tee "$out/bodega-$type-sweep$tag.log" || true
     done
-  fi
+  done
   if [[ $phases == *spec* ]]; then
     local spec=(--config bench-configs/copy-edit.toml --speculative ngram --spec-compare --spec-max-batch 64
       --max-seqs 64 --ctx-size 1024 --kv-memory 4G --warmup 2)

@@ -15,8 +15,8 @@ def read(path):
         return ""
 
 
-def bodega_single(d, t):
-    rep = read(os.path.join(d, f"bodega-{t}-single.json"))
+def bodega_single(d, t, tag=""):
+    rep = read(os.path.join(d, f"bodega-{t}-single{tag}.json"))
     if not rep:
         return None, None
     runs = json.loads(rep)["single_stream"]
@@ -24,9 +24,9 @@ def bodega_single(d, t):
     return mean("prefill_tok_s"), mean("decode_tok_s")
 
 
-def bodega_batch(d, t, n):
-    """Engine decode tok/s of the sweep's row with N requests in flight."""
-    rep = read(os.path.join(d, f"bodega-{t}-sweep.json"))
+def bodega_batch(d, t, n, tag=""):
+    """Engine decode tok/s of the sweep's row with N requests in flight (tag "-eager": the --eager run)."""
+    rep = read(os.path.join(d, f"bodega-{t}-sweep{tag}.json"))
     if not rep:
         return None
     report = json.loads(rep)
@@ -67,19 +67,20 @@ def main():
     print(f"device: {read(os.path.join(d, 'device.txt')).strip()}")
     tests = read(os.path.join(d, "gpu-tests.log"))
     for line in tests.splitlines():
-        if line.startswith("test result:") or re.match(r"(decode|prefill) attention|decode step|measured peak|teacher-forced|.*requests identical", line):
+        if line.startswith("test result:") or re.match(r"(decode|prefill) attention|decode step|measured peak|teacher-forced|.*requests identical|graphs vs eager", line):
             print(line)
     print()
-    print("| synthetic Llama-3.2-1B | bodega | llama.cpp | bodega / llama.cpp |")
-    print("|---|---|---|---|")
+    print("| synthetic Llama-3.2-1B | bodega | bodega --eager | llama.cpp | bodega / eager | bodega / llama.cpp |")
+    print("|---|---|---|---|---|---|")
     for t in ["f16", "q8_0"]:
         bp, bt = bodega_single(d, t)
+        ep, et = bodega_single(d, t, "-eager")
         lp, lt = llama_single(d, t)
-        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(lt)} | {ratio(bt, lt)} |")
-        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(lp)} | {ratio(bp, lp)} |")
+        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(et)} | {fmt(lt)} | {ratio(bt, et)} | {ratio(bt, lt)} |")
+        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(ep)} | {fmt(lp)} | {ratio(bp, ep)} | {ratio(bp, lp)} |")
         for n in [1, 4, 16, 64]:
-            b, l = bodega_batch(d, t, n), llama_batch(d, t, n)
-            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(l)} | {ratio(b, l)} |")
+            b, e, l = bodega_batch(d, t, n), bodega_batch(d, t, n, "-eager"), llama_batch(d, t, n)
+            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(e)} | {fmt(l)} | {ratio(b, e)} | {ratio(b, l)} |")
 
 
 if __name__ == "__main__":

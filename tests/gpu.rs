@@ -19,7 +19,7 @@ use bodega::model::load::synthetic::SyntheticSpec;
 use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
 use bodega::model::Model;
 use bodega::ops::{kv_write, paged_attention, Activation, AttentionMetadata, PagedKvCache};
-use bodega::runner::{build_step, SeqChunk, StepRow};
+use bodega::runner::{build_step, run_step, Executor, SeqChunk, StepRow};
 use candle_core::{DType, Device, Tensor};
 use common::writes;
 use common::AttentionCase as Case;
@@ -625,6 +625,102 @@ fn engine_on_cuda_device_greedy_sampling_is_token_identical_to_the_host_sampler(
         }
         assert_no_leak(&engine);
     }
+}
+
+/// Decode steps replayed from CUDA graphs against the same steps run op by op, on twin caches:
+/// batches of exactly a bucket (1 and 4 sequences: nothing padded) and between buckets (5, padded to
+/// 8 with rows that write nothing), greedy and sampled rows, and contexts that outgrow a table bucket
+/// (256 tokens) mid-run, so that a second graph is captured. Unpadded batches: every logit bitwise
+/// equal to the eager step's. Padded: cuBLAS picks its GEMM by row count, so the twin caches drift
+/// in the last bits (and f16 rounding): logits within 5e-3. Greedy tokens identical.
+#[test]
+fn decode_graph_replays_match_eager_steps() {
+    let dev = cuda();
+    let model = load_model(&dev, true);
+    let info = model.info().clone();
+    let text: Vec<u32> = teacher_sequences().concat();
+    let lens = [250usize, 17, 100, 255, 300];
+    let steps = 12;
+    let per_seq = (lens.iter().max().unwrap() + steps).div_ceil(BLOCK);
+    let tables: Vec<Vec<u32>> =
+        (0..lens.len()).map(|i| (0..per_seq as u32).map(|b| 1 + (i * per_seq) as u32 + b).collect()).collect();
+    let new_cache = || {
+        let blocks = 1 + lens.len() * per_seq;
+        PagedKvCache::new(info.num_layers, blocks, BLOCK, info.num_kv_heads, info.head_dim, DType::F16, &dev).unwrap()
+    };
+    // (batch, graphs it must capture: one per table bucket its contexts pass through)
+    for (batch, expected_graphs, tolerance) in [(1, 2, 0.0), (4, 2, 0.0), (5, 1, 5e-3)] {
+        let caches = [new_cache(), new_cache()];
+        let mut seqs: Vec<Vec<u32>> = lens[..batch]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| text.iter().cycle().skip(31 * i).take(n).copied().collect())
+            .collect();
+        for cache in &caches {
+            for (seq, table) in seqs.iter().zip(&tables) {
+                let prompt = &seq[..seq.len() - 1];
+                let chunk =
+                    SeqChunk { tokens: prompt, start: 0, block_table: table, sample: false, window_blocks: None };
+                run_step(model.as_ref(), cache, &[chunk], &dev).unwrap();
+            }
+        }
+        let mut executors = [Executor::new(dev.clone(), false), Executor::new(dev.clone(), true)];
+        let greedy: Vec<bool> = (0..batch).map(|i| i % 2 == 0).collect();
+        let mut worst = 0f32;
+        for step in 0..steps {
+            let mut outputs = Vec::new();
+            for (executor, cache) in executors.iter_mut().zip(&caches) {
+                let chunks: Vec<SeqChunk> = seqs
+                    .iter()
+                    .zip(&tables)
+                    .map(|(seq, table)| {
+                        let n = seq.len();
+                        let block_table = &table[..n.div_ceil(BLOCK)];
+                        SeqChunk { tokens: &seq[n - 1..], start: n - 1, block_table, sample: true, window_blocks: None }
+                    })
+                    .collect();
+                outputs.push(executor.run_step_rows(model.as_ref(), cache, &chunks, &vec![1; batch], &greedy).unwrap());
+            }
+            for (i, (eager, replayed)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
+                let next = match (eager, replayed) {
+                    (StepRow::Greedy(a), StepRow::Greedy(b)) => {
+                        assert_eq!(a, b, "batch {batch}, step {step}, sequence {i}: greedy tokens differ");
+                        *a
+                    }
+                    (StepRow::Logits(a), StepRow::Logits(b)) => {
+                        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                        assert!(diff <= tolerance, "batch {batch}, step {step}, sequence {i}: logits differ by {diff}");
+                        worst = worst.max(diff);
+                        bodega::ops::cpu::argmax(a)
+                    }
+                    _ => panic!("batch {batch}: the executors returned different kinds of rows"),
+                };
+                seqs[i].push(next);
+            }
+        }
+        println!("graphs vs eager, batch {batch}: largest logit difference {worst:e}");
+        assert_eq!(executors[0].graphs_captured(), 0, "the eager executor captured graphs");
+        assert_eq!(
+            executors[1].graphs_captured(),
+            expected_graphs,
+            "batch {batch}: graphs captured (0: the capture failed, see the warning above)"
+        );
+    }
+}
+
+/// The engine with CUDA graphs (the default) against the engine op by op: 16 concurrent greedy
+/// requests (batches padded between buckets as requests finish) complete alike; one request alone
+/// (batch 1, nothing padded) is token-identical.
+#[test]
+fn engine_on_cuda_graph_replays_keep_the_outputs() {
+    let requests: Vec<Request> = prompts().into_iter().take(16).map(|p| common::greedy(p, 24)).collect();
+    let eager_config = EngineConfig { cuda_graphs: false, ..config(512, 512, false) };
+    let (eager, graphs) = (engine(eager_config), engine(config(512, 512, false)));
+    let alone = |engine: &Engine| common::run_all(engine, vec![requests[0].clone()]).remove(0).0;
+    assert_eq!(alone(&eager), alone(&graphs), "one request alone differs between graph replays and eager steps");
+    let together = common::run_all(&graphs, requests.clone());
+    assert_same_outputs(&common::run_all(&eager, requests), &together, "graph replays vs eager");
+    assert_no_leak(&graphs);
 }
 
 fn assert_no_leak(engine: &Engine) {

@@ -1,14 +1,17 @@
 // kv_write: copies row t of src ([T, row_len] f32) into cache slot slot_mapping[t]
 // ([slots, row_len] of the cache's type), converting on the way. One block per token row,
-// threads stride over the row (the same shape as the Metal kernel: one threadgroup per row).
+// threads stride over the row (the same shape as the Metal kernel: one threadgroup per row). A padding
+// row (slot 0xffffffff, PADDING_SLOT in src/ops) is not written.
 #include "common.cuh"
 
 template <typename T>
 __device__ void kv_write(const float *__restrict__ src, const uint32_t *__restrict__ slot_mapping,
                          T *__restrict__ cache, uint32_t row_len) {
     const uint32_t t = blockIdx.x;
+    const uint32_t slot = slot_mapping[t];
+    if (slot == 0xffffffffu) return;
     const float *row = src + (size_t)t * row_len;
-    T *dst = cache + (size_t)slot_mapping[t] * row_len;
+    T *dst = cache + (size_t)slot * row_len;
     for (uint32_t i = threadIdx.x; i < row_len; i += blockDim.x) {
         dst[i] = from_float<T>(row[i]);
     }

@@ -39,6 +39,10 @@ pub struct EngineArgs {
     /// Do not reuse the KV cache of shared prompt prefixes. Example: --no-prefix-cache
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Run every step op by op: no CUDA graphs for decode steps (they replay the whole forward pass
+    /// with one launch on an NVIDIA GPU). For comparison and debugging. Example: --eager
+    #[arg(long)]
+    eager: bool,
     /// Dtype of unquantized weights (safetensors, F16/BF16/F32 GGUF tensors, dequantized MLX):
     /// auto = f32 on the CPU, the model's bf16/f16 on GPUs. Example: --dtype f16
     #[arg(long, value_enum, default_value_t = WeightDtype::Auto)]
@@ -215,6 +219,7 @@ fn start(
         max_batched_tokens: engine_args.max_batched_tokens as usize,
         kv_memory: engine_args.kv_memory,
         prefix_caching: !engine_args.no_prefix_cache,
+        cuda_graphs: !engine_args.eager,
         ..EngineConfig::default()
     };
     let on_cpu = device.is_cpu();

@@ -50,6 +50,8 @@ pub struct EngineConfig {
     /// Dtype of the KV cache; `None`: the device's ([`crate::device::kv_dtype`]). Tests pin f32 to
     /// hold a GPU backend to the CPU's tolerances.
     pub kv_dtype: Option<DType>,
+    /// Replay plain decode steps from captured CUDA graphs (on a CUDA GPU; `--eager` turns it off).
+    pub cuda_graphs: bool,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             kv_memory: None,
             prefix_caching: true,
             kv_dtype: None,
+            cuda_graphs: true,
         }
     }
 }
@@ -259,7 +262,15 @@ impl Engine {
         }
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (commands, inbox) = mpsc::channel();
-        let worker = worker::Worker::new(model, tokenizer, cache, device, scheduler, stats.clone(), speculation);
+        let worker = worker::Worker::new(
+            model,
+            tokenizer,
+            cache,
+            crate::runner::Executor::new(device, config.cuda_graphs),
+            scheduler,
+            stats.clone(),
+            speculation,
+        );
         let thread = std::thread::Builder::new()
             .name("bodega-engine".into())
             .spawn(move || worker.run(inbox))

@@ -10,9 +10,8 @@ use super::{EngineStats, TokenLogprobs};
 use crate::error::Result;
 use crate::model::Model;
 use crate::ops::PagedKvCache;
-use crate::runner::{run_step_rows, SeqChunk, StepRow, WindowBlocks};
+use crate::runner::{Executor, SeqChunk, StepRow, WindowBlocks};
 use crate::tokenizer::Tokenizer;
-use candle_core::Device;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -85,12 +84,40 @@ struct StepWork<'a> {
     greedy: Vec<bool>,
 }
 
+impl<'a> StepWork<'a> {
+    /// The step's chunks for the runner, how many logits rows each needs, and whether its rows are
+    /// sampled greedily (then only their argmax comes back from the device).
+    fn new(
+        scheduler: &'a Scheduler,
+        active: &HashMap<SeqId, Active>,
+        window_group: bool,
+        out: &SchedulerOutput,
+    ) -> Self {
+        let mut work = StepWork { chunks: Vec::new(), rows: Vec::new(), greedy: Vec::new() };
+        for c in &out.chunks {
+            let Some(seq) = scheduler.get(c.seq) else { continue };
+            work.chunks.push(SeqChunk {
+                tokens: &seq.tokens[c.start..c.start + c.len],
+                start: c.start,
+                block_table: seq.block_table(),
+                sample: c.sample,
+                window_blocks: window_group
+                    .then(|| WindowBlocks { first: seq.window_table().first(), blocks: seq.window_table().blocks() }),
+            });
+            work.rows.push(if c.sample { c.draft + 1 } else { 0 });
+            work.greedy.push(active.get(&c.seq).is_some_and(|a| a.sampler.greedy_only()));
+        }
+        work
+    }
+}
+
 /// State owned by the engine thread.
 pub struct Worker {
     pub model: Box<dyn Model>,
     pub tokenizer: Arc<Tokenizer>,
     pub cache: PagedKvCache,
-    pub device: Device,
+    /// Runs the forward passes on the device (replaying CUDA graphs where it can).
+    executor: Executor,
     pub scheduler: Scheduler,
     pub stats: Arc<Mutex<EngineStats>>,
     active: HashMap<SeqId, Active>,
@@ -104,7 +131,7 @@ impl Worker {
         model: Box<dyn Model>,
         tokenizer: Arc<Tokenizer>,
         cache: PagedKvCache,
-        device: Device,
+        executor: Executor,
         scheduler: Scheduler,
         stats: Arc<Mutex<EngineStats>>,
         speculation: Option<Speculation>,
@@ -115,7 +142,7 @@ impl Worker {
             totals: SpecCounts::default(),
             verifications: 0,
         });
-        Self { model, tokenizer, cache, device, scheduler, stats, active: HashMap::new(), next_id: 0, speculation }
+        Self { model, tokenizer, cache, executor, scheduler, stats, active: HashMap::new(), next_id: 0, speculation }
     }
 
     /// Serves requests until shut down or every sender is gone.
@@ -186,16 +213,15 @@ impl Worker {
         let drafts = self.propose()?;
         let out = self.scheduler.schedule();
         let logits = {
-            let work = self.chunks(&out);
+            let work = StepWork::new(&self.scheduler, &self.active, self.cache.has_window_group(), &out);
             match work.chunks.is_empty() {
                 true => None,
-                false => Some(run_step_rows(
+                false => Some(self.executor.run_step_rows(
                     self.model.as_ref(),
                     &self.cache,
                     &work.chunks,
                     &work.rows,
                     &work.greedy,
-                    &self.device,
                 )),
             }
         };
@@ -292,28 +318,6 @@ impl Worker {
     fn is_prefill(&self, chunk: &ScheduledChunk) -> bool {
         let prompt_len = self.active.get(&chunk.seq).map_or(0, |a| a.prompt_len);
         chunk.len > 1 + chunk.draft || chunk.start < prompt_len
-    }
-
-    /// The step's chunks for the runner, how many logits rows each needs, and whether its rows are
-    /// sampled greedily (then only their argmax comes back from the device).
-    fn chunks<'a>(&'a self, out: &SchedulerOutput) -> StepWork<'a> {
-        let mut work = StepWork { chunks: Vec::new(), rows: Vec::new(), greedy: Vec::new() };
-        for c in &out.chunks {
-            let Some(seq) = self.scheduler.get(c.seq) else { continue };
-            work.chunks.push(SeqChunk {
-                tokens: &seq.tokens[c.start..c.start + c.len],
-                start: c.start,
-                block_table: seq.block_table(),
-                sample: c.sample,
-                window_blocks: self
-                    .cache
-                    .has_window_group()
-                    .then(|| WindowBlocks { first: seq.window_table().first(), blocks: seq.window_table().blocks() }),
-            });
-            work.rows.push(if c.sample { c.draft + 1 } else { 0 });
-            work.greedy.push(self.active.get(&c.seq).is_some_and(|a| a.sampler.greedy_only()));
-        }
-        work
     }
 
     /// Samples a sequence's next token (or takes the greedy one the runner picked), streams its text

@@ -37,9 +37,9 @@ pub fn argmax(row: &[f32]) -> u32 {
 }
 
 /// Copies row `t` of `src` (`[T, row_len]`) into cache slot `slot_mapping[t]` of `cache`
-/// (`[slots, row_len]`).
+/// (`[slots, row_len]`), skipping padding rows ([`super::PADDING_SLOT`]).
 pub fn kv_write(src: &[f32], slot_mapping: &[u32], cache: &mut [f32], row_len: usize) {
-    for (row, &slot) in src.chunks_exact(row_len).zip(slot_mapping) {
+    for (row, &slot) in src.chunks_exact(row_len).zip(slot_mapping).filter(|(_, &s)| s != super::PADDING_SLOT) {
         let at = slot as usize * row_len;
         cache[at..at + row_len].copy_from_slice(row);
     }

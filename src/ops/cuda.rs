@@ -187,7 +187,7 @@ pub fn kv_write(
     }
     let dev = cache.device.clone();
     let src = f32_view(src, src_l, "kv-write source")?;
-    let slots = meta.uploads.get_or_upload(SLOTS_UPLOAD, || dev.clone_htod(slot_mapping))?;
+    let slots = meta.uploads.get_or_upload(SLOTS_UPLOAD, || dev.cuda_stream().clone_htod(slot_mapping).w())?;
     let func = function(&dev, "kv_write", &format!("kv_write_{}", dtype_suffix(&cache.slice)?))?;
     let cfg = LaunchConfig {
         grid_dim: (slot_mapping.len() as u32, 1, 1),
@@ -221,6 +221,37 @@ fn launch_kv_write<T: DeviceRepr>(
     // checked are inside the cache.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(())
+}
+
+/// Replaces `captured`'s metadata by `step`'s (a step of the same shape: sequences, queries, table
+/// width) and rewrites its device copies in place, so that a CUDA graph captured over them reads the
+/// new step. Uploads go straight to the stream (never through candle's capture cache of small
+/// uploads, which must keep its contents).
+pub fn refill_uploads(captured: &mut AttentionMetadata, step: AttentionMetadata) -> Result<()> {
+    let same = |m: &AttentionMetadata| (m.num_seqs(), m.num_tokens(), m.max_blocks);
+    if same(captured) != same(&step) {
+        candle_core::bail!("a replayed step must keep its captured shape");
+    }
+    let mut uploads = std::mem::take(&mut captured.uploads);
+    *captured = step;
+    let meta: &AttentionMetadata = captured;
+    let refilled = uploads.refill(|key, copy| {
+        if let Some(slots) = copy.downcast_mut::<CudaSlice<u32>>() {
+            let stream = slots.stream().clone();
+            return stream.memcpy_htod(&meta.slot_mapping, slots).w();
+        }
+        let Some(packed) = copy.downcast_mut::<PackedMetadata>() else {
+            candle_core::bail!("unknown device metadata under key {key}");
+        };
+        let (values, at) = pack_metadata(meta, (key - ATTENTION_UPLOAD) as usize);
+        if values.len() != packed.len || at != packed.at {
+            candle_core::bail!("a replayed step's attention metadata changed its layout");
+        }
+        let stream = packed.slice.stream().clone();
+        stream.memcpy_htod(&values, &mut packed.slice).w()
+    });
+    captured.uploads = uploads;
+    refilled
 }
 
 /// Launch parameters of the attention kernel (`AttnParams` in `paged_attention.cu`, same layout).
@@ -328,12 +359,13 @@ pub fn paged_attention(
     let tiling = Tiling::new(&shape);
     let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
         let (values, at) = pack_metadata(meta, tiling.tokens_per_item);
-        Ok(PackedMetadata { slice: dev.clone_htod(&values)?, len: values.len(), at })
+        Ok(PackedMetadata { slice: dev.cuda_stream().clone_htod(&values).w()?, len: values.len(), at })
     })?;
     let [cu_at, ctx_at, work_at, decode_at] = packed.at;
     let (items, decodes) = ((decode_at - work_at) / 3, packed.len - decode_at);
-    let max_ctx = meta.context_lens.iter().copied().max().unwrap_or(0) as usize;
-    let partitions = max_ctx.div_ceil(PARTITION_KEYS).max(1);
+    // The partitions cover the block tables' width, not the longest context: a replayed graph's grid
+    // is fixed while its sequences grow within their padded tables (later partitions are empty).
+    let partitions = (meta.max_blocks * shape.block_size).div_ceil(PARTITION_KEYS).max(1);
     let (acc_len, ml_len) = match partitions {
         1 => (1, 1),
         p => (p * out_len, p * tokens * shape.num_heads * 2),

@@ -67,6 +67,12 @@ impl PagedKvCache {
         (k, v)
     }
 
+    /// Blocks in the main pool, or in the window group (0 when it has no layer).
+    pub fn num_blocks(&self, window_group: bool) -> usize {
+        let layer = self.windowed.iter().position(|&w| w == window_group);
+        layer.map_or(0, |i| self.layers[i].0.dims()[0])
+    }
+
     /// Tokens per block.
     pub fn block_size(&self) -> usize {
         self.block_size

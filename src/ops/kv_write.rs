@@ -1,10 +1,11 @@
 //! `kv_write`: scatters a step's new keys and values into their cache slots, in place.
 
-use super::{cpu, AttentionMetadata};
+use super::{cpu, AttentionMetadata, PADDING_SLOT};
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
 /// Writes `k` and `v` (`[T, num_kv_heads, head_dim]`) into the slots `meta.slot_mapping[t]` of
-/// `k_cache` and `v_cache` (`[num_blocks, block_size, num_kv_heads, head_dim]`).
+/// `k_cache` and `v_cache` (`[num_blocks, block_size, num_kv_heads, head_dim]`); rows whose slot is
+/// [`PADDING_SLOT`] are not written.
 pub fn kv_write(k: &Tensor, v: &Tensor, meta: &AttentionMetadata, k_cache: &Tensor, v_cache: &Tensor) -> Result<()> {
     let op = KvWrite { meta };
     k_cache.inplace_op2(&k.contiguous()?, &op)?;
@@ -27,7 +28,7 @@ impl KvWrite<'_> {
             candle_core::bail!("kv-write: source {:?} does not fit cache {:?}", src_l.shape(), cache_l.shape());
         }
         let slots = cache_l.shape().elem_count() / row_len;
-        if self.meta.slot_mapping.iter().any(|&s| s as usize >= slots) {
+        if self.meta.slot_mapping.iter().any(|&s| s != PADDING_SLOT && s as usize >= slots) {
             candle_core::bail!("kv-write: slot out of range ({slots} slots of {block_size} tokens each block)");
         }
         Ok(row_len)

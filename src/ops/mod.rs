@@ -23,6 +23,8 @@ mod qmatmul;
 pub use add_norm::add_rms_norm;
 pub use argmax::argmax_rows;
 pub use bodega_cpu_kernels::Activation;
+#[cfg(feature = "cuda")]
+pub use cuda::refill_uploads;
 pub use gated::gated_activation;
 pub use kv_cache::{KvShape, PagedKvCache};
 pub use kv_write::kv_write;
@@ -30,6 +32,10 @@ pub use paged_attention::paged_attention;
 pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};
 
 use std::any::Any;
+
+/// The slot of a padding row: a row that a fixed-shape step (a replayed CUDA graph's) adds to fill its
+/// batch. `kv_write` writes nothing for it; its query attends to the first key of block 0.
+pub const PADDING_SLOT: u32 = u32::MAX;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -76,6 +82,25 @@ impl DeviceCopies {
     }
 }
 
+#[cfg(feature = "cuda")]
+impl DeviceCopies {
+    /// Hands every copy to `refill` (with its key) to be overwritten in place, at the same device
+    /// address: what a replayed graph reads.
+    pub(crate) fn refill(
+        &mut self,
+        mut refill: impl FnMut(u32, &mut (dyn Any + Send + Sync)) -> candle_core::Result<()>,
+    ) -> candle_core::Result<()> {
+        let copies = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (&key, copy) in copies.iter_mut() {
+            let Some(copy) = Arc::get_mut(copy) else {
+                candle_core::bail!("a step's device metadata is still in use");
+            };
+            refill(key, copy)?;
+        }
+        Ok(())
+    }
+}
+
 impl Clone for DeviceCopies {
     fn clone(&self) -> Self {
         Self::default()
@@ -111,6 +136,26 @@ impl AttentionMetadata {
         &self.block_tables[b * self.max_blocks..(b + 1) * self.max_blocks]
     }
 
+    /// Pads a decode step (one query per sequence) to `num_seqs` sequences and its block tables to
+    /// `max_blocks` columns: the fixed shape of a captured CUDA graph. The added rows write nothing
+    /// ([`PADDING_SLOT`]) and attend to one key of block 0.
+    pub fn pad_decode(&mut self, num_seqs: usize, max_blocks: usize) {
+        let width = max_blocks.max(self.max_blocks);
+        let mut tables = Vec::with_capacity(num_seqs * width);
+        for b in 0..self.num_seqs() {
+            tables.extend_from_slice(self.block_table(b));
+            tables.resize((b + 1) * width, 0);
+        }
+        tables.resize(num_seqs * width, 0);
+        for _ in self.num_seqs()..num_seqs {
+            self.slot_mapping.push(PADDING_SLOT);
+            self.cu_query_lens.push(self.slot_mapping.len() as u32);
+            self.context_lens.push(1);
+        }
+        self.block_tables = tables;
+        self.max_blocks = width;
+    }
+
     /// Checks the invariants every kernel relies on, so that a runner bug is an error, not an
     /// out-of-bounds read inside a kernel.
     pub fn validate(&self, block_size: usize, num_blocks: usize) -> candle_core::Result<()> {
@@ -136,7 +181,7 @@ impl AttentionMetadata {
                 candle_core::bail!("attention metadata: sequence {s} names a block out of range");
             }
         }
-        if self.slot_mapping.iter().any(|&s| s as usize >= num_blocks * block_size) {
+        if self.slot_mapping.iter().any(|&s| s != PADDING_SLOT && s as usize >= num_blocks * block_size) {
             candle_core::bail!("attention metadata: slot out of range");
         }
         Ok(())

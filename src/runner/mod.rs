@@ -1,6 +1,9 @@
 //! Flattens a step (which sequences feed which tokens, where their keys live) into the tensors of one
 //! forward pass, and runs it. Knows tensors, never requests.
 
+#[cfg(feature = "cuda")]
+mod graphs;
+
 use crate::error::{Error, Result};
 use crate::model::{Model, StepInput};
 use crate::ops::{self, AttentionMetadata, PagedKvCache};
@@ -50,37 +53,58 @@ pub fn build_step_rows(
     block_size: usize,
     device: &Device,
 ) -> Result<StepInput> {
-    let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-    let mut token_ids = Vec::with_capacity(total);
-    let mut positions = Vec::with_capacity(total);
-    let mut logits_rows = Vec::new();
-    for (chunk, &wanted) in chunks.iter().zip(rows) {
-        token_ids.extend_from_slice(chunk.tokens);
-        positions.extend((chunk.start..chunk.start + chunk.tokens.len()).map(|p| p as u32));
-        let end = token_ids.len() as u32;
-        logits_rows.extend(end - wanted.min(chunk.tokens.len()) as u32..end);
-    }
-    let tables: Vec<WindowBlocks<'_>> =
-        chunks.iter().map(|c| WindowBlocks { first: 0, blocks: c.block_table }).collect();
-    let attention = metadata(chunks, &tables, block_size);
-    let window_attention = match chunks.iter().all(|c| c.window_blocks.is_none()) {
-        true => None,
-        false => {
-            let mixed = || Error::InvalidRequest("a step mixes sequences with and without window blocks".into());
-            let tables: Vec<WindowBlocks<'_>> =
-                chunks.iter().map(|c| c.window_blocks.ok_or_else(mixed)).collect::<Result<_>>()?;
-            Some(metadata(chunks, &tables, block_size))
+    HostStep::new(chunks, rows, block_size)?.upload(device)
+}
+
+/// A step flattened on the host, before its tensors are made: what a replayed CUDA graph gets
+/// written into its captured inputs instead.
+#[derive(Debug)]
+struct HostStep {
+    token_ids: Vec<u32>,
+    positions: Vec<u32>,
+    attention: AttentionMetadata,
+    window_attention: Option<AttentionMetadata>,
+    logits_rows: Vec<u32>,
+}
+
+impl HostStep {
+    fn new(chunks: &[SeqChunk<'_>], rows: &[usize], block_size: usize) -> Result<Self> {
+        let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let mut token_ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut logits_rows = Vec::new();
+        for (chunk, &wanted) in chunks.iter().zip(rows) {
+            token_ids.extend_from_slice(chunk.tokens);
+            positions.extend((chunk.start..chunk.start + chunk.tokens.len()).map(|p| p as u32));
+            let end = token_ids.len() as u32;
+            logits_rows.extend(end - wanted.min(chunk.tokens.len()) as u32..end);
         }
-    };
-    let n_rows = logits_rows.len();
-    Ok(StepInput {
-        token_ids: Tensor::from_vec(token_ids, total, device)?,
-        positions: Tensor::from_vec(positions, total, device)?,
-        attention,
-        window_attention,
-        // A step of prefill chunks alone samples nothing; a GPU cannot allocate an empty buffer.
-        logits_rows: Tensor::from_vec(logits_rows, n_rows, if n_rows == 0 { &Device::Cpu } else { device })?,
-    })
+        let tables: Vec<WindowBlocks<'_>> =
+            chunks.iter().map(|c| WindowBlocks { first: 0, blocks: c.block_table }).collect();
+        let attention = metadata(chunks, &tables, block_size);
+        let window_attention = match chunks.iter().all(|c| c.window_blocks.is_none()) {
+            true => None,
+            false => {
+                let mixed = || Error::InvalidRequest("a step mixes sequences with and without window blocks".into());
+                let tables: Vec<WindowBlocks<'_>> =
+                    chunks.iter().map(|c| c.window_blocks.ok_or_else(mixed)).collect::<Result<_>>()?;
+                Some(metadata(chunks, &tables, block_size))
+            }
+        };
+        Ok(Self { token_ids, positions, attention, window_attention, logits_rows })
+    }
+
+    fn upload(self, device: &Device) -> Result<StepInput> {
+        let (total, n_rows) = (self.token_ids.len(), self.logits_rows.len());
+        Ok(StepInput {
+            token_ids: Tensor::from_vec(self.token_ids, total, device)?,
+            positions: Tensor::from_vec(self.positions, total, device)?,
+            attention: self.attention,
+            window_attention: self.window_attention,
+            // A step of prefill chunks alone samples nothing; a GPU cannot allocate an empty buffer.
+            logits_rows: Tensor::from_vec(self.logits_rows, n_rows, if n_rows == 0 { &Device::Cpu } else { device })?,
+        })
+    }
 }
 
 impl WindowBlocks<'_> {
@@ -127,7 +151,8 @@ pub fn run_step(
     chunks: &[SeqChunk<'_>],
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let logits = forward(model, cache, chunks, &sampled_rows(chunks), device)?;
+    let step = HostStep::new(chunks, &sampled_rows(chunks), cache.block_size())?;
+    let logits = forward(model, cache, step, device)?;
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }
 
@@ -142,34 +167,76 @@ pub enum StepRow {
     Logits(Vec<f32>),
 }
 
-/// Runs one step with the logits of the last `rows[i]` tokens of chunk `i`, in order; the rows of
-/// chunks with `greedy[i]` come back as their argmax, the others as logits.
-pub fn run_step_rows(
-    model: &dyn Model,
-    cache: &PagedKvCache,
-    chunks: &[SeqChunk<'_>],
-    rows: &[usize],
-    greedy: &[bool],
-    device: &Device,
-) -> Result<Vec<StepRow>> {
-    let logits = forward(model, cache, chunks, rows, device)?;
-    let flags: Vec<bool> = rows.iter().zip(greedy).flat_map(|(&n, &g)| std::iter::repeat_n(g, n)).collect();
-    split_rows(&logits, &flags)
+/// Runs a worker's steps: op by op, or, on a CUDA GPU unless turned off, plain decode steps replayed
+/// from captured CUDA graphs (one launch for the whole forward pass, see `graphs`).
+pub struct Executor {
+    device: Device,
+    #[cfg(feature = "cuda")]
+    graphs: Option<graphs::DecodeGraphs>,
 }
 
-/// The forward pass of a step, returning the logits of the last `rows[i]` tokens of chunk `i`.
-fn forward(
-    model: &dyn Model,
-    cache: &PagedKvCache,
-    chunks: &[SeqChunk<'_>],
-    rows: &[usize],
-    device: &Device,
-) -> Result<Tensor> {
-    let input = build_step_rows(chunks, rows, cache.block_size(), device)?;
-    if cache.has_window_group() != input.window_attention.is_some() {
-        return Err(Error::InvalidRequest("the step's window blocks do not match the cache's window group".into()));
+impl Executor {
+    /// An executor for `device`; `graphs`: replay decode steps from CUDA graphs (where `device` is a
+    /// CUDA GPU).
+    pub fn new(device: Device, graphs: bool) -> Self {
+        #[cfg(feature = "cuda")]
+        return Self { graphs: (graphs && device.is_cuda()).then(graphs::DecodeGraphs::default), device };
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = graphs; // no other device has graphs
+            Self { device }
+        }
     }
-    model.forward(&input, cache)
+
+    /// CUDA graphs captured so far (one per decode shape met): for reports and tests.
+    pub fn graphs_captured(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        return self.graphs.as_ref().map_or(0, graphs::DecodeGraphs::len);
+        #[cfg(not(feature = "cuda"))]
+        0
+    }
+
+    /// Runs one step with the logits of the last `rows[i]` tokens of chunk `i`, in order; the rows of
+    /// chunks with `greedy[i]` come back as their argmax, the others as logits.
+    pub fn run_step_rows(
+        &mut self,
+        model: &dyn Model,
+        cache: &PagedKvCache,
+        chunks: &[SeqChunk<'_>],
+        rows: &[usize],
+        greedy: &[bool],
+    ) -> Result<Vec<StepRow>> {
+        let step = HostStep::new(chunks, rows, cache.block_size())?;
+        #[cfg(feature = "cuda")]
+        if let (Some(graphs), Device::Cuda(cuda)) = (&mut self.graphs, &self.device) {
+            if graphs::DecodeGraphs::takes(&step) {
+                check_window_group(cache, &step)?;
+                let logits = graphs.forward(model, cache, step, cuda)?;
+                return split_rows(&logits, &row_flags(rows, greedy));
+            }
+        }
+        let logits = forward(model, cache, step, &self.device)?;
+        split_rows(&logits, &row_flags(rows, greedy))
+    }
+}
+
+/// One flag per logits row: chunk `i`'s `rows[i]` rows take `greedy[i]`.
+fn row_flags(rows: &[usize], greedy: &[bool]) -> Vec<bool> {
+    rows.iter().zip(greedy).flat_map(|(&n, &g)| std::iter::repeat_n(g, n)).collect()
+}
+
+/// The forward pass of a step, op by op.
+fn forward(model: &dyn Model, cache: &PagedKvCache, step: HostStep, device: &Device) -> Result<Tensor> {
+    check_window_group(cache, &step)?;
+    model.forward(&step.upload(device)?, cache)
+}
+
+/// Fails a step whose window block tables do not match the cache's window group.
+fn check_window_group(cache: &PagedKvCache, step: &HostStep) -> Result<()> {
+    match cache.has_window_group() == step.window_attention.is_some() {
+        true => Ok(()),
+        false => Err(Error::InvalidRequest("the step's window blocks do not match the cache's window group".into())),
+    }
 }
 
 /// Splits `logits` (`[R, V]`) into greedy tokens (rows with `greedy[r]`, reduced by
