@@ -67,7 +67,7 @@ def main():
     print(f"device: {read(os.path.join(d, 'device.txt')).strip()}")
     tests = read(os.path.join(d, "gpu-tests.log"))
     for line in tests.splitlines():
-        if line.startswith("test result:") or re.match(r"(decode|prefill) attention|decode step|measured peak|teacher-forced|.*requests identical|graphs vs eager", line):
+        if line.startswith("test result:") or re.match(r"(decode|prefill) attention|decode step|measured peak|teacher-forced|.*requests identical|graphs vs eager|gemv ", line):
             print(line)
     print()
     print("| synthetic Llama-3.2-1B | bodega | bodega --eager | llama.cpp | bodega / eager | bodega / llama.cpp |")

@@ -745,6 +745,159 @@ fn time_per_call(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64() / iters as f64
 }
 
+/// The fused RoPE + cache write on CUDA against the CPU's candle RoPE and `kv_write`: both pairings,
+/// f32/f16/bf16 caches, q/k/v as strided thirds of one fused projection, one token and several, a
+/// padding row. Every cache slot the step does not name keeps its poison.
+#[test]
+fn rope_kv_write_on_cuda_matches_the_cpu_rope_and_kv_write() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(47);
+    let (heads, kv_heads, d, slots) = (8, 2, 64, 40);
+    for interleaved in [true, false] {
+        for t in [1, 5] {
+            let width = (heads + 2 * kv_heads) * d;
+            let fused =
+                Tensor::from_vec(random(&mut rng, t * width), (t, heads + 2 * kv_heads, d), &Device::Cpu).unwrap();
+            let angles = Tensor::from_vec(random(&mut rng, t * d / 2), (t, 1, d / 2), &Device::Cpu).unwrap();
+            let (cos, sin) = ((&angles * 3.0).unwrap().cos().unwrap(), (&angles * 3.0).unwrap().sin().unwrap());
+            let mut slot_mapping: Vec<u32> = (0..slots as u32).collect();
+            slot_mapping.shuffle(&mut rng);
+            slot_mapping.truncate(t);
+            if t > 1 {
+                slot_mapping[1] = bodega::ops::PADDING_SLOT;
+            }
+            let meta = AttentionMetadata {
+                slot_mapping: slot_mapping.clone(),
+                block_tables: vec![0],
+                max_blocks: 1,
+                cu_query_lens: vec![0, t as u32],
+                context_lens: vec![t as u32],
+                ..Default::default()
+            };
+            let run = |device: &Device, dtype: DType| {
+                let on = |x: &Tensor| x.to_device(device).unwrap();
+                let fused = on(&fused);
+                let (q, k, v) = (
+                    fused.narrow(1, 0, heads).unwrap(),
+                    fused.narrow(1, heads, kv_heads).unwrap(),
+                    fused.narrow(1, heads + kv_heads, kv_heads).unwrap(),
+                );
+                let poisoned =
+                    || Tensor::full(7.0f32, (slots, 1, kv_heads, d), device).unwrap().to_dtype(dtype).unwrap();
+                let (k_cache, v_cache) = (poisoned(), poisoned());
+                let (cos, sin) = (on(&cos), on(&sin));
+                let tables = bodega::ops::RopeTables { cos: &cos, sin: &sin, interleaved };
+                let q = bodega::ops::rope_kv_write(&q, &k, &v, tables, &meta, (&k_cache, &v_cache)).unwrap();
+                let host =
+                    |x: &Tensor| x.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (host(&q), host(&k_cache), host(&v_cache))
+            };
+            let (q_cpu, k_cpu, v_cpu) = run(&Device::Cpu, DType::F32);
+            for (dtype, tolerance) in [(DType::F32, 1e-6), (DType::F16, 2e-3), (DType::BF16, 1e-2)] {
+                let (q_gpu, k_gpu, v_gpu) = run(&dev, dtype);
+                let what = format!("interleaved {interleaved}, {t} tokens, {dtype:?} cache");
+                assert!(relative_error(&q_gpu, &q_cpu) < 1e-6, "{what}: rotated queries differ");
+                assert!(relative_error(&k_gpu, &k_cpu) < tolerance, "{what}: cached keys differ");
+                assert!(relative_error(&v_gpu, &v_cpu) < tolerance, "{what}: cached values differ");
+                let row = kv_heads * d;
+                for slot in (0..slots).filter(|s| !slot_mapping.contains(&(*s as u32))) {
+                    let untouched = |c: &[f32]| c[slot * row..(slot + 1) * row].iter().all(|&x| x == 7.0);
+                    assert!(untouched(&k_gpu) && untouched(&v_gpu), "{what}: slot {slot} was written");
+                }
+            }
+        }
+    }
+}
+
+/// Seconds of GPU time per call of `f`: `iters` calls captured into one CUDA graph and replayed, so
+/// that the host's per-op cost (which `time_per_call` includes) drops out. `f` must not upload.
+fn gpu_time_per_call(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
+    use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let Device::Cuda(cuda) = dev else { panic!("gpu_time_per_call needs a CUDA device") };
+    f();
+    dev.synchronize().unwrap();
+    let stream = cuda.cuda_stream();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+    for _ in 0..iters {
+        f();
+    }
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("the capture recorded nothing");
+    graph.launch().unwrap();
+    dev.synchronize().unwrap();
+    let replays = 5;
+    let start = std::time::Instant::now();
+    for _ in 0..replays {
+        graph.launch().unwrap();
+    }
+    dev.synchronize().unwrap();
+    start.elapsed().as_secs_f64() / (replays * iters) as f64
+}
+
+/// The GEMV kernel against the CPU reference op: f16 and bf16 weights, 1 to 8 rows, N not a multiple
+/// of a block's rows, K from one 8-element chunk to a long tail. A row's sums do not depend on the
+/// other rows: every row of an 8-row product equals, bitwise, that row alone.
+#[test]
+fn dense_gemv_on_cuda_matches_the_cpu_reference() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for dtype in [DType::F16, DType::BF16] {
+        for (n, k) in [(1001, 8), (37, 2056), (3, 8200)] {
+            let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let w_gpu = w.to_device(&dev).unwrap();
+            let x = Tensor::from_vec(random(&mut rng, 8 * k), (8, k), &Device::Cpu).unwrap();
+            let x_gpu = x.to_device(&dev).unwrap();
+            let all: Vec<f32> =
+                bodega::ops::dense_gemv(&x_gpu, &w_gpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for m in 1..=8 {
+                let rows = |t: &Tensor| t.narrow(0, 0, m).unwrap();
+                assert_eq!(bodega::ops::gemv_takes(&rows(&x_gpu), &w_gpu), m <= bodega::ops::GEMV_MAX_ROWS);
+                let cpu: Vec<f32> =
+                    bodega::ops::dense_gemv(&rows(&x), &w).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let gpu: Vec<f32> =
+                    bodega::ops::dense_gemv(&rows(&x_gpu), &w_gpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let err = relative_error(&gpu, &cpu);
+                assert!(err < 1e-5, "{dtype:?} {m}×{k} by {n}×{k}: relative error {err}");
+                assert_eq!(gpu, all[..m * n], "{dtype:?} {n}×{k}: the first {m} rows differ from the 8-row product's");
+            }
+        }
+    }
+}
+
+/// The GEMV kernel against cuBLAS with the casts it needs (f32 → f16, the GEMM, f16 → f32) on
+/// Llama-3.2-1B's decode matrices, GPU time only, as GB/s of weights read. Printed for docs/perf.md;
+/// asserts only that they ran.
+#[test]
+fn dense_gemv_throughput() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let shapes = [
+        ("Q/K/V 3072×2048", 3072, 2048),
+        ("gate/up 16384×2048", 16384, 2048),
+        ("down 2048×8192", 2048, 8192),
+        ("output 128256×2048", 128256, 2048),
+    ];
+    for (name, n, k) in shapes {
+        let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &dev).unwrap().to_dtype(DType::F16).unwrap();
+        for m in [1, 2, 4, 8] {
+            let x = Tensor::from_vec(random(&mut rng, m * k), (m, k), &dev).unwrap();
+            let gemv = gpu_time_per_call(&dev, 50, || drop(bodega::ops::dense_gemv(&x, &w).unwrap()));
+            let cublas = gpu_time_per_call(&dev, 50, || {
+                let product = x.to_dtype(DType::F16).unwrap().matmul(&w.t().unwrap()).unwrap();
+                drop(product.to_dtype(DType::F32).unwrap())
+            });
+            let gbs = |secs: f64| (n * k * 2) as f64 / secs / 1e9;
+            println!(
+                "gemv {name}, {m} rows: {:.1} µs, {:.0} GB/s; cuBLAS with casts {:.1} µs, {:.0} GB/s ({:.2}×)",
+                gemv * 1e6,
+                gbs(gemv),
+                cublas * 1e6,
+                gbs(cublas),
+                cublas / gemv
+            );
+        }
+    }
+}
+
 /// Achieved throughput of the attention kernels on Llama-3.2-1B's attention shape (32 query heads
 /// over 8 KV heads of 64, f16 cache), printed for docs/perf.md: decode as GB/s of cache read against
 /// the measured device-to-device copy bandwidth, prefill as TFLOP/s. Asserts only that they ran.
@@ -764,7 +917,8 @@ fn attention_kernel_throughput() {
         let k = Tensor::from_slice(&x.k_cache, shape, &dev).unwrap().to_dtype(DType::F16).unwrap();
         let v = Tensor::from_slice(&x.v_cache, shape, &dev).unwrap().to_dtype(DType::F16).unwrap();
         let q = Tensor::from_slice(&x.q, (x.meta.num_tokens(), heads, d), &dev).unwrap();
-        let secs = time_per_call(&dev, 20, || drop(paged_attention(&q, &k, &v, &x.meta, 0.125, 0).unwrap()));
+        // GPU time alone (calls replayed from a graph): the op's host work is not the kernels'.
+        let secs = gpu_time_per_call(&dev, 20, || drop(paged_attention(&q, &k, &v, &x.meta, 0.125, 0).unwrap()));
         if q_len == 1 {
             let bytes = (seqs * ctx * kv_heads * d * 2 * 2) as f64;
             let gbs = bytes / secs / 1e9;

@@ -129,9 +129,7 @@ impl Llama {
             q = self.norm(&q, qn)?;
             k = self.norm(&k, kn)?;
         }
-        let q = rotation.apply(&q)?;
-        let k = rotation.apply(&k)?;
-        ops::kv_write(&k, &v, meta, cache.0, cache.1)?;
+        let q = ops::rope_kv_write(&q, &k, &v, rotation.tables(), meta, cache)?;
         let out = ops::paged_attention(&q, cache.0, cache.1, meta, self.scale, block.window)?;
         block.o.forward(&out.reshape((t, h * d))?)
     }

@@ -3,6 +3,7 @@
 //! different depths) rotate correctly inside one batch.
 
 use crate::error::Result;
+use crate::ops::RopeTables;
 use candle_core::{Device, Tensor};
 
 /// How the rotated dimensions are paired.
@@ -78,14 +79,8 @@ pub struct StepRotation {
 }
 
 impl StepRotation {
-    /// Rotates `x` (`[T, heads, head_dim]`) by each row's position.
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (t, heads, d) = x.dims3()?;
-        let x = x.reshape((t, heads, 1, d))?.contiguous()?;
-        let y = match self.style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?,
-        };
-        Ok(y.reshape((t, heads, d))?)
+    /// The tables for [`ops::rope_kv_write`](crate::ops::rope_kv_write).
+    pub fn tables(&self) -> RopeTables<'_> {
+        RopeTables { cos: &self.cos, sin: &self.sin, interleaved: self.style == RopeStyle::Interleaved }
     }
 }

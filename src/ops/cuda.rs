@@ -96,6 +96,54 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
+/// Threads per block of `gemv` (`GEMV_THREADS` in `gemv.cu`).
+const GEMV_THREADS: u32 = 128;
+
+/// Rows of W per `gemv` block for `m` rows of x: its 4 warps × `Shape<M>::ROWS` in `gemv.cu`.
+fn gemv_rows_per_block(m: usize) -> usize {
+    4 * if m <= 2 { 2 } else { 4 }
+}
+
+/// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8) and f16/bf16 `w` `[N, K]`
+/// (K a multiple of 8), with `dims` = (M, N, K) checked by the caller.
+pub fn gemv(
+    (x, x_l): (&CudaStorage, &Layout),
+    (w, w_l): (&CudaStorage, &Layout),
+    (m, n, k): (usize, usize, usize),
+) -> Result<CudaStorage> {
+    let dev = x.device.clone();
+    let x = f32_view(x, x_l, "gemv x")?;
+    // SAFETY: the kernel writes every (row of x, row of W) sum.
+    let out = unsafe { dev.alloc::<f32>(m * n)? };
+    let start = w_l.start_offset();
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(gemv_rows_per_block(m)) as u32, 1, 1),
+        block_dim: (GEMV_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let stream = dev.cuda_stream();
+    let (n32, k32) = (n as u32, k as u32);
+    let kernel = |suffix: &str| function(&dev, "gemv", &format!("gemv_{suffix}_m{m}"));
+    match &w.slice {
+        CudaStorageSlice::F16(w) => {
+            let (func, w) = (kernel("f16")?, w.slice(start..start + n * k));
+            let mut builder = stream.launch_builder(&func);
+            builder.arg(&w).arg(&x).arg(&out).arg(&n32).arg(&k32);
+            // SAFETY: reads `n * k` weights and `m * k` activations, writes `m * n` sums.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        CudaStorageSlice::BF16(w) => {
+            let (func, w) = (kernel("bf16")?, w.slice(start..start + n * k));
+            let mut builder = stream.launch_builder(&func);
+            builder.arg(&w).arg(&x).arg(&out).arg(&n32).arg(&k32);
+            // SAFETY: as above.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        _ => candle_core::bail!("gemv takes f16 or bf16 weights"),
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
 /// `[2, rows, dim]`: `x + y` and its RMS norm by `w` (all contiguous f32).
 pub fn add_rms_norm(
     (x, x_l): (&CudaStorage, &Layout),
@@ -124,16 +172,21 @@ pub fn add_rms_norm(
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-/// Rows `[rows, n]` of an f32 matrix whose rows are contiguous inside: its view from the first
-/// element and its row stride.
+/// Rows of an f32 tensor `[rows, ...]` whose rows are contiguous inside (a `[rows, n]` slice of a
+/// wider matrix, say): its view from the first element and its row stride.
 fn row_view<'a>(storage: &'a CudaStorage, layout: &Layout, what: &str) -> Result<(CudaView<'a, f32>, usize)> {
     let CudaStorageSlice::F32(slice) = &storage.slice else {
         candle_core::bail!("{what} must be f32 on CUDA");
     };
-    let (rows, n) = layout.shape().dims2()?;
-    let stride = layout.stride();
-    if stride[1] != 1 && n > 1 {
-        candle_core::bail!("{what}: rows must be contiguous inside");
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let Some((&rows, inner)) = dims.split_first() else { candle_core::bail!("{what}: a scalar has no rows") };
+    let n: usize = inner.iter().product();
+    let mut expected = 1;
+    for (&dim, &st) in inner.iter().zip(&stride[1..]).rev() {
+        if dim > 1 && st != expected {
+            candle_core::bail!("{what}: rows must be contiguous inside");
+        }
+        expected *= dim;
     }
     let start = layout.start_offset();
     let row_stride = if rows > 1 { stride[0] } else { n };
@@ -167,6 +220,62 @@ pub fn gated_activation(
     let (n, gate_stride, up_stride) = (n as u32, gate_stride as u32, up_stride as u32);
     builder.arg(&gate).arg(&up).arg(&out).arg(&n).arg(&gate_stride).arg(&up_stride);
     // SAFETY: reads `rows` rows of `n` at the given strides inside the views, writes `out`.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// Threads per token of `rope_kv_write`.
+const ROPE_KV_THREADS: u32 = 256;
+
+/// One step's RoPE and cache write: returns `q` rotated (`[T, heads, D]` contiguous f32) and writes
+/// `k` rotated and `v` into the caches' slots (`meta.slot_mapping`; shapes and slots checked by the
+/// caller). `qkv` are `[T, heads, D]` rows contiguous inside (thirds of a fused product are fine),
+/// `tables` the `[T, D / 2]` cosines and sines, `caches` written in place though shared: candle lends
+/// one tensor mutably per op, and the engine's one stream orders this write before any read.
+pub fn rope_kv_write(
+    qkv: [(&CudaStorage, &Layout); 3],
+    tables: [(&CudaStorage, &Layout); 2],
+    caches: [(&CudaStorage, &Layout); 2],
+    meta: &AttentionMetadata,
+    interleaved: bool,
+) -> Result<CudaStorage> {
+    let [(q, q_l), (k, k_l), (v, v_l)] = qkv;
+    let dev = q.device.clone();
+    let (t, heads, d) = q_l.shape().dims3()?;
+    let (_, kv_heads, _) = k_l.shape().dims3()?;
+    if t == 0 {
+        candle_core::bail!("rope-kv-write of an empty step");
+    }
+    let (q, q_stride) = row_view(q, q_l, "rope-kv-write q")?;
+    let (k, k_stride) = row_view(k, k_l, "rope-kv-write k")?;
+    let (v, v_stride) = row_view(v, v_l, "rope-kv-write v")?;
+    let [(cos, cos_l), (sin, sin_l)] = tables;
+    let (cos, sin) = (f32_view(cos, cos_l, "RoPE cosines")?, f32_view(sin, sin_l, "RoPE sines")?);
+    let [(k_cache, kc_l), (v_cache, vc_l)] = caches;
+    if kc_l.start_offset() != 0 || vc_l.start_offset() != 0 || !kc_l.is_contiguous() || !vc_l.is_contiguous() {
+        candle_core::bail!("rope-kv-write: caches must be whole contiguous tensors");
+    }
+    let slots = meta.uploads.get_or_upload(SLOTS_UPLOAD, || dev.cuda_stream().clone_htod(&meta.slot_mapping).w())?;
+    // SAFETY: the kernel writes every (token, query head) row.
+    let out = unsafe { dev.alloc::<f32>(t * heads * d)? };
+    let style = if interleaved { "interleaved" } else { "halves" };
+    let func = function(&dev, "rope_kv", &format!("rope_kv_write_{}_{style}", dtype_suffix(&k_cache.slice)?))?;
+    let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (ROPE_KV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    let strides = [q_stride as u32, k_stride as u32, v_stride as u32];
+    builder.arg(&q).arg(&k).arg(&v).arg(&strides[0]).arg(&strides[1]).arg(&strides[2]);
+    builder.arg(&cos).arg(&sin).arg(&*slots).arg(&out);
+    match (&k_cache.slice, &v_cache.slice) {
+        (CudaStorageSlice::F32(kc), CudaStorageSlice::F32(vc)) => builder.arg(kc).arg(vc),
+        (CudaStorageSlice::F16(kc), CudaStorageSlice::F16(vc)) => builder.arg(kc).arg(vc),
+        (CudaStorageSlice::BF16(kc), CudaStorageSlice::BF16(vc)) => builder.arg(kc).arg(vc),
+        _ => candle_core::bail!("rope-kv-write: keys and values must share one dtype"),
+    };
+    let dims = [heads as u32, kv_heads as u32, d as u32];
+    builder.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
+    // SAFETY: reads T rows of q, k, v at their strides inside the views and T × D/2 angles; writes
+    // `out` and the slots the caller checked are inside the caches.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }

@@ -2,7 +2,9 @@
 //! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
 //! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's),
 //! `gated_activation` fuses a feed-forward block's `act(gate) · up`, `argmax_rows` samples greedy rows
-//! where the logits are, `add_rms_norm` fuses a residual add with the next norm.
+//! where the logits are, `add_rms_norm` fuses a residual add with the next norm, `dense_gemv`
+//! multiplies a decode step's few f32 rows by dense f16/bf16 weights without casting them,
+//! `rope_kv_write` rotates queries and keys and caches keys and values (one launch on CUDA).
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
 //! reference implementation that every other backend is tested against, and the CPU production path;
 //! `metal` (macOS only) launches the Metal kernels of `kernels/metal/`.
@@ -13,12 +15,14 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod gated;
+mod gemv;
 mod kv_cache;
 mod kv_write;
 #[cfg(target_os = "macos")]
 mod metal;
 mod paged_attention;
 mod qmatmul;
+mod rope_kv;
 
 pub use add_norm::add_rms_norm;
 pub use argmax::argmax_rows;
@@ -26,10 +30,12 @@ pub use bodega_cpu_kernels::Activation;
 #[cfg(feature = "cuda")]
 pub use cuda::refill_uploads;
 pub use gated::gated_activation;
+pub use gemv::{dense_gemv, gemv_takes, GEMV_MAX_ROWS};
 pub use kv_cache::{KvShape, PagedKvCache};
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
 pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};
+pub use rope_kv::{rope_kv_write, RopeTables};
 
 use std::any::Any;
 

@@ -96,15 +96,20 @@ impl QWeights {
             Self::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&CpuMatMul(m.clone()))?,
             Self::Candle { matmul, .. } => matmul.forward(x)?,
             Self::Dense(w) => {
-                // One 2-D GEMM over all rows (a broadcast batched matmul would re-read W per batch).
+                // One 2-D product over all rows (a broadcast batched matmul would re-read W per batch):
+                // a decode step's few rows by the GEMV kernel, no casts; else a GEMM in W's type.
                 let dims = x.dims().to_vec();
                 let k = *dims.last().unwrap_or(&0);
-                let rows = x.reshape((x.elem_count() / k.max(1), k))?.to_dtype(w.dtype())?;
+                let rows = x.reshape((x.elem_count() / k.max(1), k))?;
                 let mut out_dims = dims;
                 if let Some(last) = out_dims.last_mut() {
                     *last = w.dim(0)?;
                 }
-                rows.matmul(&w.t()?)?.to_dtype(DType::F32)?.reshape(out_dims)?
+                let product = match super::gemv_takes(&rows, w) {
+                    true => super::dense_gemv(&rows, w)?,
+                    false => rows.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
+                };
+                product.reshape(out_dims)?
             }
         })
     }
