@@ -193,3 +193,43 @@ impl AttentionMetadata {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Two decode sequences padded to four with tables three blocks wide: the real rows keep their
+    /// slots, tables and lengths; the added ones write nothing and read one key of block 0.
+    #[test]
+    fn pad_decode_adds_rows_that_write_nothing_and_widens_the_tables() {
+        let mut meta = AttentionMetadata {
+            slot_mapping: vec![17, 2],
+            block_tables: vec![1, 0, 3, 4],
+            max_blocks: 2,
+            cu_query_lens: vec![0, 1, 2],
+            context_lens: vec![18, 19],
+            ..Default::default()
+        };
+        meta.pad_decode(4, 3);
+        assert_eq!(meta.slot_mapping, vec![17, 2, PADDING_SLOT, PADDING_SLOT]);
+        assert_eq!(meta.block_tables, vec![1, 0, 0, 3, 4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!((meta.max_blocks, meta.cu_query_lens.clone()), (3, vec![0, 1, 2, 3, 4]));
+        assert_eq!(meta.context_lens, vec![18, 19, 1, 1]);
+        meta.validate(16, 5).unwrap();
+    }
+
+    /// `kv_write` leaves the cache as it was for a padding row.
+    #[test]
+    fn kv_write_skips_padding_rows() {
+        let meta = AttentionMetadata { slot_mapping: vec![PADDING_SLOT, 1], ..Default::default() };
+        let rows = Tensor::from_vec(vec![1f32, 2., 3., 4.], (2, 1, 2), &Device::Cpu).unwrap();
+        let (k, v) = (
+            Tensor::zeros((1, 2, 1, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros((1, 2, 1, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+        kv_write(&rows, &rows, &meta, &k, &v).unwrap();
+        assert_eq!(k.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 3., 4.]);
+        assert_eq!(v.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 3., 4.]);
+    }
+}
