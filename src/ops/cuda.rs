@@ -1,12 +1,13 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
-//! one for the others, both split over the context and reduced), the gated activation of a
+//! one for the others on tensor cores or CUDA cores, all split over the context and reduced), the gated activation of a
 //! feed-forward block, the residual add fused with the next RMS norm, and the row argmax of greedy
 //! sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
 //! per device (candle caches modules).
 
 use super::cpu::AttentionParams;
 use super::AttentionMetadata;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -273,8 +274,51 @@ struct KernelParams {
 // SAFETY: plain old data with the C layout the kernel declares.
 unsafe impl DeviceRepr for KernelParams {}
 
-/// How the queries are cut into thread blocks: rows (token, head) per block are `2048 / head_dim`,
-/// at most 64 (`Tile` in `paged_attention.cu`).
+/// Query rows per block of the tensor-core kernel (`MmaTile::R` in `paged_attention_mma.cu`).
+const MMA_ROWS: usize = 64;
+
+/// The kernel that takes the sequences with several queries (chunked prefill, speculative
+/// verification): tensor cores for f16/bf16 caches at head sizes 64/128/256, CUDA cores for f32
+/// caches (which the GPU tests hold to f32 tolerances) and head sizes 16/32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkKernel {
+    TensorCores,
+    CudaCores,
+}
+
+impl ChunkKernel {
+    fn new(cache: &CudaStorageSlice, head_dim: usize) -> Self {
+        match cache {
+            CudaStorageSlice::F16(_) | CudaStorageSlice::BF16(_) if head_dim >= 64 => Self::TensorCores,
+            _ => Self::CudaCores,
+        }
+    }
+
+    /// Query rows (token, head) per block: 64 on tensor cores (`MmaTile`), `2048 / head_dim` and at
+    /// most 64 on CUDA cores (`Tile` in `paged_attention.cu`).
+    fn rows(self, head_dim: usize) -> usize {
+        match self {
+            Self::TensorCores => MMA_ROWS,
+            Self::CudaCores => (2048 / head_dim).min(64),
+        }
+    }
+
+    /// Kernel family, name, and bytes of dynamic shared memory (`MmaTile::SMEM`: the query rows and
+    /// one tile of keys and one of values, rows padded by 8 elements; 32 keys a tile at head size
+    /// 256, else 64).
+    fn kernel(self, suffix: &str, head_dim: usize) -> (&'static str, String, u32) {
+        match self {
+            Self::TensorCores => {
+                let keys = if head_dim == 256 { 32 } else { 64 };
+                let bytes = (MMA_ROWS + 2 * keys) * (head_dim + 8) * 2;
+                ("paged_attention_mma", format!("paged_attention_mma_{suffix}"), bytes as u32)
+            }
+            Self::CudaCores => ("paged_attention", format!("paged_attention_{suffix}"), 0),
+        }
+    }
+}
+
+/// How the queries are cut into thread blocks of [`ChunkKernel::rows`] rows (token, head).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tiling {
     /// Query heads of a GQA group in one block.
@@ -286,8 +330,7 @@ struct Tiling {
 }
 
 impl Tiling {
-    fn new(shape: &AttentionParams) -> Self {
-        let rows = (2048 / shape.head_dim).min(64);
+    fn new(shape: &AttentionParams, rows: usize) -> Self {
         let group = shape.num_heads / shape.num_kv_heads;
         let heads_per_chunk = group.min(rows);
         Self {
@@ -356,7 +399,8 @@ pub fn paged_attention(
     // sequence with several and the chunks each group's heads; the decode blocks cover each decoding
     // sequence's query and its group's heads in chunks of `decode_heads(group)`.
     let out = unsafe { dev.alloc::<f32>(out_len)? };
-    let tiling = Tiling::new(&shape);
+    let chunk_kernel = ChunkKernel::new(&k.slice, d);
+    let tiling = Tiling::new(&shape, chunk_kernel.rows(d));
     let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
         let (values, at) = pack_metadata(meta, tiling.tokens_per_item);
         Ok(PackedMetadata { slice: dev.cuda_stream().clone_htod(&values).w()?, len: values.len(), at })
@@ -394,29 +438,39 @@ pub fn paged_attention(
     let (tables, cu, ctx) = (slice.slice(..cu_at), slice.slice(cu_at..ctx_at), slice.slice(ctx_at..work_at));
     let stream = dev.cuda_stream();
     let group = shape.num_heads / shape.num_kv_heads;
-    // (kernel, its list: work items or decoding sequences, blocks along x and y); each skipped when
-    // the step has none of its sequences.
+    // (family, kernel, dynamic shared memory, its list: work items or decoding sequences, blocks
+    // along x and y); each skipped when the step has none of its sequences.
     let g = decode_heads(group);
+    let (chunk_family, chunk_name, chunk_smem) = chunk_kernel.kernel(&suffix, d);
     let launches = [
         (
-            format!("paged_attention_{suffix}"),
+            chunk_family,
+            chunk_name,
+            chunk_smem,
             slice.slice(work_at..decode_at),
             items,
             shape.num_kv_heads * tiling.num_chunks,
         ),
         (
+            "paged_attention",
             format!("paged_decode_{suffix}_g{g}"),
+            0,
             slice.slice(decode_at..packed.len),
             decodes,
             shape.num_kv_heads * group.div_ceil(g),
         ),
     ];
-    for (kernel, list, x, y) in launches.iter().filter(|l| l.2 > 0) {
-        let func = function(&dev, "paged_attention", kernel)?;
+    for (family, kernel, smem, list, x, y) in launches.iter().filter(|l| l.4 > 0) {
+        let func = function(&dev, family, kernel)?;
+        if *smem > 0 {
+            // Above 48 KiB a kernel must opt in to dynamic shared memory.
+            func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, *smem as i32)
+                .w()?;
+        }
         let cfg = LaunchConfig {
             grid_dim: (*x as u32, *y as u32, partitions as u32),
             block_dim: (ATTENTION_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: *smem,
         };
         let mut builder = stream.launch_builder(&func);
         builder.arg(&q);
