@@ -775,8 +775,9 @@ fn time_per_call(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// Achieved throughput of the attention kernels on Llama-3.2-1B's attention shape (32 query heads
-/// over 8 KV heads of 64, f16 cache), printed for docs/perf.md: decode as GB/s of cache read against
-/// the measured device-to-device copy bandwidth, prefill as TFLOP/s. Asserts only that they ran.
+/// over 8 KV heads of 64, f16 cache; prefill also at Llama-3.1-8B's head size 128), printed for
+/// docs/perf.md: decode as GB/s of cache read against the measured device-to-device copy bandwidth,
+/// prefill as TFLOP/s. Asserts only that they ran.
 #[test]
 fn attention_kernel_throughput() {
     let dev = cuda();
@@ -784,16 +785,18 @@ fn attention_kernel_throughput() {
     let copy = time_per_call(&dev, 20, || drop(big.copy().unwrap()));
     let peak = 2.0 * (1u64 << 30) as f64 / copy / 1e9;
     println!("measured peak: device-to-device copy {peak:.0} GB/s (read + write of 1 GiB)");
-    let (heads, kv_heads, d) = (32, 8, 64);
+    let (heads, kv_heads) = (32, 8);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for (seqs, ctx, q_len) in [(1, 32768, 1), (16, 4096, 1), (64, 4096, 1), (64, 1024, 1), (4, 2048, 512)] {
+    let shapes = [(64, 1, 32768, 1), (64, 16, 4096, 1), (64, 64, 4096, 1), (64, 64, 1024, 1), (64, 4, 2048, 512)];
+    for (d, seqs, ctx, q_len) in shapes.into_iter().chain([(128, 4, 2048, 512)]) {
         let case = Case { heads, kv_heads, dim: d, seqs: vec![(ctx, q_len); seqs], window: 0 };
         let x = case.inputs(&mut rng);
         let shape = case.cache_shape(x.num_blocks);
         let k = Tensor::from_slice(&x.k_cache, shape, &dev).unwrap().to_dtype(DType::F16).unwrap();
         let v = Tensor::from_slice(&x.v_cache, shape, &dev).unwrap().to_dtype(DType::F16).unwrap();
         let q = Tensor::from_slice(&x.q, (x.meta.num_tokens(), heads, d), &dev).unwrap();
-        let secs = time_per_call(&dev, 20, || drop(paged_attention(&q, &k, &v, &x.meta, 0.125, 0).unwrap()));
+        let scale = 1.0 / (d as f32).sqrt();
+        let secs = time_per_call(&dev, 20, || drop(paged_attention(&q, &k, &v, &x.meta, scale, 0).unwrap()));
         if q_len == 1 {
             let bytes = (seqs * ctx * kv_heads * d * 2 * 2) as f64;
             let gbs = bytes / secs / 1e9;
@@ -807,7 +810,7 @@ fn attention_kernel_throughput() {
             let pairs: usize = (0..q_len).map(|i| ctx - q_len + i + 1).sum();
             let flops = (seqs * heads * pairs * d * 4) as f64;
             println!(
-                "prefill attention: {seqs} × {q_len} queries over {ctx}: {:.1} µs, {:.1} TFLOP/s",
+                "prefill attention, head {d}: {seqs} × {q_len} queries over {ctx}: {:.1} µs, {:.1} TFLOP/s",
                 secs * 1e6,
                 flops / secs / 1e12
             );

@@ -36,12 +36,13 @@ struct WorkItem {
     const uint32_t *table;
 };
 
-// Reads the block's work item (`work`: sequence, first query row, token count) and its partition
-// (blockIdx.z) from the step's metadata.
+// Reads the block's work item (`work`: sequence, first query row, token count) from the step's
+// metadata, with the key range it sees in partition `part`.
 __device__ __forceinline__ WorkItem work_item(const uint32_t *__restrict__ block_tables,
                                               const uint32_t *__restrict__ cu_query_lens,
                                               const uint32_t *__restrict__ context_lens,
-                                              const uint32_t *__restrict__ work, const AttnParams &p) {
+                                              const uint32_t *__restrict__ work, const AttnParams &p,
+                                              uint32_t part) {
     WorkItem w;
     const uint32_t seq = work[3 * blockIdx.x], n_tok = work[3 * blockIdx.x + 2];
     w.row0 = work[3 * blockIdx.x + 1];
@@ -59,7 +60,7 @@ __device__ __forceinline__ WorkItem work_item(const uint32_t *__restrict__ block
     w.pos_first = ctx - q_len + (w.row0 - q_start);
     const uint32_t pos_last = w.pos_first + n_tok - 1;
     const uint32_t win_lo = (p.window == 0 || w.pos_first + 1 < p.window) ? 0 : w.pos_first + 1 - p.window;
-    const uint32_t part_lo = blockIdx.z * PART, part_hi = part_lo + PART;
+    const uint32_t part_lo = part * PART, part_hi = part_lo + PART;
     w.lo = max(win_lo, part_lo);
     w.hi = min(pos_last + 1, part_hi);
     return w;

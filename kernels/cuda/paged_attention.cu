@@ -95,7 +95,7 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
     __shared__ float m_s[C::R], l_s[C::R], alpha_s[C::R];
     __shared__ uint32_t first_s[C::R], last_s[C::R];
 
-    const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p);
+    const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, blockIdx.z);
     const uint32_t row0 = w.row0, kv_head = w.kv_head, gc = p.heads_per_chunk, head0 = w.head0;
     const uint32_t heads_here = w.heads_here, lo = w.lo, hi = w.hi;
     const uint32_t *table = w.table;

@@ -1,8 +1,8 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
-//! one for the others on tensor cores or CUDA cores, all split over the context and reduced), the gated activation of a
-//! feed-forward block, the residual add fused with the next RMS norm, and the row argmax of greedy
-//! sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
+//! one for the others, on tensor cores for f16/bf16 caches, all split over the context and reduced),
+//! the gated activation of a feed-forward block, the residual add fused with the next RMS norm, and
+//! the row argmax of greedy sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
 //! per device (candle caches modules).
 
 use super::cpu::AttentionParams;
@@ -274,48 +274,77 @@ struct KernelParams {
 // SAFETY: plain old data with the C layout the kernel declares.
 unsafe impl DeviceRepr for KernelParams {}
 
-/// Query rows per block of the tensor-core kernel (`MmaTile::R` in `paged_attention_mma.cu`).
-const MMA_ROWS: usize = 64;
-
 /// The kernel that takes the sequences with several queries (chunked prefill, speculative
 /// verification): tensor cores for f16/bf16 caches at head sizes 64/128/256, CUDA cores for f32
 /// caches (which the GPU tests hold to f32 tolerances) and head sizes 16/32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkKernel {
-    TensorCores,
+    /// `paged_attention_mma.cu`: `warps` warps of 16 query rows, `parts` partitions per block.
+    TensorCores {
+        warps: usize,
+        parts: usize,
+    },
     CudaCores,
 }
 
 impl ChunkKernel {
     fn new(cache: &CudaStorageSlice, head_dim: usize) -> Self {
         match cache {
-            CudaStorageSlice::F16(_) | CudaStorageSlice::BF16(_) if head_dim >= 64 => Self::TensorCores,
+            CudaStorageSlice::F16(_) | CudaStorageSlice::BF16(_) if head_dim >= 64 => {
+                // `MmaShape` in paged_attention_mma.cu: chosen on an H200 among 4 or 8 warps × 1, 2
+                // or 4 partitions (docs/perf.md).
+                Self::TensorCores { warps: if head_dim == 64 { 8 } else { 4 }, parts: 4 }
+            }
             _ => Self::CudaCores,
         }
     }
 
-    /// Query rows (token, head) per block: 64 on tensor cores (`MmaTile`), `2048 / head_dim` and at
-    /// most 64 on CUDA cores (`Tile` in `paged_attention.cu`).
+    /// Query rows (token, head) per block: 16 a warp on tensor cores (`MmaTile`), `2048 / head_dim`
+    /// and at most 64 on CUDA cores (`Tile` in `paged_attention.cu`).
     fn rows(self, head_dim: usize) -> usize {
         match self {
-            Self::TensorCores => MMA_ROWS,
+            Self::TensorCores { warps, .. } => 16 * warps,
             Self::CudaCores => (2048 / head_dim).min(64),
         }
     }
 
-    /// Kernel family, name, and bytes of dynamic shared memory (`MmaTile::SMEM`: the query rows and
-    /// one tile of keys and one of values, rows padded by 8 elements; 32 keys a tile at head size
-    /// 256, else 64).
-    fn kernel(self, suffix: &str, head_dim: usize) -> (&'static str, String, u32) {
+    /// The launch of this kernel over `items` work items × `y` blocks, without its argument list.
+    fn launch(self, suffix: &str, head_dim: usize, items: usize, y: usize) -> Launch {
         match self {
-            Self::TensorCores => {
+            Self::TensorCores { warps, parts } => {
+                // `MmaTile::SMEM`: the query rows, one tile of keys and one of values (32 keys at
+                // head size 256, else 64), rows padded by 8 two-byte elements.
                 let keys = if head_dim == 256 { 32 } else { 64 };
-                let bytes = (MMA_ROWS + 2 * keys) * (head_dim + 8) * 2;
-                ("paged_attention_mma", format!("paged_attention_mma_{suffix}"), bytes as u32)
+                Launch {
+                    family: "paged_attention_mma",
+                    name: format!("paged_attention_mma_{suffix}"),
+                    threads: 32 * warps as u32,
+                    parts_per_block: parts,
+                    shared_bytes: ((16 * warps + 2 * keys) * (head_dim + 8) * 2) as u32,
+                    blocks: (items, y),
+                }
             }
-            Self::CudaCores => ("paged_attention", format!("paged_attention_{suffix}"), 0),
+            Self::CudaCores => Launch {
+                family: "paged_attention",
+                name: format!("paged_attention_{suffix}"),
+                threads: ATTENTION_THREADS,
+                parts_per_block: 1,
+                shared_bytes: 0,
+                blocks: (items, y),
+            },
         }
     }
+}
+
+/// One attention kernel's launch: blocks `(x, y, partitions / parts_per_block)`.
+struct Launch {
+    family: &'static str,
+    name: String,
+    threads: u32,
+    parts_per_block: usize,
+    /// Dynamic shared memory.
+    shared_bytes: u32,
+    blocks: (usize, usize),
 }
 
 /// How the queries are cut into thread blocks of [`ChunkKernel::rows`] rows (token, head).
@@ -438,39 +467,38 @@ pub fn paged_attention(
     let (tables, cu, ctx) = (slice.slice(..cu_at), slice.slice(cu_at..ctx_at), slice.slice(ctx_at..work_at));
     let stream = dev.cuda_stream();
     let group = shape.num_heads / shape.num_kv_heads;
-    // (family, kernel, dynamic shared memory, its list: work items or decoding sequences, blocks
-    // along x and y); each skipped when the step has none of its sequences.
+    // The chunk kernel over the work items and the decode kernel over the decoding sequences, each
+    // with its list; each skipped when the step has none of its sequences.
     let g = decode_heads(group);
-    let (chunk_family, chunk_name, chunk_smem) = chunk_kernel.kernel(&suffix, d);
     let launches = [
         (
-            chunk_family,
-            chunk_name,
-            chunk_smem,
+            chunk_kernel.launch(&suffix, d, items, shape.num_kv_heads * tiling.num_chunks),
             slice.slice(work_at..decode_at),
-            items,
-            shape.num_kv_heads * tiling.num_chunks,
         ),
         (
-            "paged_attention",
-            format!("paged_decode_{suffix}_g{g}"),
-            0,
+            Launch {
+                family: "paged_attention",
+                name: format!("paged_decode_{suffix}_g{g}"),
+                threads: ATTENTION_THREADS,
+                parts_per_block: 1,
+                shared_bytes: 0,
+                blocks: (decodes, shape.num_kv_heads * group.div_ceil(g)),
+            },
             slice.slice(decode_at..packed.len),
-            decodes,
-            shape.num_kv_heads * group.div_ceil(g),
         ),
     ];
-    for (family, kernel, smem, list, x, y) in launches.iter().filter(|l| l.4 > 0) {
-        let func = function(&dev, family, kernel)?;
-        if *smem > 0 {
+    for (launch, list) in launches.iter().filter(|(l, _)| l.blocks.0 > 0) {
+        let func = function(&dev, launch.family, &launch.name)?;
+        if launch.shared_bytes > 0 {
             // Above 48 KiB a kernel must opt in to dynamic shared memory.
-            func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, *smem as i32)
-                .w()?;
+            let attribute = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            func.set_attribute(attribute, launch.shared_bytes as i32).w()?;
         }
+        let (x, y) = launch.blocks;
         let cfg = LaunchConfig {
-            grid_dim: (*x as u32, *y as u32, partitions as u32),
-            block_dim: (ATTENTION_THREADS, 1, 1),
-            shared_mem_bytes: *smem,
+            grid_dim: (x as u32, y as u32, partitions.div_ceil(launch.parts_per_block) as u32),
+            block_dim: (launch.threads, 1, 1),
+            shared_mem_bytes: launch.shared_bytes,
         };
         let mut builder = stream.launch_builder(&func);
         builder.arg(&q);
