@@ -1,7 +1,7 @@
 //! The CUDA backend against the CPU reference, on the GPU machine (`scripts/gpu-check.sh` runs it;
 //! built only with `--features cuda`). Kernels: random inputs, poisoned outputs, GQA 1/3/4/8, head
-//! sizes 16/32/64/128/256, q_len 1..512, contexts 1..32k, windows, f32/f16/bf16 caches, and bitwise batch
-//! invariance. End to end: a truncated SmolLM2 (`BODEGA_GPU_MODEL`, made by scripts/truncate-gguf.py)
+//! sizes 16/32/64/128/256, q_len 1..512, contexts 1..32k, windows, f32/f16/bf16 caches (thresholds per
+//! kernel and dtype: `tolerance`), and bitwise batch invariance of every kernel. End to end: a truncated SmolLM2 (`BODEGA_GPU_MODEL`, made by scripts/truncate-gguf.py)
 //! agrees with the CPU backend on ≥ 99% of teacher-forced top-1 tokens, and the engine's batching,
 //! chunked prefill, preemption and prefix cache work on the GPU. `formats` runs tests/formats.rs's
 //! cases (every architecture and format against transformers' and mlx-lm's references, the
@@ -138,8 +138,21 @@ fn mixed(rng: &mut ChaCha8Rng, n: usize, max_q: usize, max_ctx: usize) -> Vec<(u
 }
 
 /// Error thresholds: the inputs are rounded to the cache type before both sides see them, so what
-/// remains is f32 accumulation order (and `exp` implementations).
+/// remains on CUDA cores is f32 accumulation order (and `exp` implementations).
 const F32_ACCUMULATION: f32 = 3e-5;
+
+/// The threshold of a case: the tensor-core kernel (sequences with several queries, f16/bf16
+/// caches, head sizes ≥ 64) also rounds the scaled queries and the softmax probabilities to the
+/// cache type (relative steps 2⁻¹¹ for f16, 2⁻⁸ for bf16), ~3e-4 and ~2e-3 of the largest output in
+/// a simulation of that rounding; everything else stays at f32 accumulation.
+fn tolerance(case: &Case, meta: &AttentionMetadata, dtype: DType) -> f32 {
+    let chunks = meta.cu_query_lens.windows(2).any(|w| w[1] - w[0] > 1);
+    match dtype {
+        DType::F16 if chunks && case.dim >= 64 => 2e-3,
+        DType::BF16 if chunks && case.dim >= 64 => 1e-2,
+        _ => F32_ACCUMULATION,
+    }
+}
 
 fn check(case: &Case, dtypes: &[DType], seed: u64) {
     let dev = cuda();
@@ -159,7 +172,8 @@ fn check(case: &Case, dtypes: &[DType], seed: u64) {
             case.seqs.len(),
             x.meta.num_tokens()
         );
-        assert!(err < F32_ACCUMULATION, "{dtype:?}: relative error {err:e}");
+        let tolerance = tolerance(case, &x.meta, dtype);
+        assert!(err < tolerance, "{dtype:?}: relative error {err:e}, over {tolerance:e}");
     }
 }
 
@@ -209,6 +223,19 @@ fn sliding_window_head_256() {
     check(&Case { heads: 8, kv_heads: 2, dim: 256, seqs, window: 0 }, &[DType::F16], 17);
 }
 
+/// Speculative verification (a few queries) and prefill chunks over long cached prefixes, up to 32k
+/// keys: many partitions per row; GQA 8 at head sizes 128 and 256 (with a window).
+#[test]
+fn verification_and_prefill_chunks_over_long_contexts() {
+    let seqs = vec![(32768, 8), (20000, 130), (16384, 2), (5000, 5), (300, 300)];
+    check(&Case { heads: 32, kv_heads: 4, dim: 128, seqs, window: 0 }, &ALL, 20);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut seqs = mixed(&mut rng, 10, 64, 9000);
+    seqs.push((12000, 200));
+    check(&Case { heads: 16, kv_heads: 2, dim: 256, seqs, window: 700 }, &[DType::F16, DType::BF16], 21);
+}
+
+/// Every kernel: f32 caches take the CUDA-core tiles, f16 and bf16 the tensor-core kernel.
 #[test]
 fn a_sequence_gets_bitwise_the_same_attention_alone_batched_or_chunked() {
     let dev = cuda();
@@ -217,7 +244,6 @@ fn a_sequence_gets_bitwise_the_same_attention_alone_batched_or_chunked() {
     seqs.insert(0, (1000, 100));
     let batched = Case { heads: 9, kv_heads: 3, dim: 64, seqs, window: 0 };
     let x = batched.inputs(&mut rng);
-    let all = batched.on_gpu(&dev, &x, DType::F16);
     let row = 9 * 64;
     // The first sequence alone, then as two chunks (37 + 63 queries), over the same cache.
     let alone_meta = |ctx: usize, q: std::ops::Range<usize>| AttentionMetadata {
@@ -228,21 +254,24 @@ fn a_sequence_gets_bitwise_the_same_attention_alone_batched_or_chunked() {
         context_lens: vec![ctx as u32],
         ..Default::default()
     };
-    let run = |meta: AttentionMetadata, q: std::ops::Range<usize>| {
-        let inputs = Inputs {
-            q: x.q[q.start * row..q.end * row].to_vec(),
-            k_cache: x.k_cache.clone(),
-            v_cache: x.v_cache.clone(),
-            meta,
-            num_blocks: x.num_blocks,
+    for dtype in ALL {
+        let all = batched.on_gpu(&dev, &x, dtype);
+        let run = |meta: AttentionMetadata, q: std::ops::Range<usize>| {
+            let inputs = Inputs {
+                q: x.q[q.start * row..q.end * row].to_vec(),
+                k_cache: x.k_cache.clone(),
+                v_cache: x.v_cache.clone(),
+                meta,
+                num_blocks: x.num_blocks,
+            };
+            batched.on_gpu(&dev, &inputs, dtype)
         };
-        batched.on_gpu(&dev, &inputs, DType::F16)
-    };
-    let alone = run(alone_meta(1000, 0..100), 0..100);
-    assert_eq!(alone, all[..100 * row], "batch composition changed a sequence's attention");
-    let mut chunked = run(alone_meta(937, 0..37), 0..37);
-    chunked.extend(run(alone_meta(1000, 37..100), 37..100));
-    assert_eq!(chunked, alone, "chunking changed a sequence's attention");
+        let alone = run(alone_meta(1000, 0..100), 0..100);
+        assert_eq!(alone, all[..100 * row], "{dtype:?}: batch composition changed a sequence's attention");
+        let mut chunked = run(alone_meta(937, 0..37), 0..37);
+        chunked.extend(run(alone_meta(1000, 37..100), 37..100));
+        assert_eq!(chunked, alone, "{dtype:?}: chunking changed a sequence's attention");
+    }
 }
 
 #[test]
@@ -899,8 +928,9 @@ fn dense_gemv_throughput() {
 }
 
 /// Achieved throughput of the attention kernels on Llama-3.2-1B's attention shape (32 query heads
-/// over 8 KV heads of 64, f16 cache), printed for docs/perf.md: decode as GB/s of cache read against
-/// the measured device-to-device copy bandwidth, prefill as TFLOP/s. Asserts only that they ran.
+/// over 8 KV heads of 64, f16 cache; prefill also at Llama-3.1-8B's head size 128), printed for
+/// docs/perf.md: decode as GB/s of cache read against the measured device-to-device copy bandwidth,
+/// prefill as TFLOP/s. Asserts only that they ran.
 #[test]
 fn attention_kernel_throughput() {
     let dev = cuda();
@@ -908,17 +938,19 @@ fn attention_kernel_throughput() {
     let copy = time_per_call(&dev, 20, || drop(big.copy().unwrap()));
     let peak = 2.0 * (1u64 << 30) as f64 / copy / 1e9;
     println!("measured peak: device-to-device copy {peak:.0} GB/s (read + write of 1 GiB)");
-    let (heads, kv_heads, d) = (32, 8, 64);
+    let (heads, kv_heads) = (32, 8);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for (seqs, ctx, q_len) in [(1, 32768, 1), (16, 4096, 1), (64, 4096, 1), (64, 1024, 1), (4, 2048, 512)] {
+    let shapes = [(64, 1, 32768, 1), (64, 16, 4096, 1), (64, 64, 4096, 1), (64, 64, 1024, 1), (64, 4, 2048, 512)];
+    for (d, seqs, ctx, q_len) in shapes.into_iter().chain([(128, 4, 2048, 512)]) {
         let case = Case { heads, kv_heads, dim: d, seqs: vec![(ctx, q_len); seqs], window: 0 };
         let x = case.inputs(&mut rng);
         let shape = case.cache_shape(x.num_blocks);
         let k = Tensor::from_slice(&x.k_cache, shape, &dev).unwrap().to_dtype(DType::F16).unwrap();
         let v = Tensor::from_slice(&x.v_cache, shape, &dev).unwrap().to_dtype(DType::F16).unwrap();
         let q = Tensor::from_slice(&x.q, (x.meta.num_tokens(), heads, d), &dev).unwrap();
+        let scale = 1.0 / (d as f32).sqrt();
         // GPU time alone (calls replayed from a graph): the op's host work is not the kernels'.
-        let secs = gpu_time_per_call(&dev, 20, || drop(paged_attention(&q, &k, &v, &x.meta, 0.125, 0).unwrap()));
+        let secs = gpu_time_per_call(&dev, 20, || drop(paged_attention(&q, &k, &v, &x.meta, scale, 0).unwrap()));
         if q_len == 1 {
             let bytes = (seqs * ctx * kv_heads * d * 2 * 2) as f64;
             let gbs = bytes / secs / 1e9;
@@ -932,7 +964,7 @@ fn attention_kernel_throughput() {
             let pairs: usize = (0..q_len).map(|i| ctx - q_len + i + 1).sum();
             let flops = (seqs * heads * pairs * d * 4) as f64;
             println!(
-                "prefill attention: {seqs} × {q_len} queries over {ctx}: {:.1} µs, {:.1} TFLOP/s",
+                "prefill attention, head {d}: {seqs} × {q_len} queries over {ctx}: {:.1} µs, {:.1} TFLOP/s",
                 secs * 1e6,
                 flops / secs / 1e12
             );

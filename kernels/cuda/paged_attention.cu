@@ -11,26 +11,12 @@
 // gets the same result alone or batched, chunked or whole. With more than one partition, each writes
 // its unnormalised sum, max and denominator and `paged_attention_reduce` combines them in order.
 //
-// Structure kept portable to Metal: shared-memory tiles, warp (simdgroup) reductions, no tensor cores.
-#include "common.cuh"
+// This kernel runs on CUDA cores (shared-memory tiles, warp reductions: the structure of the Metal
+// version) and takes f32 caches and head sizes 16/32; f16 and bf16 caches at head sizes 64/128/256
+// take its tensor-core twin, `paged_attention_mma` (paged_attention_mma.cu), with the same work
+// items and partitions.
+#include "attention.cuh"
 #include <float.h>
-
-#define NT 128
-#define WARPS (NT / 32)
-#define PART 256
-
-struct AttnParams {
-    uint32_t num_heads;
-    uint32_t num_kv_heads;
-    uint32_t block_size;
-    uint32_t max_blocks;
-    uint32_t window;         // 0: none
-    float scale;
-    uint32_t heads_per_chunk;  // query heads of a group handled by one block (Gc)
-    uint32_t num_chunks;       // ceil(group / Gc)
-    uint32_t num_partitions;   // gridDim.z; 1 writes the output directly
-    uint32_t num_tokens;       // T: rows of q and out
-};
 
 // Elements of type T packed in one 32-bit word of a shared tile.
 template <typename T> struct Words;
@@ -109,24 +95,11 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
     __shared__ float m_s[C::R], l_s[C::R], alpha_s[C::R];
     __shared__ uint32_t first_s[C::R], last_s[C::R];
 
-    const uint32_t seq = work[3 * blockIdx.x], row0 = work[3 * blockIdx.x + 1], n_tok = work[3 * blockIdx.x + 2];
-    const uint32_t kv_head = blockIdx.y / p.num_chunks, chunk = blockIdx.y % p.num_chunks;
-    const uint32_t group = p.num_heads / p.num_kv_heads;
-    const uint32_t gc = p.heads_per_chunk;
-    const uint32_t head0 = kv_head * group + chunk * gc;
-    const uint32_t heads_here = min(gc, group - chunk * gc);
-    const uint32_t ctx = context_lens[seq];
-    const uint32_t q_start = cu_query_lens[seq];
-    const uint32_t q_len = cu_query_lens[seq + 1] - q_start;
-    const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
-    const int rows = (int)(n_tok * gc);
-
-    // Positions of the block's first and last query; its keys lie in [lo, hi).
-    const uint32_t pos_first = ctx - q_len + (row0 - q_start);
-    const uint32_t pos_last = pos_first + n_tok - 1;
-    const uint32_t win_lo = (p.window == 0 || pos_first + 1 < p.window) ? 0 : pos_first + 1 - p.window;
-    const uint32_t part_lo = blockIdx.z * PART, part_hi = part_lo + PART;
-    const uint32_t lo = max(win_lo, part_lo), hi = min(pos_last + 1, part_hi);
+    const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, blockIdx.z);
+    const uint32_t row0 = w.row0, kv_head = w.kv_head, gc = p.heads_per_chunk, head0 = w.head0;
+    const uint32_t heads_here = w.heads_here, lo = w.lo, hi = w.hi;
+    const uint32_t *table = w.table;
+    const int rows = w.rows;
 
     for (int i = threadIdx.x; i < C::R * D; i += NT) {
         const int r = i / D, d = i % D;
@@ -138,12 +111,9 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
         q_s[r][d] = val;
     }
     for (int r = threadIdx.x; r < C::R; r += NT) {
-        const uint32_t pos = pos_first + r / gc;
         m_s[r] = -INFINITY;
         l_s[r] = 0.f;
-        first_s[r] = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
-        last_s[r] = (r < rows && r % gc < heads_here) ? pos : 0;
-        if (!(r < rows && r % gc < heads_here)) first_s[r] = 1;  // empty range: first > last
+        row_range(w, p, r, first_s[r], last_s[r]);
     }
     // The row state must be visible to every warp even when the tile loop below does not run (an
     // empty partition still writes its rows' max and denominator).

@@ -1,12 +1,13 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
-//! one for the others, both split over the context and reduced), the gated activation of a
-//! feed-forward block, the residual add fused with the next RMS norm, and the row argmax of greedy
-//! sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
+//! one for the others, on tensor cores for f16/bf16 caches, all split over the context and reduced),
+//! the gated activation of a feed-forward block, the residual add fused with the next RMS norm, and
+//! the row argmax of greedy sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
 //! per device (candle caches modules).
 
 use super::cpu::AttentionParams;
 use super::AttentionMetadata;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -382,8 +383,80 @@ struct KernelParams {
 // SAFETY: plain old data with the C layout the kernel declares.
 unsafe impl DeviceRepr for KernelParams {}
 
-/// How the queries are cut into thread blocks: rows (token, head) per block are `2048 / head_dim`,
-/// at most 64 (`Tile` in `paged_attention.cu`).
+/// The kernel that takes the sequences with several queries (chunked prefill, speculative
+/// verification): tensor cores for f16/bf16 caches at head sizes 64/128/256, CUDA cores for f32
+/// caches (which the GPU tests hold to f32 tolerances) and head sizes 16/32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkKernel {
+    /// `paged_attention_mma.cu`: `warps` warps of 16 query rows, `parts` partitions per block.
+    TensorCores {
+        warps: usize,
+        parts: usize,
+    },
+    CudaCores,
+}
+
+impl ChunkKernel {
+    fn new(cache: &CudaStorageSlice, head_dim: usize) -> Self {
+        match cache {
+            CudaStorageSlice::F16(_) | CudaStorageSlice::BF16(_) if head_dim >= 64 => {
+                // `MmaShape` in paged_attention_mma.cu: chosen on an H200 among 4 or 8 warps × 1, 2
+                // or 4 partitions (docs/perf.md).
+                Self::TensorCores { warps: if head_dim == 64 { 8 } else { 4 }, parts: 4 }
+            }
+            _ => Self::CudaCores,
+        }
+    }
+
+    /// Query rows (token, head) per block: 16 a warp on tensor cores (`MmaTile`), `2048 / head_dim`
+    /// and at most 64 on CUDA cores (`Tile` in `paged_attention.cu`).
+    fn rows(self, head_dim: usize) -> usize {
+        match self {
+            Self::TensorCores { warps, .. } => 16 * warps,
+            Self::CudaCores => (2048 / head_dim).min(64),
+        }
+    }
+
+    /// The launch of this kernel over `items` work items × `y` blocks, without its argument list.
+    fn launch(self, suffix: &str, head_dim: usize, items: usize, y: usize) -> Launch {
+        match self {
+            Self::TensorCores { warps, parts } => {
+                // `MmaTile::SMEM`: the query rows, one tile of keys and one of values (32 keys at
+                // head size 256, else 64), rows padded by 8 two-byte elements.
+                let keys = if head_dim == 256 { 32 } else { 64 };
+                Launch {
+                    family: "paged_attention_mma",
+                    name: format!("paged_attention_mma_{suffix}"),
+                    threads: 32 * warps as u32,
+                    parts_per_block: parts,
+                    shared_bytes: ((16 * warps + 2 * keys) * (head_dim + 8) * 2) as u32,
+                    blocks: (items, y),
+                }
+            }
+            Self::CudaCores => Launch {
+                family: "paged_attention",
+                name: format!("paged_attention_{suffix}"),
+                threads: ATTENTION_THREADS,
+                parts_per_block: 1,
+                shared_bytes: 0,
+                blocks: (items, y),
+            },
+        }
+    }
+}
+
+/// One attention kernel's launch: blocks `(x, y, partitions / parts_per_block)`.
+struct Launch {
+    family: &'static str,
+    name: String,
+    threads: u32,
+    parts_per_block: usize,
+    /// Dynamic shared memory.
+    shared_bytes: u32,
+    blocks: (usize, usize),
+}
+
+/// How the queries are cut into thread blocks of [`ChunkKernel::rows`] rows (token, head).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tiling {
     /// Query heads of a GQA group in one block.
@@ -395,8 +468,7 @@ struct Tiling {
 }
 
 impl Tiling {
-    fn new(shape: &AttentionParams) -> Self {
-        let rows = (2048 / shape.head_dim).min(64);
+    fn new(shape: &AttentionParams, rows: usize) -> Self {
         let group = shape.num_heads / shape.num_kv_heads;
         let heads_per_chunk = group.min(rows);
         Self {
@@ -465,7 +537,8 @@ pub fn paged_attention(
     // sequence with several and the chunks each group's heads; the decode blocks cover each decoding
     // sequence's query and its group's heads in chunks of `decode_heads(group)`.
     let out = unsafe { dev.alloc::<f32>(out_len)? };
-    let tiling = Tiling::new(&shape);
+    let chunk_kernel = ChunkKernel::new(&k.slice, d);
+    let tiling = Tiling::new(&shape, chunk_kernel.rows(d));
     let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
         let (values, at) = pack_metadata(meta, tiling.tokens_per_item);
         Ok(PackedMetadata { slice: dev.cuda_stream().clone_htod(&values).w()?, len: values.len(), at })
@@ -503,29 +576,38 @@ pub fn paged_attention(
     let (tables, cu, ctx) = (slice.slice(..cu_at), slice.slice(cu_at..ctx_at), slice.slice(ctx_at..work_at));
     let stream = dev.cuda_stream();
     let group = shape.num_heads / shape.num_kv_heads;
-    // (kernel, its list: work items or decoding sequences, blocks along x and y); each skipped when
-    // the step has none of its sequences.
+    // The chunk kernel over the work items and the decode kernel over the decoding sequences, each
+    // with its list; each skipped when the step has none of its sequences.
     let g = decode_heads(group);
     let launches = [
         (
-            format!("paged_attention_{suffix}"),
+            chunk_kernel.launch(&suffix, d, items, shape.num_kv_heads * tiling.num_chunks),
             slice.slice(work_at..decode_at),
-            items,
-            shape.num_kv_heads * tiling.num_chunks,
         ),
         (
-            format!("paged_decode_{suffix}_g{g}"),
+            Launch {
+                family: "paged_attention",
+                name: format!("paged_decode_{suffix}_g{g}"),
+                threads: ATTENTION_THREADS,
+                parts_per_block: 1,
+                shared_bytes: 0,
+                blocks: (decodes, shape.num_kv_heads * group.div_ceil(g)),
+            },
             slice.slice(decode_at..packed.len),
-            decodes,
-            shape.num_kv_heads * group.div_ceil(g),
         ),
     ];
-    for (kernel, list, x, y) in launches.iter().filter(|l| l.2 > 0) {
-        let func = function(&dev, "paged_attention", kernel)?;
+    for (launch, list) in launches.iter().filter(|(l, _)| l.blocks.0 > 0) {
+        let func = function(&dev, launch.family, &launch.name)?;
+        if launch.shared_bytes > 0 {
+            // Above 48 KiB a kernel must opt in to dynamic shared memory.
+            let attribute = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            func.set_attribute(attribute, launch.shared_bytes as i32).w()?;
+        }
+        let (x, y) = launch.blocks;
         let cfg = LaunchConfig {
-            grid_dim: (*x as u32, *y as u32, partitions as u32),
-            block_dim: (ATTENTION_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (x as u32, y as u32, partitions.div_ceil(launch.parts_per_block) as u32),
+            block_dim: (launch.threads, 1, 1),
+            shared_mem_bytes: launch.shared_bytes,
         };
         let mut builder = stream.launch_builder(&func);
         builder.arg(&q);

@@ -1,0 +1,80 @@
+// What the two paged-attention families (`paged_attention.cu`: CUDA cores, `paged_attention_mma.cu`:
+// tensor cores) share with each other and with the launch code in src/ops/cuda.rs: the launch
+// parameters and the context partition, so that both write partitions that `paged_attention_reduce`
+// combines the same way.
+#pragma once
+#include "common.cuh"
+
+#define NT 128           // threads per attention block
+#define WARPS (NT / 32)
+#define PART 256         // keys per context partition, at absolute positions
+
+// Same layout as `KernelParams` in src/ops/cuda.rs.
+struct AttnParams {
+    uint32_t num_heads;
+    uint32_t num_kv_heads;
+    uint32_t block_size;
+    uint32_t max_blocks;
+    uint32_t window;         // 0: none
+    float scale;
+    uint32_t heads_per_chunk;  // query heads of a group handled by one block (Gc)
+    uint32_t num_chunks;       // ceil(group / Gc)
+    uint32_t num_partitions;   // gridDim.z; 1 writes the output directly
+    uint32_t num_tokens;       // T: rows of q and out
+};
+
+// One work item of a chunked-prefill kernel: the query rows (token, head) of one block and the key
+// range they see in this block's partition.
+struct WorkItem {
+    uint32_t row0;       // first query token (row of q)
+    uint32_t heads_here; // query heads of this chunk of the group
+    uint32_t head0;      // first query head
+    uint32_t kv_head;
+    int rows;            // tokens × heads_per_chunk (rows past the last token or head are padding)
+    uint32_t pos_first;  // position of the first query token
+    uint32_t lo, hi;     // keys [lo, hi) that some row of the block sees in this partition
+    const uint32_t *table;
+};
+
+// Reads the block's work item (`work`: sequence, first query row, token count) from the step's
+// metadata, with the key range it sees in partition `part`.
+__device__ __forceinline__ WorkItem work_item(const uint32_t *__restrict__ block_tables,
+                                              const uint32_t *__restrict__ cu_query_lens,
+                                              const uint32_t *__restrict__ context_lens,
+                                              const uint32_t *__restrict__ work, const AttnParams &p,
+                                              uint32_t part) {
+    WorkItem w;
+    const uint32_t seq = work[3 * blockIdx.x], n_tok = work[3 * blockIdx.x + 2];
+    w.row0 = work[3 * blockIdx.x + 1];
+    w.kv_head = blockIdx.y / p.num_chunks;
+    const uint32_t chunk = blockIdx.y % p.num_chunks;
+    const uint32_t group = p.num_heads / p.num_kv_heads;
+    w.head0 = w.kv_head * group + chunk * p.heads_per_chunk;
+    w.heads_here = min(p.heads_per_chunk, group - chunk * p.heads_per_chunk);
+    w.rows = (int)(n_tok * p.heads_per_chunk);
+    const uint32_t ctx = context_lens[seq];
+    const uint32_t q_start = cu_query_lens[seq];
+    const uint32_t q_len = cu_query_lens[seq + 1] - q_start;
+    w.table = block_tables + (size_t)seq * p.max_blocks;
+    // Positions of the block's first and last query; its keys lie in [lo, hi).
+    w.pos_first = ctx - q_len + (w.row0 - q_start);
+    const uint32_t pos_last = w.pos_first + n_tok - 1;
+    const uint32_t win_lo = (p.window == 0 || w.pos_first + 1 < p.window) ? 0 : w.pos_first + 1 - p.window;
+    const uint32_t part_lo = part * PART, part_hi = part_lo + PART;
+    w.lo = max(win_lo, part_lo);
+    w.hi = min(pos_last + 1, part_hi);
+    return w;
+}
+
+// The keys row r of a work item sees, [first, last], or first > last for a padding row.
+__device__ __forceinline__ void row_range(const WorkItem &w, const AttnParams &p, int r, uint32_t &first,
+                                          uint32_t &last) {
+    const uint32_t pos = w.pos_first + r / p.heads_per_chunk;
+    if (r < w.rows && r % p.heads_per_chunk < w.heads_here) {
+        first = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
+        last = pos;
+    } else {
+        first = 1;
+        last = 0;
+    }
+}

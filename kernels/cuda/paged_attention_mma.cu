@@ -1,0 +1,358 @@
+// Paged attention for chunked prefill and speculative verification (several queries per sequence,
+// causal, cached prefix before the chunk) on tensor cores, for f16 and bf16 caches at head sizes 64,
+// 128 and 256. Same contract, work items and partitions as `paged_attention` in paged_attention.cu
+// (which keeps f32 caches and head sizes 16/32), and the same `paged_attention_reduce` after it.
+//
+// One thread block (W warps, MmaShape below) = one work item (up to R = 16·W query rows: consecutive
+// tokens of one sequence × the query heads of one KV head's group) × one KV head × P consecutive
+// partitions of PART keys, taken one after another, each written as its own partition. Each warp
+// owns 16 rows (a warp with only padding rows computes nothing). The queries are staged once in
+// shared memory as the cache's type (pre-scaled by scale·log2 e, so the softmax is exp2), the SMEM
+// bytes below being launched as dynamic shared memory; keys and values are walked in tiles of KT
+// positions at absolute multiples of KT, copied into padded shared tiles with cp.async (the next
+// tile's keys load during this tile's P·V, its values during the next tile's Q·Kᵀ). Per tile and
+// warp: S = Q·Kᵀ with mma.sync m16n8k16 (f16/bf16 in, f32 accumulation), masking and an online
+// softmax on the accumulator fragments, P rounded to the cache type, O += P·V with mma.sync.
+//
+// Batch invariance: a row's arithmetic depends only on its own queries and keys. mma computes each
+// output element from its own row and column; tiles sit at absolute positions; each lane keeps the
+// same keys of every tile, and the four lanes of a row combine their partial sums in a fixed order.
+// A tile in which a row sees no key leaves its state exactly unchanged (α = 1, P = 0), so tiles that
+// one work item visits and another does not (chunking) change nothing.
+#include "attention.cuh"
+
+// Tile shape per head size and warp count W. KT divides PART. Rows are padded by 8 elements (16
+// bytes): the eight 16-byte rows an ldmatrix reads then fall in distinct banks.
+template <int D, int W> struct MmaTile {
+    static constexpr int THREADS = 32 * W;
+    static constexpr int R = 16 * W;                  // query rows per block
+    static constexpr int KT = D == 256 ? 32 : 64;     // keys per tile (fewer at 256: registers)
+    static constexpr int S = D + 8;                   // padded row, in elements
+    static constexpr int CH = D / 8;                  // 16-byte chunks per row
+    static constexpr int SMEM = (R + 2 * KT) * S * 2; // bytes of dynamic shared memory
+    static constexpr int LOADS = KT * CH / THREADS;   // 16-byte copies per thread per tile
+};
+
+// The mma.sync of a 2-byte type: D += A·B for a 16×16 A (4 registers) and a 16×8 B (2 registers).
+template <typename T> struct Mma;
+template <> struct Mma<__half> {
+    __device__ static uint32_t pack(float a, float b) {
+        __half2 h = __floats2half2_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct Mma<__nv_bfloat16> {
+    __device__ static uint32_t pack(float a, float b) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// Four 8×8 matrices of 2-byte elements from shared memory (lane i gives the address of row i % 8 of
+// matrix i / 8); `trans` hands each lane a column pair instead of a row pair.
+template <bool trans> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *row) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+    if (trans) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a)
+                     : "memory");
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a)
+                     : "memory");
+    }
+}
+
+// Copies 16 bytes global → shared without passing through registers; `valid` false writes zeros and
+// reads nothing.
+__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most N of this thread's committed copy groups are still in flight.
+template <int N> __device__ __forceinline__ void wait_async() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// A position outside [lo, hi) in a tile's slots: nothing is read.
+#define NO_SLOT 0xffffffffu
+
+// Thread i copies 16-byte chunk i % CH of tile positions i / CH, + THREADS / CH, ...: the cache
+// slots of those positions in the tile at tile_start (keys and values share them).
+template <int D, int W>
+__device__ __forceinline__ void tile_slots(uint32_t (&slots)[MmaTile<D, W>::LOADS], const WorkItem &w,
+                                           uint32_t tile_start, const AttnParams &p) {
+    using C = MmaTile<D, W>;
+#pragma unroll
+    for (int k = 0; k < C::LOADS; k++) {
+        const uint32_t pos = tile_start + (threadIdx.x + k * C::THREADS) / C::CH;
+        slots[k] = pos >= w.lo && pos < w.hi ? w.table[pos / p.block_size] * p.block_size + pos % p.block_size
+                                             : NO_SLOT;
+    }
+}
+
+// Starts copying one KV head's rows at `slots` into a shared tile; positions without a slot become
+// zeros and are never read (freed blocks, other partitions, keys not written yet).
+template <typename T, int D, int W>
+__device__ __forceinline__ void copy_tile_async(T *tile, const T *__restrict__ cache,
+                                                const uint32_t (&slots)[MmaTile<D, W>::LOADS], uint32_t kv_head,
+                                                const AttnParams &p) {
+    using C = MmaTile<D, W>;
+#pragma unroll
+    for (int k = 0; k < C::LOADS; k++) {
+        const int i = threadIdx.x + k * C::THREADS, j = i / C::CH, c = i % C::CH;
+        const bool live = slots[k] != NO_SLOT;
+        const T *src = live ? cache + ((size_t)slots[k] * p.num_kv_heads + kv_head) * D + c * 8 : cache;
+        copy16_async(tile + j * C::S + c * 8, src, live);
+    }
+}
+
+// The block's query rows into shared memory as T, scaled so that scores come out in log2 units;
+// padding rows are zeros.
+template <typename T, int D, int W>
+__device__ __forceinline__ void stage_queries(T *q_s, const float *__restrict__ q, const WorkItem &w,
+                                              const AttnParams &p) {
+    using C = MmaTile<D, W>;
+    const float q_scale = p.scale * 1.4426950408889634f;
+    for (int i = threadIdx.x; i < C::R * D / 2; i += C::THREADS) {
+        const int r = i / (D / 2), d = 2 * (i % (D / 2));
+        const uint32_t tok = r / p.heads_per_chunk, hc = r % p.heads_per_chunk;
+        float a = 0.f, b = 0.f;
+        if (r < w.rows && hc < w.heads_here) {
+            const float *src = q + ((size_t)(w.row0 + tok) * p.num_heads + w.head0 + hc) * D + d;
+            a = src[0] * q_scale;
+            b = src[1] * q_scale;
+        }
+        *reinterpret_cast<uint32_t *>(q_s + r * C::S + d) = Mma<T>::pack(a, b);
+    }
+}
+
+// One partition of the block's rows: the unnormalised output o, the max m (log2 units) and each
+// lane's part of the denominator l, over keys [w.lo, w.hi). The queries are staged on the first call
+// that has keys (`staged`); shared tiles are free again when it returns.
+template <typename T, int D, int W>
+__device__ __forceinline__ void attend_partition(float (&o)[D / 8][4], float (&m)[2], float (&l)[2], T *q_s, T *k_s,
+                                                 T *v_s, bool &staged, const float *__restrict__ q,
+                                                 const T *__restrict__ k_cache, const T *__restrict__ v_cache,
+                                                 const WorkItem &w, const AttnParams &p) {
+    using C = MmaTile<D, W>;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int t = lane % 4;  // column pair t of rows lane / 4 and lane / 4 + 8 of the warp's 16
+    const bool live = warp * 16 < w.rows;  // a warp with only padding rows computes nothing
+    // This lane's two rows (h = 0, 1: row warp·16 + lane / 4 + 8h) see keys [first, last].
+    uint32_t first[2], last[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) row_range(w, p, warp * 16 + lane / 4 + 8 * h, first[h], last[h]);
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+    if (w.lo >= w.hi) return;
+
+    uint32_t tile_start = w.lo / C::KT * C::KT;
+    uint32_t slots[C::LOADS];
+    tile_slots<D, W>(slots, w, tile_start, p);
+    copy_tile_async<T, D, W>(k_s, k_cache, slots, w.kv_head, p);
+    commit_async();
+    copy_tile_async<T, D, W>(v_s, v_cache, slots, w.kv_head, p);
+    commit_async();
+    if (!staged) stage_queries<T, D, W>(q_s, q, w, p);  // while the first tile loads
+    staged = true;
+    for (; tile_start < w.hi; tile_start += C::KT) {
+        wait_async<1>();  // this tile's keys (its values may still be in flight)
+        __syncthreads();
+        // S = Q·Kᵀ: 16 rows × KT keys per warp, fragment s[n] = keys n·8 .. n·8 + 7.
+        float s[C::KT / 8][4];
+        if (live) {
+#pragma unroll
+            for (int n = 0; n < C::KT / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t a[4];
+                ldmatrix_x4<false>(a, q_s + (warp * 16 + (lane / 8 % 2) * 8 + lane % 8) * C::S + kk * 16 + lane / 16 * 8);
+#pragma unroll
+                for (int n2 = 0; n2 < C::KT / 16; n2++) {
+                    uint32_t b[4];
+                    ldmatrix_x4<false>(b, k_s + (n2 * 16 + lane / 16 * 8 + lane % 8) * C::S + kk * 16 + (lane / 8 % 2) * 8);
+                    Mma<T>::mma(s[2 * n2], a, b[0], b[1]);
+                    Mma<T>::mma(s[2 * n2 + 1], a, b[2], b[3]);
+                }
+            }
+            // Online softmax. Lane holds keys n·8 + 2t, + 1 of its rows h = 0 (e = 0, 1) and 1 (e = 2, 3);
+            // keys outside a row's range are masked (a row that sees the whole tile skips the tests).
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                if (tile_start >= first[h] && tile_start + C::KT - 1 <= last[h]) continue;
+#pragma unroll
+                for (int n = 0; n < C::KT / 8; n++)
+#pragma unroll
+                    for (int e = 2 * h; e < 2 * h + 2; e++) {
+                        const uint32_t key = tile_start + n * 8 + 2 * t + e % 2;
+                        if (key < first[h] || key > last[h]) s[n][e] = -INFINITY;
+                    }
+            }
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int n = 0; n < C::KT / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
+            float alpha[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffff, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffff, mx[h], 2));
+                const float m_new = fmaxf(m[h], mx[h]);
+                alpha[h] = m_new == -INFINITY ? 1.f : exp2f(m[h] - m_new);
+                m[h] = m_new;
+            }
+            float sum[2] = {0.f, 0.f};
+#pragma unroll
+            for (int n = 0; n < C::KT / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    s[n][e] = m[e / 2] == -INFINITY ? 0.f : exp2f(s[n][e] - m[e / 2]);
+                    sum[e / 2] += s[n][e];
+                }
+#pragma unroll
+            for (int h = 0; h < 2; h++) l[h] = l[h] * alpha[h] + sum[h];
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[n][e] *= alpha[e / 2];
+        }
+
+        wait_async<0>();  // this tile's values
+        __syncthreads();  // ... for every warp, and every warp is done with the keys
+        const uint32_t next = tile_start + C::KT;
+        if (next < w.hi) {
+            tile_slots<D, W>(slots, w, next, p);
+            copy_tile_async<T, D, W>(k_s, k_cache, slots, w.kv_head, p);
+        }
+        commit_async();
+        // O += P·V: P's accumulator fragments are the A fragments of 16 keys (two n-tiles).
+        if (live) {
+#pragma unroll
+            for (int kk = 0; kk < C::KT / 16; kk++) {
+                const uint32_t a[4] = {Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
+                                       Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                       Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+                for (int n2 = 0; n2 < D / 16; n2++) {
+                    uint32_t b[4];
+                    ldmatrix_x4<true>(b, v_s + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * C::S + n2 * 16 + lane / 16 * 8);
+                    Mma<T>::mma(o[2 * n2], a, b[0], b[1]);
+                    Mma<T>::mma(o[2 * n2 + 1], a, b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with the values
+        if (next < w.hi) copy_tile_async<T, D, W>(v_s, v_cache, slots, w.kv_head, p);
+        commit_async();
+    }
+}
+
+// Writes partition `part` of the lane's rows: the output itself when the call has one partition,
+// else the unnormalised sum, max (natural-log units) and denominator for `paged_attention_reduce`.
+template <int D>
+__device__ __forceinline__ void write_partition(const float (&o)[D / 8][4], const float (&m)[2], float (&l)[2],
+                                                const WorkItem &w, const AttnParams &p, uint32_t part,
+                                                float *__restrict__ out, float *__restrict__ part_acc,
+                                                float *__restrict__ part_ml) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4;
+    // The four lanes of a row hold parts of its sum: combine them in a fixed order.
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffff, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffff, l[h], 2);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = warp * 16 + lane / 4 + 8 * h;
+        const uint32_t tok = r / p.heads_per_chunk, hc = r % p.heads_per_chunk;
+        if (r >= w.rows || hc >= w.heads_here) continue;
+        const size_t row = (size_t)(w.row0 + tok) * p.num_heads + w.head0 + hc;
+        if (p.num_partitions == 1) {
+            // acc / l, as the reduction computes it for a single live partition.
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                *reinterpret_cast<float2 *>(out + row * D + n * 8 + 2 * t) =
+                    make_float2(o[n][2 * h] / l[h], o[n][2 * h + 1] / l[h]);
+        } else {
+            const size_t po = (size_t)part * p.num_tokens * p.num_heads + row;
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                *reinterpret_cast<float2 *>(part_acc + po * D + n * 8 + 2 * t) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
+            if (t == 0) {
+                part_ml[2 * po] = m[h] * 0.6931471805599453f;  // back to natural-log units
+                part_ml[2 * po + 1] = l[h];
+            }
+        }
+    }
+}
+
+// Partitions blockIdx.z · P .. + P - 1 of one work item, one after another (the queries staged
+// once); each partition's arithmetic is the same whichever block takes it.
+template <typename T, int D, int W, int P>
+__device__ void paged_attention_mma(const float *__restrict__ q, const T *__restrict__ k_cache,
+                                    const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
+                                    const uint32_t *__restrict__ cu_query_lens,
+                                    const uint32_t *__restrict__ context_lens, const uint32_t *__restrict__ work,
+                                    float *__restrict__ out, float *__restrict__ part_acc,
+                                    float *__restrict__ part_ml, AttnParams p) {
+    using C = MmaTile<D, W>;
+    extern __shared__ uint4 smem[];
+    T *q_s = reinterpret_cast<T *>(smem);
+    T *k_s = q_s + C::R * C::S;
+    T *v_s = k_s + C::KT * C::S;
+    bool staged = false;
+    const uint32_t end = min((blockIdx.z + 1) * P, p.num_partitions);
+    for (uint32_t part = blockIdx.z * P; part < end; part++) {
+        const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, part);
+        float o[D / 8][4], m[2], l[2];
+        attend_partition<T, D, W>(o, m, l, q_s, k_s, v_s, staged, q, k_cache, v_cache, w, p);
+        write_partition<D>(o, m, l, w, p, part, out, part_acc, part_ml);
+    }
+}
+
+// Warps (of 16 query rows) and partitions per block by head size, as `mma_shape` in src/ops/cuda.rs:
+// chosen on an H200 among 4 or 8 warps × 1, 2 or 4 partitions (docs/perf.md). At head size 256, 8
+// warps would leave one block per SM (252 registers a thread).
+template <int D> struct MmaShape {
+    static constexpr int W = D == 64 ? 8 : 4;
+    static constexpr int P = 4;
+};
+
+#define PAGED_ATTENTION_MMA(NAME, T, D)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * MmaShape<D>::W) NAME(                             \
+        const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *work, float *out,  \
+        float *part_acc, float *part_ml, AttnParams p) {                                               \
+        paged_attention_mma<T, D, MmaShape<D>::W, MmaShape<D>::P>(                                     \
+            q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, work, out, part_acc, part_ml, p); \
+    }
+
+PAGED_ATTENTION_MMA(paged_attention_mma_f16_d64, __half, 64)
+PAGED_ATTENTION_MMA(paged_attention_mma_f16_d128, __half, 128)
+PAGED_ATTENTION_MMA(paged_attention_mma_f16_d256, __half, 256)
+PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d64, __nv_bfloat16, 64)
+PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d128, __nv_bfloat16, 128)
+PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d256, __nv_bfloat16, 256)
