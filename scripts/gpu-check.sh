@@ -38,7 +38,8 @@ for l in sys.stdin:
   mkdir -p "$dev"
   strip -o "$dev/bodega" "$CARGO_TARGET_DIR/release/bodega"
   strip -o "$dev/gpu" "$test_bin"
-  xz -f -T2 -4 "$dev/bodega" "$dev/gpu"
+  # -9: the binaries, the model and the tracked files must fit the 64 MiB carry together.
+  xz -f -T2 -9 "$dev/bodega" "$dev/gpu"
   local model
   model=$(scripts/fetch-test-models.sh | head -n 1)
   if [ ! -f "$dev/smollm2-4l.gguf.xz" ]; then
