@@ -123,26 +123,30 @@ pub fn gemv(
         shared_mem_bytes: 0,
     };
     let stream = dev.cuda_stream();
-    let (n32, k32) = (n as u32, k as u32);
     let kernel = |suffix: &str| function(&dev, "gemv", &format!("gemv_{suffix}_m{m}"));
+    let args = (&x, &out, n as u32, k as u32, cfg);
     match &w.slice {
-        CudaStorageSlice::F16(w) => {
-            let (func, w) = (kernel("f16")?, w.slice(start..start + n * k));
-            let mut builder = stream.launch_builder(&func);
-            builder.arg(&w).arg(&x).arg(&out).arg(&n32).arg(&k32);
-            // SAFETY: reads `n * k` weights and `m * k` activations, writes `m * n` sums.
-            unsafe { builder.launch(cfg) }.w()?;
-        }
-        CudaStorageSlice::BF16(w) => {
-            let (func, w) = (kernel("bf16")?, w.slice(start..start + n * k));
-            let mut builder = stream.launch_builder(&func);
-            builder.arg(&w).arg(&x).arg(&out).arg(&n32).arg(&k32);
-            // SAFETY: as above.
-            unsafe { builder.launch(cfg) }.w()?;
-        }
+        CudaStorageSlice::F16(w) => launch_gemv(&stream, &kernel("f16")?, &w.slice(start..start + n * k), args)?,
+        CudaStorageSlice::BF16(w) => launch_gemv(&stream, &kernel("bf16")?, &w.slice(start..start + n * k), args)?,
         _ => candle_core::bail!("gemv takes f16 or bf16 weights"),
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// The activations, the output, N, K and the grid of a `gemv` launch.
+type GemvArgs<'a> = (&'a CudaView<'a, f32>, &'a CudaSlice<f32>, u32, u32, LaunchConfig);
+
+fn launch_gemv<T: DeviceRepr>(
+    stream: &CudaStream,
+    func: &CudaFunction,
+    weights: &CudaView<'_, T>,
+    (x, out, n, k, cfg): GemvArgs<'_>,
+) -> Result<()> {
+    let mut builder = stream.launch_builder(func);
+    builder.arg(weights).arg(x).arg(out).arg(&n).arg(&k);
+    // SAFETY: reads the `n * k` weights of the view and `m * k` activations, writes `m * n` sums.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
 }
 
 /// `[2, rows, dim]`: `x + y` and its RMS norm by `w` (all contiguous f32).
