@@ -57,10 +57,11 @@ impl DecodeGraphs {
         self.graphs.len()
     }
 
-    /// Whether `step` is plain decode of a batch that graphs serve.
-    pub(super) fn takes(step: &HostStep) -> bool {
+    /// Whether `step` is plain decode of a batch that graphs serve (none after a failed capture).
+    pub(super) fn takes(&self, step: &HostStep) -> bool {
         let seqs = step.attention.num_seqs();
-        seqs <= BATCH_BUCKETS[BATCH_BUCKETS.len() - 1] && step.token_ids.len() == seqs && step.logits_rows.len() == seqs
+        let plain = step.token_ids.len() == seqs && step.logits_rows.len() == seqs;
+        !self.failed && plain && seqs <= BATCH_BUCKETS[BATCH_BUCKETS.len() - 1]
     }
 
     /// The logits of plain decode step `step` (see [`DecodeGraphs::takes`]), from its shape's graph,
@@ -85,16 +86,14 @@ impl DecodeGraphs {
         // caches the small constant uploads (strides) that the capture then finds.
         let _uploads = cuda.enable_cuda_graph_htod_cache();
         let logits = model.forward(&input, cache)?;
-        if !self.failed {
-            match Captured::new(model, cache, input, logits.dims2()?, cuda) {
-                Ok(captured) => {
-                    tracing::debug!("captured a CUDA graph for decode steps of shape {shape:?}");
-                    self.graphs.insert(shape, captured);
-                }
-                Err(e) => {
-                    tracing::warn!("CUDA graphs are off for this run ({e}); decode steps run op by op");
-                    self.failed = true;
-                }
+        match Captured::new(model, cache, input, logits.dims2()?, cuda) {
+            Ok(captured) => {
+                tracing::debug!("captured a CUDA graph for decode steps of shape {shape:?}");
+                self.graphs.insert(shape, captured);
+            }
+            Err(e) => {
+                tracing::warn!("CUDA graphs are off for this run ({e}); decode steps run op by op");
+                self.failed = true;
             }
         }
         Ok(logits.narrow(0, 0, seqs)?)

@@ -209,7 +209,7 @@ impl Executor {
         let step = HostStep::new(chunks, rows, cache.block_size())?;
         #[cfg(feature = "cuda")]
         if let (Some(graphs), Device::Cuda(cuda)) = (&mut self.graphs, &self.device) {
-            if graphs::DecodeGraphs::takes(&step) {
+            if graphs.takes(&step) {
                 check_window_group(cache, &step)?;
                 let logits = graphs.forward(model, cache, step, cuda)?;
                 return split_rows(&logits, &row_flags(rows, greedy));
