@@ -15,3 +15,36 @@ template <> __device__ __forceinline__ __half from_float<__half>(float x) { retu
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
     return __float2bfloat16_rn(x);
 }
+
+// Elements of type T packed in one 32-bit word (of a shared tile, of a 16-byte load).
+template <typename T> struct Words;
+template <> struct Words<float> {
+    static constexpr int PER = 1;
+    __device__ static void unpack(uint32_t w, float *out) { out[0] = __uint_as_float(w); }
+};
+template <> struct Words<__half> {
+    static constexpr int PER = 2;
+    __device__ static void unpack(uint32_t w, float *out) {
+        __half2 h = *reinterpret_cast<__half2 *>(&w);
+        float2 f = __half22float2(h);
+        out[0] = f.x;
+        out[1] = f.y;
+    }
+};
+template <> struct Words<__nv_bfloat16> {
+    static constexpr int PER = 2;
+    __device__ static void unpack(uint32_t w, float *out) {
+        __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162 *>(&w);
+        float2 f = __bfloat1622float2(h);
+        out[0] = f.x;
+        out[1] = f.y;
+    }
+};
+
+// The 16 bytes of one load as f32: 4 (f32) or 8 (f16, bf16) values.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
+}

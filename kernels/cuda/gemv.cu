@@ -18,26 +18,6 @@ template <int M> struct Shape {
     static constexpr int UNROLL = M <= 2 ? 4 : 2;
 };
 
-template <typename T> __device__ __forceinline__ void unpack8(uint4 raw, float *out);
-template <> __device__ __forceinline__ void unpack8<__half>(uint4 raw, float *out) {
-    const __half2 *h = reinterpret_cast<const __half2 *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 f = __half22float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(uint4 raw, float *out) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-
 // K must be a multiple of 8 (the host checks), so every chunk is whole and 16-byte aligned.
 template <typename T, int M>
 __device__ void gemv(const T *__restrict__ w, const float *__restrict__ x, float *__restrict__ y, uint32_t n,
@@ -72,7 +52,7 @@ __device__ void gemv(const T *__restrict__ w, const float *__restrict__ x, float
             if (c >= chunks) break;
             float wf[ROWS][8];
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) unpack8<T>(raw[u][r], wf[r]);
+            for (int r = 0; r < ROWS; r++) unpack16<T>(raw[u][r], wf[r]);
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)m * k) + 2 * c;

@@ -18,31 +18,6 @@
 #include "attention.cuh"
 #include <float.h>
 
-// Elements of type T packed in one 32-bit word of a shared tile.
-template <typename T> struct Words;
-template <> struct Words<float> {
-    static constexpr int PER = 1;
-    __device__ static void unpack(uint32_t w, float *out) { out[0] = __uint_as_float(w); }
-};
-template <> struct Words<__half> {
-    static constexpr int PER = 2;
-    __device__ static void unpack(uint32_t w, float *out) {
-        __half2 h = *reinterpret_cast<__half2 *>(&w);
-        float2 f = __half22float2(h);
-        out[0] = f.x;
-        out[1] = f.y;
-    }
-};
-template <> struct Words<__nv_bfloat16> {
-    static constexpr int PER = 2;
-    __device__ static void unpack(uint32_t w, float *out) {
-        __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162 *>(&w);
-        float2 f = __bfloat1622float2(h);
-        out[0] = f.x;
-        out[1] = f.y;
-    }
-};
-
 // Rows and keys per block are capped at 64: the softmax pass covers a tile with one warp's two
 // lanes per key, and small heads (16, 32) would otherwise overflow the 48 KB of static shared memory.
 template <typename T, int D> struct Tile {
@@ -237,13 +212,6 @@ template <typename T, int D> struct Dec {
     static constexpr int CH = D / (E * LPK);                   // 16-byte pieces per lane
     static constexpr int KPW = 32 / LPK;                       // keys per warp in flight
 };
-
-template <typename T>
-__device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
-    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
-}
 
 // Issues this lane's loads of UK rows of one KV head's cache, at positions part_lo + base + u * KPW + kw
 // (u < UK); live[u] says whether the row lies in [lo, part_lo + n) and was read.
