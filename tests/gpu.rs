@@ -972,65 +972,6 @@ fn attention_kernel_throughput() {
     }
 }
 
-/// Where a decode step's time goes on a synthetic Llama-3.2-1B F16, printed for docs/perf.md: the
-/// host's time to issue the forward pass (it returns once every kernel is queued), the time until
-/// the GPU has finished it, and what greedy sampling then costs: the argmax on the GPU with the ids
-/// copied back (the engine's path), against copying every row's logits to the host.
-/// Issue time close to the total means the step is bound by the host (per-op work and launches), not
-/// by the GPU's memory bandwidth. Asserts only that it ran.
-#[test]
-fn decode_step_host_vs_gpu_time() {
-    let dev = cuda();
-    let spec: SyntheticSpec = "llama-3.2-1b:f16".parse().unwrap();
-    let mut files = ModelFiles::Gguf(spec.open().unwrap());
-    let model = bodega::model::load(&mut files, LoadOptions::for_device(&dev, None, None), &dev).unwrap();
-    let info = model.info().clone();
-    let context: usize = 128;
-    for seqs in [1, 16, 64] {
-        let per_seq = (context + 1).div_ceil(BLOCK);
-        let kv = bodega::device::kv_dtype(&dev);
-        let (layers, kv_heads, d) = (info.num_layers, info.num_kv_heads, info.head_dim);
-        let cache = PagedKvCache::new(layers, seqs * per_seq, BLOCK, kv_heads, d, kv, &dev).unwrap();
-        let tables: Vec<Vec<u32>> =
-            (0..seqs).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
-        let token = [7u32];
-        let chunks: Vec<SeqChunk> = tables
-            .iter()
-            .map(|t| SeqChunk { tokens: &token, start: context, block_table: t, sample: true, window_blocks: None })
-            .collect();
-        let input = build_step(&chunks, BLOCK, &dev).unwrap();
-        drop(model.forward(&input, &cache).unwrap());
-        dev.synchronize().unwrap();
-        let iters = 20;
-        let (mut issue, mut finish, mut copy, mut greedy) = (0.0, 0.0, 0.0, 0.0);
-        for _ in 0..iters {
-            let start = std::time::Instant::now();
-            let logits = model.forward(&input, &cache).unwrap();
-            issue += start.elapsed().as_secs_f64();
-            dev.synchronize().unwrap();
-            finish += start.elapsed().as_secs_f64();
-            let before_argmax = std::time::Instant::now();
-            let tokens = bodega::ops::argmax_rows(&logits).unwrap();
-            greedy += before_argmax.elapsed().as_secs_f64();
-            let before_copy = std::time::Instant::now();
-            let rows = logits.to_vec2::<f32>().unwrap();
-            copy += before_copy.elapsed().as_secs_f64();
-            assert_eq!(rows.len(), seqs);
-            assert_eq!(tokens, rows.iter().map(|r| bodega::ops::cpu::argmax(r)).collect::<Vec<_>>());
-        }
-        let us = |s: f64| s / iters as f64 * 1e6;
-        println!(
-            "decode step, {seqs} sequences at context {context}: issued by the host in {:.0} µs, finished on the \
-             GPU at {:.0} µs, greedy tokens (argmax on the GPU) to the host {:.0} µs, whole logits to the host \
-             {:.0} µs",
-            us(issue),
-            us(finish),
-            us(greedy),
-            us(copy)
-        );
-    }
-}
-
 /// The host's cost of each kind of op a decode step issues (1 token, Llama-3.2-1B shapes, f16
 /// weights), printed for docs/perf.md: µs per call, 200 calls queued back to back and one
 /// synchronisation at the end, so that host time dominates wherever it exceeds the kernel's.
@@ -1063,4 +1004,119 @@ fn decode_op_host_costs() {
     time("silu [1, 3072]", &mut || drop(candle_nn::ops::silu(&wide).unwrap()));
     time("upload 64 u32 (Tensor::from_slice)", &mut || drop(Tensor::from_slice(&host_ids, 64, &dev).unwrap()));
     time("empty synchronize", &mut || dev.synchronize().unwrap());
+}
+
+/// Where a graph-replayed decode step's time goes (synthetic Llama-3.2-1B, f16 and q8_0 weights, 1 and
+/// 4 sequences at context 128), printed for docs/perf.md: the forward pass alone on the GPU (replayed
+/// from a graph of 20 passes), each small op alone on the GPU, the greedy tokens' argmax and copy,
+/// and the executor's whole step as the engine runs it (host work, uploads, replay, argmax, copy),
+/// graphs on and off. The difference between the step and the GPU's forward pass is the host's share.
+/// Asserts only that graphs were captured and the tokens agree with `--eager`.
+#[test]
+fn decode_step_time_split() {
+    let dev = cuda();
+    let Device::Cuda(cuda_dev) = &dev else { unreachable!() };
+    let context = 128usize;
+    for weights in ["f16", "q8_0"] {
+        let spec: SyntheticSpec = format!("llama-3.2-1b:{weights}").parse().unwrap();
+        let mut files = ModelFiles::Gguf(spec.open().unwrap());
+        let model = bodega::model::load(&mut files, LoadOptions::for_device(&dev, None, None), &dev).unwrap();
+        let info = model.info().clone();
+        for seqs in [1usize, 4] {
+            let per_seq = (context + 1).div_ceil(BLOCK);
+            let kv = bodega::device::kv_dtype(&dev);
+            let cache =
+                PagedKvCache::new(info.num_layers, seqs * per_seq, BLOCK, info.num_kv_heads, info.head_dim, kv, &dev)
+                    .unwrap();
+            let tables: Vec<Vec<u32>> =
+                (0..seqs).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
+            let token = [7u32];
+            let chunks: Vec<SeqChunk> = tables
+                .iter()
+                .map(|t| SeqChunk { tokens: &token, start: context, block_table: t, sample: true, window_blocks: None })
+                .collect();
+            let input = build_step(&chunks, BLOCK, &dev).unwrap();
+            let forward = {
+                let _uploads = cuda_dev.enable_cuda_graph_htod_cache();
+                gpu_time_per_call(&dev, 20, || drop(model.forward(&input, &cache).unwrap()))
+            };
+            let logits = model.forward(&input, &cache).unwrap();
+            let argmax = time_per_call(&dev, 50, &mut || drop(bodega::ops::argmax_rows(&logits).unwrap()));
+            let step_time = |graphs: bool| {
+                let mut executor = Executor::new(dev.clone(), graphs);
+                let (rows, greedy) = (vec![1; seqs], vec![true; seqs]);
+                let mut step = || executor.run_step_rows(model.as_ref(), &cache, &chunks, &rows, &greedy).unwrap();
+                let first = step();
+                step();
+                let iters = 100;
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    assert_eq!(step(), first, "a repeated step changed its tokens");
+                }
+                let per_step = start.elapsed().as_secs_f64() / iters as f64;
+                (per_step, executor.graphs_captured(), first)
+            };
+            let (replayed, captured, tokens) = step_time(true);
+            let (eager, _, eager_tokens) = step_time(false);
+            assert_eq!(captured, 1, "{weights}, {seqs} sequences: no graph captured (see the warning above)");
+            assert_eq!(tokens, eager_tokens, "{weights}, {seqs} sequences: graph and eager tokens differ");
+            let us = |s: f64| s * 1e6;
+            println!(
+                "decode step split, {weights}, {seqs} seq at context {context}: forward on the GPU {:.0} µs; argmax + \
+                 copy {:.0} µs (wall); executor step with graphs {:.0} µs (host share {:.0} µs, {:.0}%), eager {:.0} µs",
+                us(forward),
+                us(argmax),
+                us(replayed),
+                us(replayed - forward),
+                (replayed - forward) / replayed * 100.0,
+                us(eager)
+            );
+        }
+    }
+    // The small ops of one decode layer, each alone on the GPU (Llama-3.2-1B shapes, one token).
+    let mut rng = ChaCha8Rng::seed_from_u64(37);
+    let x = Tensor::from_vec(random(&mut rng, 2048), (1, 2048), &dev).unwrap();
+    let norm = Tensor::from_vec(random(&mut rng, 2048), 2048, &dev).unwrap();
+    let fused = Tensor::from_vec(random(&mut rng, 16384), (1, 16384), &dev).unwrap();
+    let (gate, up) = (fused.narrow(1, 0, 8192).unwrap(), fused.narrow(1, 8192, 8192).unwrap());
+    let qkv = Tensor::from_vec(random(&mut rng, 3072), (1, 3072), &dev).unwrap();
+    let [q, k, v] = [(0, 32), (2048, 8), (2560, 8)].map(|(at, heads)| qkv.narrow(1, at, heads * 64).unwrap());
+    let [q, k, v] = [(q, 32), (k, 8), (v, 8)].map(|(t, heads)| t.reshape((1, heads, 64)).unwrap());
+    let angles = Tensor::from_vec(random(&mut rng, 32), (1, 1, 32), &dev).unwrap();
+    let tables = bodega::ops::RopeTables { cos: &angles, sin: &angles, interleaved: true };
+    let caches = [0, 1].map(|_| Tensor::zeros((16, 16, 8, 64), DType::F16, &dev).unwrap());
+    let meta = AttentionMetadata {
+        slot_mapping: vec![130],
+        block_tables: (0..16).collect(),
+        max_blocks: 16,
+        cu_query_lens: vec![0, 1],
+        context_lens: vec![131],
+        ..Default::default()
+    };
+    let op =
+        |what: &str, secs: f64| println!("decode step split, one op alone on the GPU: {what}: {:.1} µs", secs * 1e6);
+    op(
+        "add + rms norm [1, 2048]",
+        gpu_time_per_call(&dev, 50, || drop(bodega::ops::add_rms_norm(&x, &x, &norm, 1e-5).unwrap())),
+    );
+    op(
+        "gated activation [1, 8192]",
+        gpu_time_per_call(&dev, 50, || drop(bodega::ops::gated_activation(&gate, &up, Activation::Silu).unwrap())),
+    );
+    op(
+        "rope + cache write, 32 + 8 heads of 64",
+        gpu_time_per_call(&dev, 50, || {
+            drop(bodega::ops::rope_kv_write(&q, &k, &v, tables, &meta, (&caches[0], &caches[1])).unwrap())
+        }),
+    );
+    for (seqs, ctx) in [(1, 128), (1, 512), (4, 128), (1, 2048)] {
+        let case = Case { heads: 32, kv_heads: 8, dim: 64, seqs: vec![(ctx, 1); seqs], window: 0 };
+        let inputs = case.inputs(&mut rng);
+        let shape = case.cache_shape(inputs.num_blocks);
+        let [k, v] = [&inputs.k_cache, &inputs.v_cache]
+            .map(|c| Tensor::from_slice(c, shape, &dev).unwrap().to_dtype(DType::F16).unwrap());
+        let q = Tensor::from_slice(&inputs.q, (seqs, 32, 64), &dev).unwrap();
+        let secs = gpu_time_per_call(&dev, 50, || drop(paged_attention(&q, &k, &v, &inputs.meta, 0.125, 0).unwrap()));
+        op(&format!("decode attention {seqs} × {ctx} keys, f16"), secs);
+    }
 }

@@ -229,8 +229,8 @@ pub fn gated_activation(
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-/// Threads per token of `rope_kv_write`.
-const ROPE_KV_THREADS: u32 = 256;
+/// Warps per block of `rope_kv_write` (`ROPE_WARPS` in `rope_kv.cu`): one warp per head.
+const ROPE_KV_WARPS: u32 = 4;
 
 /// One step's RoPE and cache write: returns `q` rotated (`[T, heads, D]` contiguous f32) and writes
 /// `k` rotated and `v` into the caches' slots (`meta.slot_mapping`; shapes and slots checked by the
@@ -265,7 +265,12 @@ pub fn rope_kv_write(
     let out = unsafe { dev.alloc::<f32>(t * heads * d)? };
     let style = if interleaved { "interleaved" } else { "halves" };
     let func = function(&dev, "rope_kv", &format!("rope_kv_write_{}_{style}", dtype_suffix(&k_cache.slice)?))?;
-    let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (ROPE_KV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let head_blocks = ((heads + 2 * kv_heads) as u32).div_ceil(ROPE_KV_WARPS);
+    let cfg = LaunchConfig {
+        grid_dim: (t as u32, head_blocks, 1),
+        block_dim: (32 * ROPE_KV_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let stream = dev.cuda_stream();
     let mut builder = stream.launch_builder(&func);
     let strides = [q_stride as u32, k_stride as u32, v_stride as u32];
