@@ -9,15 +9,19 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 /// The index of the largest value of each row of `logits` (`[R, V]`, f32): the lowest index among
 /// equals, NaN read as −∞, the same on every backend.
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
-    let (rows, _) = logits.dims2()?;
-    if rows == 0 {
+    if logits.dims2()?.0 == 0 {
         return Ok(Vec::new());
     }
-    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
     if logits.device().is_cuda() {
-        return logits.apply_op1_no_bwd(&ArgmaxRows)?.to_vec1::<u32>();
+        return argmax_ids(logits)?.to_vec1::<u32>();
     }
-    Ok(logits.to_vec2::<f32>()?.iter().map(|row| cpu::argmax(row)).collect())
+    Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?.iter().map(|row| cpu::argmax(row)).collect())
+}
+
+/// [`argmax_rows`] left on the device, `[R]` u32 (CUDA and the CPU; no Metal kernel): a replayed
+/// CUDA graph takes it inside the step, so that only the ids cross afterwards.
+pub fn argmax_ids(logits: &Tensor) -> Result<Tensor> {
+    logits.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&ArgmaxRows)
 }
 
 /// The custom op behind the CUDA path (its CPU half is the reference, for completeness of the op).

@@ -25,7 +25,7 @@ mod qmatmul;
 mod rope_kv;
 
 pub use add_norm::add_rms_norm;
-pub use argmax::argmax_rows;
+pub use argmax::{argmax_ids, argmax_rows};
 pub use bodega_cpu_kernels::Activation;
 #[cfg(feature = "cuda")]
 pub use cuda::refill_uploads;

@@ -37,11 +37,13 @@ struct GraphShape {
     window_table: Option<usize>,
 }
 
-/// A captured decode step: the graph, the inputs it reads and the logits it writes.
+/// A captured decode step: the graph, the inputs it reads, the logits it writes and each row's argmax
+/// (greedy rows need only those ids back: no argmax launched after the replay).
 struct Captured {
     graph: Graph,
     input: StepInput,
     logits: Tensor,
+    ids: Tensor,
 }
 
 /// A graph owned by one worker thread.
@@ -65,20 +67,20 @@ impl DecodeGraphs {
     }
 
     /// The logits of plain decode step `step` (see [`DecodeGraphs::takes`]), from its shape's graph,
-    /// captured after running it eagerly the first time.
+    /// captured after running it eagerly the first time; with each row's argmax when replayed.
     pub(super) fn forward(
         &mut self,
         model: &dyn Model,
         cache: &PagedKvCache,
         mut step: HostStep,
         cuda: &CudaDevice,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let seqs = step.attention.num_seqs();
         let shape = GraphShape::of(&step);
         step.pad(shape);
         if let Some(captured) = self.graphs.get_mut(&shape) {
             captured.replay(step, cache)?;
-            return Ok(captured.logits.narrow(0, 0, seqs)?);
+            return Ok((captured.logits.narrow(0, 0, seqs)?, Some(captured.ids.narrow(0, 0, seqs)?)));
         }
         // Uploaded before candle's cache of small uploads is on: these buffers are rewritten later.
         let input = step.upload(&Device::Cuda(cuda.clone()))?;
@@ -96,7 +98,7 @@ impl DecodeGraphs {
                 self.failed = true;
             }
         }
-        Ok(logits.narrow(0, 0, seqs)?)
+        Ok((logits.narrow(0, 0, seqs)?, None))
     }
 }
 
@@ -135,17 +137,22 @@ impl Captured {
         rows: (usize, usize),
         cuda: &CudaDevice,
     ) -> Result<Self> {
-        let logits = Tensor::zeros(rows, DType::F32, &Device::Cuda(cuda.clone()))?;
+        let device = Device::Cuda(cuda.clone());
+        let logits = Tensor::zeros(rows, DType::F32, &device)?;
+        let ids = Tensor::zeros(rows.0, DType::U32, &device)?;
         let stream = cuda.cuda_stream();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).w()?;
         // Every tensor of the pass is freed inside the capture, so the graph owns no memory between
         // replays but its intermediates; the capture always ends, even when an op failed.
-        let recorded = model.forward(&input, cache).and_then(|out| Ok(logits.slice_set(&out, 0, 0)?));
+        let recorded = model.forward(&input, cache).and_then(|out| {
+            logits.slice_set(&out, 0, 0)?;
+            Ok(ids.slice_set(&ops::argmax_ids(&out)?, 0, 0)?)
+        });
         let graph = stream.end_capture(CUgraphInstantiate_flags(0)).w();
         recorded?;
         let graph = graph?.ok_or_else(|| Error::InvalidRequest("the decode step's capture recorded nothing".into()))?;
         graph.upload().w()?;
-        Ok(Self { graph: Graph(graph), input, logits })
+        Ok(Self { graph: Graph(graph), input, logits, ids })
     }
 
     /// Writes `step` (padded to this graph's shape) into the captured inputs and replays the graph.

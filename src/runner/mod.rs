@@ -211,8 +211,8 @@ impl Executor {
         if let (Some(graphs), Device::Cuda(cuda)) = (&mut self.graphs, &self.device) {
             if graphs.takes(&step) {
                 check_window_group(cache, &step)?;
-                let logits = graphs.forward(model, cache, step, cuda)?;
-                return split_rows(&logits, &row_flags(rows, greedy));
+                let (logits, ids) = graphs.forward(model, cache, step, cuda)?;
+                return split_rows_given(&logits, ids.as_ref(), &row_flags(rows, greedy));
             }
         }
         let logits = forward(model, cache, step, &self.device)?;
@@ -242,6 +242,12 @@ fn check_window_group(cache: &PagedKvCache, step: &HostStep) -> Result<()> {
 /// Splits `logits` (`[R, V]`) into greedy tokens (rows with `greedy[r]`, reduced by
 /// [`ops::argmax_rows`]) and host copies of the other rows, in row order.
 pub fn split_rows(logits: &Tensor, greedy: &[bool]) -> Result<Vec<StepRow>> {
+    split_rows_given(logits, None, greedy)
+}
+
+/// [`split_rows`] where `ids`, when given, already holds every row's argmax (`[R]` u32, computed
+/// inside a replayed graph): the greedy rows take theirs from it.
+fn split_rows_given(logits: &Tensor, ids: Option<&Tensor>, greedy: &[bool]) -> Result<Vec<StepRow>> {
     let logits = logits.to_dtype(candle_core::DType::F32)?;
     let rows_where = |want: bool| -> Result<Option<Tensor>> {
         let picked: Vec<u32> = (0..greedy.len() as u32).filter(|&r| greedy[r as usize] == want).collect();
@@ -251,9 +257,12 @@ pub fn split_rows(logits: &Tensor, greedy: &[bool]) -> Result<Vec<StepRow>> {
             n => Some(logits.index_select(&Tensor::from_vec(picked, n, logits.device())?, 0)?),
         })
     };
-    let mut tokens = match rows_where(true)? {
-        Some(t) => ops::argmax_rows(&t)?,
-        None => Vec::new(),
+    let mut tokens = match (greedy.contains(&true), ids) {
+        (false, _) => Vec::new(),
+        (true, Some(ids)) => {
+            ids.to_vec1::<u32>()?.into_iter().zip(greedy).filter_map(|(t, &g)| g.then_some(t)).collect()
+        }
+        (true, None) => rows_where(true)?.map(|t| ops::argmax_rows(&t)).transpose()?.unwrap_or_default(),
     }
     .into_iter();
     let mut full = match rows_where(false)? {
