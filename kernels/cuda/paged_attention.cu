@@ -204,7 +204,14 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
 // pass 2: the probability-weighted values, summed across lanes and warps in a fixed order. Each lane
 // issues the loads of UK keys before it uses the first, so that enough bytes are in flight. Keys
 // outside [lo, hi) (window, other partitions, not yet written) are never read.
-#define UK 4  // keys each lane loads before using them
+// What sets the speed is how many blocks an SM holds (measured on an H100, docs/perf.md): one long
+// context is sequences × KV heads × partitions blocks (1 × 8 × 128 = 1,024 at 32k keys), and with 5
+// blocks per SM (72+ registers) that is 1.6 waves, the second one mostly idle. At UK = 2 and at most
+// 64 registers (DEC_MINB) an SM holds 8 blocks (1,056 on 132 SMs): 32k keys run in one wave, 16 × 4k
+// in two full ones. More keys in flight per lane (UK = 4) costs registers, hence blocks, and measured
+// slower; so did requesting the values before the softmax, and queries in shared memory.
+#define UK 2        // keys each lane loads before using them
+#define DEC_MINB 8  // decode blocks of G = 4 per SM that the registers must allow (8 × 128 threads)
 
 template <typename T, int D> struct Dec {
     static constexpr int E = 16 / (int)sizeof(T);              // elements per 16-byte load
@@ -389,48 +396,64 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     }
 }
 
-// Combines the partitions of row (token blockIdx.x, head blockIdx.y) in partition order. The threads
-// share the partitions' weights e^(m_z - M) through shared memory, RED_CHUNK at a time, so that each
-// thread's loads of its columns over the partitions are independent of one another (a long context
-// has hundreds of partitions).
-#define RED_CHUNK 256
-extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
-                                                  float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads,
-                                                  uint32_t head_dim, uint32_t num_partitions) {
-    __shared__ float e_s[RED_CHUNK];
-    __shared__ float max_s[32];
+// Combines the partitions of row (token blockIdx.x, head blockIdx.y): out = Σ e^(m_z - M) acc_z /
+// Σ e^(m_z - M) l_z. A long context has hundreds of partitions, so no thread walks them all: the
+// RED_THREADS threads are RED_THREADS / (D / 4) groups of D / 4 threads, each thread 4 columns (one
+// 16-byte load per partition), and group k sums partitions k, k + groups, ... in order before the
+// groups' sums are added in group order. The grouping depends on the head size alone, and partitions
+// past a sequence's context add exact zeros, so a sequence's result does not depend on the table width.
+#define RED_THREADS 256
+extern "C" __global__ void __launch_bounds__(RED_THREADS)
+    paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
+                           float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads, uint32_t head_dim,
+                           uint32_t num_partitions) {
+    __shared__ float4 num_s[RED_THREADS];
+    __shared__ float den_s[RED_THREADS];
+    __shared__ float max_s[RED_THREADS / 32];
     const size_t o = (size_t)blockIdx.x * num_heads + blockIdx.y;
     const size_t stride = (size_t)num_tokens * num_heads;
-    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+    const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     float m = -INFINITY;
-    for (uint32_t z = threadIdx.x; z < num_partitions; z += blockDim.x) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
+    for (uint32_t z = threadIdx.x; z < num_partitions; z += RED_THREADS) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
     for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off));
     if (lane == 0) max_s[warp] = m;
     __syncthreads();
     m = -INFINITY;
-    for (uint32_t w = 0; w < warps; w++) m = fmaxf(m, max_s[w]);
-    // Each thread owns columns threadIdx.x + i * blockDim.x (at most 2: head_dim <= 2 * blockDim.x).
-    const uint32_t d0 = threadIdx.x, d1 = threadIdx.x + blockDim.x;
-    float num0 = 0.f, num1 = 0.f, den = 0.f;
-    for (uint32_t zc = 0; zc < num_partitions; zc += RED_CHUNK) {
-        const uint32_t zn = min((uint32_t)RED_CHUNK, num_partitions - zc);
-        __syncthreads();
-        for (uint32_t i = threadIdx.x; i < zn; i += blockDim.x) {
-            const float mz = part_ml[2 * ((zc + i) * stride + o)];
-            e_s[i] = mz == -INFINITY ? 0.f : expf(mz - m);
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (uint32_t i = 0; i < zn; i++) {
-            const float e = e_s[i];
-            const size_t base = ((zc + i) * stride + o) * head_dim;
-            den += e * part_ml[2 * ((zc + i) * stride + o) + 1];
-            if (d0 < head_dim) num0 += e * part_acc[base + d0];
-            if (d1 < head_dim) num1 += e * part_acc[base + d1];
-        }
+#pragma unroll
+    for (int w = 0; w < RED_THREADS / 32; w++) m = fmaxf(m, max_s[w]);
+    const uint32_t cols = head_dim / 4, groups = RED_THREADS / cols;
+    const uint32_t c = threadIdx.x % cols, group = threadIdx.x / cols;
+    float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
+    float den = 0.f;
+#pragma unroll 4
+    for (uint32_t z = group; z < num_partitions; z += groups) {
+        const size_t po = z * stride + o;
+        const float mz = part_ml[2 * po], lz = part_ml[2 * po + 1];
+        const float4 a = reinterpret_cast<const float4 *>(part_acc + po * head_dim)[c];
+        const float e = mz == -INFINITY ? 0.f : expf(mz - m);
+        den += e * lz;
+        num.x += e * a.x;
+        num.y += e * a.y;
+        num.z += e * a.z;
+        num.w += e * a.w;
     }
-    if (d0 < head_dim) out[o * head_dim + d0] = num0 / den;
-    if (d1 < head_dim) out[o * head_dim + d1] = num1 / den;
+    num_s[threadIdx.x] = num;
+    den_s[threadIdx.x] = den;
+    __syncthreads();
+    if (threadIdx.x < cols) {
+        float4 sum = num_s[c];
+        float total = den_s[c];
+        for (uint32_t k = 1; k < groups; k++) {
+            const float4 g = num_s[k * cols + c];
+            sum.x += g.x;
+            sum.y += g.y;
+            sum.z += g.z;
+            sum.w += g.w;
+            total += den_s[k * cols + c];
+        }
+        reinterpret_cast<float4 *>(out + o * head_dim)[c] =
+            make_float4(sum.x / total, sum.y / total, sum.z / total, sum.w / total);
+    }
 }
 
 #define PAGED_ATTENTION(NAME, T, D)                                                                    \
@@ -443,8 +466,10 @@ extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part
     }
 
 // G: query heads per block, 4 (GQA groups of up to 4: half the registers, more blocks per SM) or 8.
-#define PAGED_DECODE(NAME, T, D, G)                                                                    \
-    extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
+// MINB: blocks per SM the registers must allow: DEC_MINB for G = 4 (64 registers, no spills but 4
+// bytes at f32 × 256), 1 for G = 8 (its 8 queries and sums need ~128 registers).
+#define PAGED_DECODE(NAME, T, D, G, MINB)                                                              \
+    extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
         float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
@@ -452,8 +477,8 @@ extern "C" __global__ void paged_attention_reduce(const float *__restrict__ part
                               out, part_acc, part_ml, p);                                              \
     }
 #define PAGED_DECODE_G(T, NAME, D)                                                                     \
-    PAGED_DECODE(paged_decode_##NAME##_d##D##_g4, T, D, 4)                                             \
-    PAGED_DECODE(paged_decode_##NAME##_d##D##_g8, T, D, 8)
+    PAGED_DECODE(paged_decode_##NAME##_d##D##_g4, T, D, 4, DEC_MINB)                                   \
+    PAGED_DECODE(paged_decode_##NAME##_d##D##_g8, T, D, 8, 1)
 
 PAGED_DECODE_G(float, f32, 16)
 PAGED_DECODE_G(float, f32, 32)

@@ -20,6 +20,8 @@ mod ptx {
 
 /// Threads per attention block (`NT` in `paged_attention.cu`).
 const ATTENTION_THREADS: u32 = 128;
+/// Threads per block of `paged_attention_reduce` (`RED_THREADS` in `paged_attention.cu`).
+const REDUCE_THREADS: u32 = 256;
 /// Key of the slot mapping's upload in [`AttentionMetadata::uploads`].
 const SLOTS_UPLOAD: u32 = 0;
 /// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
@@ -561,10 +563,12 @@ pub fn paged_attention(
         1 => (1, 1),
         p => (p * out_len, p * tokens * shape.num_heads * 2),
     };
-    // SAFETY: with several partitions every entry is written by the attention kernel before the
-    // reduction reads it; with one, the kernel writes `out` directly and never touches them (so no
-    // memset launches for placeholders either).
-    let (part_acc, part_ml) = unsafe { (dev.alloc::<f32>(acc_len)?, dev.alloc::<f32>(ml_len)?) };
+    // The partitions' sums, then their maxima and denominators, in one allocation (one node fewer in a
+    // captured graph). SAFETY: with several partitions every entry is written by the attention kernel
+    // before the reduction reads it; with one, the kernel writes `out` directly and never touches them
+    // (so no memset launches for placeholders either).
+    let partials = unsafe { dev.alloc::<f32>(acc_len + ml_len)? };
+    let (part_acc, part_ml) = (partials.slice(..acc_len), partials.slice(acc_len..));
     let params = KernelParams {
         num_heads: shape.num_heads as u32,
         num_kv_heads: shape.num_kv_heads as u32,
@@ -636,7 +640,7 @@ pub fn paged_attention(
         let reduce = function(&dev, "paged_attention", "paged_attention_reduce")?;
         let cfg = LaunchConfig {
             grid_dim: (tokens as u32, shape.num_heads as u32, 1),
-            block_dim: (d.clamp(32, 128) as u32, 1, 1),
+            block_dim: (REDUCE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut builder = stream.launch_builder(&reduce);
