@@ -8,6 +8,10 @@
 #define NT 128           // threads per attention block
 #define WARPS (NT / 32)
 #define PART 256         // keys per context partition, at absolute positions
+// A decoding sequence of at most SHORT_CTX keys takes partitions of SHORT_PART keys (paged_decode):
+// its few blocks would otherwise each walk up to PART keys in rounds of dependent loads.
+#define SHORT_CTX 1024
+#define SHORT_PART 64
 
 // Same layout as `KernelParams` in src/ops/cuda.rs.
 struct AttnParams {

@@ -197,7 +197,7 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
 }
 
 // Decode (one query per sequence): one block = (sequence, KV head, up to G query heads of its group,
-// partition of PART keys), flash-decoding style. Bandwidth is the limit, so every cache load is 16
+// partition of PART keys, or SHORT_PART for a context of at most SHORT_CTX), flash-decoding style. Bandwidth is the limit, so every cache load is 16
 // bytes and nothing waits for a shared tile: LPK lanes hold one key (each lane CH 16-byte pieces of it),
 // a warp reads 32 / LPK keys at a time and the block's warps stride over the partition's keys. Pass 1:
 // each key's dot with the G queries (kept in registers) into shared scores; the partition's softmax;
@@ -262,8 +262,14 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     const uint32_t ctx = context_lens[seq], pos = ctx - 1;
     const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
     const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
-    const uint32_t part_lo = blockIdx.z * PART;
-    const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + PART);
+    // A short context is cut finer (SHORT_PART keys): a single sequence of a few hundred keys then
+    // spreads over many blocks of one or two rounds of loads instead of few blocks of many rounds. The
+    // size depends on the sequence's own length alone, never on the batch, so its result does not
+    // either; the grid holds enough partitions for both sizes (`partitions` in src/ops/cuda.rs)
+    // and the ones past a sequence's context stay empty.
+    const uint32_t part_keys = ctx <= SHORT_CTX ? SHORT_PART : PART;
+    const uint32_t part_lo = blockIdx.z * part_keys;
+    const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + part_keys);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int sub = lane % C::LPK, kw = lane / C::LPK;  // lane within its key, key within the warp

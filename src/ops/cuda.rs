@@ -41,8 +41,22 @@ fn decode_heads(group: usize) -> usize {
         8
     }
 }
-/// Keys per context partition (`PART` in `paged_attention.cu`).
+/// Keys per context partition (`PART` in `attention.cuh`).
 const PARTITION_KEYS: usize = 256;
+/// Keys per decode partition of a sequence of at most [`SHORT_CONTEXT`] keys (`SHORT_PART`).
+const SHORT_PARTITION_KEYS: usize = 64;
+/// The longest context that takes [`SHORT_PARTITION_KEYS`] (`SHORT_CTX`).
+const SHORT_CONTEXT: usize = 1024;
+
+/// Context partitions of a step whose block tables hold `keys` keys: enough for the chunk kernel's
+/// [`PARTITION_KEYS`] and, when sequences decode, for short contexts cut into
+/// [`SHORT_PARTITION_KEYS`]. A function of the table width alone, so that a replayed graph's grid
+/// stays fixed while its sequences grow.
+fn partitions(keys: usize, decodes: bool) -> usize {
+    let long = keys.div_ceil(PARTITION_KEYS);
+    let short = if decodes { keys.min(SHORT_CONTEXT).div_ceil(SHORT_PARTITION_KEYS) } else { 0 };
+    long.max(short).max(1)
+}
 
 /// The kernel `name` of kernel family `family`, from the PTX of the newest compiled architecture
 /// that the device runs.
@@ -558,7 +572,7 @@ pub fn paged_attention(
     let (items, decodes) = ((decode_at - work_at) / 3, packed.len - decode_at);
     // The partitions cover the block tables' width, not the longest context: a replayed graph's grid
     // is fixed while its sequences grow within their padded tables (later partitions are empty).
-    let partitions = (meta.max_blocks * shape.block_size).div_ceil(PARTITION_KEYS).max(1);
+    let partitions = partitions(meta.max_blocks * shape.block_size, decodes > 0);
     let (acc_len, ml_len) = match partitions {
         1 => (1, 1),
         p => (p * out_len, p * tokens * shape.num_heads * 2),
