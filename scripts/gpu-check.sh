@@ -41,7 +41,7 @@ for l in sys.stdin:
   # -9: the binaries, the model and the tracked files must fit the 64 MiB carry together.
   xz -f -T2 -9 "$dev/bodega" "$dev/gpu"
   local model
-  model=$(scripts/fetch-test-models.sh | head -n 1)
+  model=$(scripts/fetch-test-models.sh | sed -n 1p)
   if [ ! -f "$dev/smollm2-4l.gguf.xz" ]; then
     # The gguf package, in a venv of its own under ~/.cache/bodega.
     local venv=${BODEGA_CACHE:-$HOME/.cache/bodega}/venv-gguf

@@ -8,8 +8,9 @@
 #define NT 128           // threads per attention block
 #define WARPS (NT / 32)
 #define PART 256         // keys per context partition, at absolute positions
-// A decoding sequence of at most SHORT_CTX keys takes partitions of SHORT_PART keys (paged_decode):
-// its few blocks would otherwise each walk up to PART keys in rounds of dependent loads.
+// A decoding sequence of more than PART and at most SHORT_CTX keys takes partitions of SHORT_PART keys
+// (paged_decode): its few blocks would otherwise each walk up to PART keys in rounds of dependent
+// loads. Up to PART keys one partition needs no reduction; past SHORT_CTX there are blocks enough.
 #define SHORT_CTX 1024
 #define SHORT_PART 64
 

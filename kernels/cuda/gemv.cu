@@ -15,7 +15,7 @@
 // Rows of W per warp, and 8-element chunks per lane in flight, for M rows of x.
 template <int M> struct Shape {
     static constexpr int ROWS = M <= 2 ? 2 : 4;
-    static constexpr int UNROLL = M <= 2 ? 8 : 2;
+    static constexpr int UNROLL = M <= 2 ? 4 : 2;
 };
 
 // K must be a multiple of 8 (the host checks), so every chunk is whole and 16-byte aligned.

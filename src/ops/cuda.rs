@@ -43,18 +43,22 @@ fn decode_heads(group: usize) -> usize {
 }
 /// Keys per context partition (`PART` in `attention.cuh`).
 const PARTITION_KEYS: usize = 256;
-/// Keys per decode partition of a sequence of at most [`SHORT_CONTEXT`] keys (`SHORT_PART`).
+/// Keys per decode partition of a sequence of more than [`PARTITION_KEYS`] and at most
+/// [`SHORT_CONTEXT`] keys (`SHORT_PART`).
 const SHORT_PARTITION_KEYS: usize = 64;
 /// The longest context that takes [`SHORT_PARTITION_KEYS`] (`SHORT_CTX`).
 const SHORT_CONTEXT: usize = 1024;
 
 /// Context partitions of a step whose block tables hold `keys` keys: enough for the chunk kernel's
-/// [`PARTITION_KEYS`] and, when sequences decode, for short contexts cut into
+/// [`PARTITION_KEYS`] and, when sequences decode past one partition, for short contexts cut into
 /// [`SHORT_PARTITION_KEYS`]. A function of the table width alone, so that a replayed graph's grid
 /// stays fixed while its sequences grow.
 fn partitions(keys: usize, decodes: bool) -> usize {
     let long = keys.div_ceil(PARTITION_KEYS);
-    let short = if decodes { keys.min(SHORT_CONTEXT).div_ceil(SHORT_PARTITION_KEYS) } else { 0 };
+    let short = match decodes && keys > PARTITION_KEYS {
+        true => keys.min(SHORT_CONTEXT).div_ceil(SHORT_PARTITION_KEYS),
+        false => 0,
+    };
     long.max(short).max(1)
 }
 
