@@ -264,7 +264,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
     // A short context (PART < ctx <= SHORT_CTX) is cut finer, SHORT_PART keys: a single sequence of a
     // few hundred keys then spreads over many blocks of two rounds of loads instead of a few blocks of
-    // many rounds (1 × 512 keys: 15.6 → 7.8 µs on an H100). The size depends on the sequence's own
+    // many rounds (docs/perf.md). The size depends on the sequence's own
     // length alone, never on the batch, so its result does not either; the grid holds enough
     // partitions for both sizes (`partitions` in src/ops/cuda.rs) and those past a context stay empty.
     const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;
