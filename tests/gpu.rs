@@ -940,7 +940,15 @@ fn attention_kernel_throughput() {
     println!("measured peak: device-to-device copy {peak:.0} GB/s (read + write of 1 GiB)");
     let (heads, kv_heads) = (32, 8);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let shapes = [(64, 1, 32768, 1), (64, 16, 4096, 1), (64, 64, 4096, 1), (64, 64, 1024, 1), (64, 4, 2048, 512)];
+    let shapes = [
+        (64, 1, 4096, 1),
+        (64, 1, 16384, 1),
+        (64, 1, 32768, 1),
+        (64, 16, 4096, 1),
+        (64, 64, 4096, 1),
+        (64, 64, 1024, 1),
+        (64, 4, 2048, 512),
+    ];
     for (d, seqs, ctx, q_len) in shapes.into_iter().chain([(128, 4, 2048, 512)]) {
         let case = Case { heads, kv_heads, dim: d, seqs: vec![(ctx, q_len); seqs], window: 0 };
         let x = case.inputs(&mut rng);

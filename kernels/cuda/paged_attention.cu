@@ -221,20 +221,20 @@ template <typename T, int D> struct Dec {
 };
 
 // Issues this lane's loads of UK rows of one KV head's cache, at positions part_lo + base + u * KPW + kw
-// (u < UK); live[u] says whether the row lies in [lo, part_lo + n) and was read.
+// (u < UK), whose slots `slots` holds by position within the partition; live[u] says whether the row
+// lies in [lo, part_lo + n) and was read.
 template <typename T, int D>
 __device__ __forceinline__ void load_keys(uint4 (&raw)[UK][Dec<T, D>::CH], bool (&live)[UK],
-                                          const T *__restrict__ cache, const uint32_t *__restrict__ table,
-                                          uint32_t base, uint32_t n, uint32_t part_lo, uint32_t lo, int kw, int sub,
+                                          const T *__restrict__ cache, const uint32_t *slots, uint32_t base,
+                                          uint32_t n, uint32_t part_lo, uint32_t lo, int kw, int sub,
                                           const AttnParams &p, uint32_t kv_head) {
     using C = Dec<T, D>;
 #pragma unroll
     for (int u = 0; u < UK; u++) {
-        const uint32_t j = base + u * C::KPW + kw, kpos = part_lo + j;
-        live[u] = j < n && kpos >= lo;
+        const uint32_t j = base + u * C::KPW + kw;
+        live[u] = j < n && part_lo + j >= lo;
         if (live[u]) {
-            const uint32_t slot = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-            const uint4 *src = reinterpret_cast<const uint4 *>(cache + ((size_t)slot * p.num_kv_heads + kv_head) * D);
+            const uint4 *src = reinterpret_cast<const uint4 *>(cache + ((size_t)slots[j] * p.num_kv_heads + kv_head) * D);
 #pragma unroll
             for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
         }
@@ -251,6 +251,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     __shared__ float s_s[G][PART];
     __shared__ float acc_s[WARPS][G][D];
     __shared__ float m_s[G], l_s[G];
+    __shared__ uint32_t slot_s[PART];
 
     const uint32_t seq = decode_seqs[blockIdx.x];
     const uint32_t group = p.num_heads / p.num_kv_heads;
@@ -286,13 +287,20 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
             }
 
     const uint32_t n = lo < hi ? hi - part_lo : 0;  // score slots used: [0, n) relative to part_lo
+    // The partition's cache slots, looked up once: each round of key loads then waits on one load
+    // from memory, not on a block-table read followed by the cache read it addresses.
+    for (uint32_t j = threadIdx.x; j < n; j += NT) {
+        const uint32_t kpos = part_lo + j;
+        slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+    }
+    __syncthreads();
     // Each lane has UK keys' loads in flight before it uses any (bandwidth needs bytes in flight).
     constexpr uint32_t STEP = WARPS * C::KPW * UK;
     // Pass 1: scores. Every lane of a warp runs the same iterations (the shuffles need the whole warp).
     for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
         uint4 raw[UK][C::CH];
         bool live[UK];
-        load_keys<T, D>(raw, live, k_cache, table, base, n, part_lo, lo, kw, sub, p, kv_head);
+        load_keys<T, D>(raw, live, k_cache, slot_s, base, n, part_lo, lo, kw, sub, p, kv_head);
 #pragma unroll
         for (int u = 0; u < UK; u++) {
             const uint32_t j = base + u * C::KPW + kw;
@@ -351,7 +359,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
         uint4 raw[UK][C::CH];
         bool live[UK];
-        load_keys<T, D>(raw, live, v_cache, table, base, n, part_lo, lo, kw, sub, p, kv_head);
+        load_keys<T, D>(raw, live, v_cache, slot_s, base, n, part_lo, lo, kw, sub, p, kv_head);
 #pragma unroll
         for (int u = 0; u < UK; u++) {
             if (!live[u]) continue;
@@ -406,19 +414,65 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
 // Σ e^(m_z - M) l_z. A long context has hundreds of partitions, so no thread walks them all: the
 // RED_THREADS threads are RED_THREADS / (D / 4) groups of D / 4 threads, each thread 4 columns (one
 // 16-byte load per partition), and group k sums partitions k, k + groups, ... in order before the
-// groups' sums are added in group order. The grouping depends on the head size alone, and partitions
-// past a sequence's context add exact zeros, so a sequence's result does not depend on the table width.
+// groups' sums are added in group order. A group loads CHUNK partitions at a time, the first chunk
+// before the row's maximum M is known, so that up to CHUNK × groups partitions cost one round trip to
+// memory (128 at head size 64, 32k keys, at CHUNK = 8). CHUNK is 2 (32 registers, 8 blocks per SM:
+// the many rows of a prefill or a large batch) or 8 (a few rows of long contexts, too few blocks for
+// occupancy to matter); it changes when loads are issued, never the order of the sums. The grouping
+// depends on the head size alone, and partitions past a sequence's context add exact zeros, so a
+// sequence's result depends neither on the table width nor on the batch.
 #define RED_THREADS 256
-extern "C" __global__ void __launch_bounds__(RED_THREADS)
-    paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
-                           float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads, uint32_t head_dim,
-                           uint32_t num_partitions) {
+template <int CHUNK> struct ReduceChunk {
+    float m[CHUNK], l[CHUNK];
+    float4 acc[CHUNK];
+
+    // Loads partitions z0 + k × groups (k < CHUNK) of row `o`; those past the last are empty.
+    __device__ __forceinline__ void load(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
+                                         uint32_t z0, uint32_t groups, uint32_t num_partitions, size_t stride,
+                                         size_t o, uint32_t head_dim, uint32_t c) {
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const uint32_t z = z0 + k * groups;
+            m[k] = -INFINITY;
+            l[k] = 0.f;
+            acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (z < num_partitions) {
+                const size_t po = z * stride + o;
+                m[k] = part_ml[2 * po];
+                l[k] = part_ml[2 * po + 1];
+                acc[k] = reinterpret_cast<const float4 *>(part_acc + po * head_dim)[c];
+            }
+        }
+    }
+
+    // Adds the chunk, in order, to the sums relative to the row's maximum `row_max`.
+    __device__ __forceinline__ void add_to(float4 &num, float &den, float row_max) const {
+#pragma unroll
+        for (int k = 0; k < CHUNK; k++) {
+            const float e = m[k] == -INFINITY ? 0.f : expf(m[k] - row_max);
+            den += e * l[k];
+            num.x += e * acc[k].x;
+            num.y += e * acc[k].y;
+            num.z += e * acc[k].z;
+            num.w += e * acc[k].w;
+        }
+    }
+};
+
+template <int CHUNK>
+__device__ void paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
+                                       float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads,
+                                       uint32_t head_dim, uint32_t num_partitions) {
     __shared__ float4 num_s[RED_THREADS];
     __shared__ float den_s[RED_THREADS];
     __shared__ float max_s[RED_THREADS / 32];
     const size_t o = (size_t)blockIdx.x * num_heads + blockIdx.y;
     const size_t stride = (size_t)num_tokens * num_heads;
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const uint32_t cols = head_dim / 4, groups = RED_THREADS / cols;
+    const uint32_t c = threadIdx.x % cols, group = threadIdx.x / cols;
+    ReduceChunk<CHUNK> chunk;
+    chunk.load(part_acc, part_ml, group, groups, num_partitions, stride, o, head_dim, c);
     float m = -INFINITY;
     for (uint32_t z = threadIdx.x; z < num_partitions; z += RED_THREADS) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
     for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off));
@@ -427,21 +481,12 @@ extern "C" __global__ void __launch_bounds__(RED_THREADS)
     m = -INFINITY;
 #pragma unroll
     for (int w = 0; w < RED_THREADS / 32; w++) m = fmaxf(m, max_s[w]);
-    const uint32_t cols = head_dim / 4, groups = RED_THREADS / cols;
-    const uint32_t c = threadIdx.x % cols, group = threadIdx.x / cols;
     float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
     float den = 0.f;
-#pragma unroll 4
-    for (uint32_t z = group; z < num_partitions; z += groups) {
-        const size_t po = z * stride + o;
-        const float mz = part_ml[2 * po], lz = part_ml[2 * po + 1];
-        const float4 a = reinterpret_cast<const float4 *>(part_acc + po * head_dim)[c];
-        const float e = mz == -INFINITY ? 0.f : expf(mz - m);
-        den += e * lz;
-        num.x += e * a.x;
-        num.y += e * a.y;
-        num.z += e * a.z;
-        num.w += e * a.w;
+    chunk.add_to(num, den, m);
+    for (uint32_t z0 = group + CHUNK * groups; z0 < num_partitions; z0 += CHUNK * groups) {
+        chunk.load(part_acc, part_ml, z0, groups, num_partitions, stride, o, head_dim, c);
+        chunk.add_to(num, den, m);
     }
     num_s[threadIdx.x] = num;
     den_s[threadIdx.x] = den;
@@ -461,6 +506,16 @@ extern "C" __global__ void __launch_bounds__(RED_THREADS)
             make_float4(sum.x / total, sum.y / total, sum.z / total, sum.w / total);
     }
 }
+
+// MINB: blocks per SM the registers must allow (8 at CHUNK = 2: 32 registers, no spills).
+#define PAGED_ATTENTION_REDUCE(CHUNK, MINB)                                                            \
+    extern "C" __global__ void __launch_bounds__(RED_THREADS, MINB) paged_attention_reduce_c##CHUNK(   \
+        const float *part_acc, const float *part_ml, float *out, uint32_t num_tokens, uint32_t num_heads,  \
+        uint32_t head_dim, uint32_t num_partitions) {                                                  \
+        paged_attention_reduce<CHUNK>(part_acc, part_ml, out, num_tokens, num_heads, head_dim, num_partitions); \
+    }
+PAGED_ATTENTION_REDUCE(2, 8)
+PAGED_ATTENTION_REDUCE(8, 1)
 
 #define PAGED_ATTENTION(NAME, T, D)                                                                    \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \

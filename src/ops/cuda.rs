@@ -22,6 +22,11 @@ mod ptx {
 const ATTENTION_THREADS: u32 = 128;
 /// Threads per block of `paged_attention_reduce` (`RED_THREADS` in `paged_attention.cu`).
 const REDUCE_THREADS: u32 = 256;
+/// Rows (token, head) up to which the partition reduce loads 8 partitions a thread at a time
+/// (`paged_attention_reduce_c8`: one round trip to memory for a 32k context, 3 blocks per SM) rather
+/// than 2 (`_c2`: 8 blocks per SM, for the many rows of a prefill or a large batch). Up to 256 rows
+/// the wide kernel's blocks fit in one wave on an H100's 132 SMs. The two sum in the same order.
+const REDUCE_FEW_ROWS: usize = 256;
 /// Key of the slot mapping's upload in [`AttentionMetadata::uploads`].
 const SLOTS_UPLOAD: u32 = 0;
 /// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
@@ -655,7 +660,8 @@ pub fn paged_attention(
         unsafe { builder.launch(cfg) }.w()?;
     }
     if partitions > 1 {
-        let reduce = function(&dev, "paged_attention", "paged_attention_reduce")?;
+        let chunk = if tokens * shape.num_heads <= REDUCE_FEW_ROWS { 8 } else { 2 };
+        let reduce = function(&dev, "paged_attention", &format!("paged_attention_reduce_c{chunk}"))?;
         let cfg = LaunchConfig {
             grid_dim: (tokens as u32, shape.num_heads as u32, 1),
             block_dim: (REDUCE_THREADS, 1, 1),
