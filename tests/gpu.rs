@@ -934,7 +934,11 @@ fn q8_0_weights(rng: &mut ChaCha8Rng, n: usize, k: usize) -> QTensor {
     let values: Vec<f32> = (0..n * k)
         .map(|i| {
             let magnitude = rng.random_range(0.05f32..1.0) * (1 + (i / 32) % 7) as f32;
-            if rng.random_bool(0.5) { magnitude } else { -magnitude }
+            if rng.random_bool(0.5) {
+                magnitude
+            } else {
+                -magnitude
+            }
         })
         .collect();
     QTensor::quantize(&Tensor::from_vec(values, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap()

@@ -31,7 +31,7 @@ pub fn qgemv_takes(x: &Tensor, w: &QTensor) -> bool {
         (Ok((m, k)), Ok((_, wk))) => (1..=QGEMV_MAX_ROWS).contains(&m) && k == wk,
         _ => false,
     };
-    let aligned = x.is_contiguous() && x.layout().start_offset() % 4 == 0;
+    let aligned = x.is_contiguous() && x.layout().start_offset().is_multiple_of(4);
     x.device().is_cuda()
         && x.device().same_device(&w.device())
         && x.dtype() == DType::F32
@@ -55,9 +55,13 @@ impl Q8Gemv<'_> {
             candle_core::bail!("q8-gemv takes Q8_0 weights, not {:?}", self.0.dtype());
         }
         if k != wk || m == 0 || m > KERNEL_MAX_ROWS {
-            candle_core::bail!("q8-gemv: x {:?} and W {:?} (at most {KERNEL_MAX_ROWS} rows)", x_l.shape(), self.0.shape());
+            candle_core::bail!(
+                "q8-gemv: x {:?} and W {:?} (at most {KERNEL_MAX_ROWS} rows)",
+                x_l.shape(),
+                self.0.shape()
+            );
         }
-        if !x_l.is_contiguous() || x_l.start_offset() % 4 != 0 {
+        if !x_l.is_contiguous() || !x_l.start_offset().is_multiple_of(4) {
             candle_core::bail!("q8-gemv takes contiguous activations starting 16-byte aligned");
         }
         Ok((m, n, k))
