@@ -9,10 +9,11 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::f16;
 
-/// Most rows of `x` the kernel takes in production; beyond, candle's `QMatMul` runs. Measured on an
-/// H100 (`q8_gemv_throughput`, docs/perf.md): the kernel is 1.3–2.6× faster than `QMatMul` at 1 to 4
-/// rows on Llama-3.2-1B's matrices, and at 8 rows 0.8–1.1× (its f32 activations cost 32 bytes of
-/// reads per row of x per weight block where candle's q8_1 copy costs 9).
+/// Most rows of `x` the kernel takes in production; beyond, candle's `QMatMul` runs. 4, as for the
+/// dense GEMV ([`super::GEMV_MAX_ROWS`]): it reads the activations as f32 (4 bytes a column, once
+/// per 2–4 rows of W, for every row of x) where candle reads a q8_1 copy (1.125), so its advantage
+/// shrinks as rows grow. Not yet measured against `QMatMul` (`q8_gemv_throughput` prints both at 1,
+/// 2, 4 and 8 rows): set it from that table; 0 turns the kernel off in production.
 pub const QGEMV_MAX_ROWS: usize = 4;
 
 /// Most rows the kernel itself takes (one instantiation each): past [`QGEMV_MAX_ROWS`] only so that
