@@ -20,6 +20,7 @@ use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
 use bodega::model::Model;
 use bodega::ops::{kv_write, paged_attention, Activation, AttentionMetadata, PagedKvCache};
 use bodega::runner::{build_step, run_step, Executor, SeqChunk, StepRow};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use common::writes;
 use common::AttentionCase as Case;
@@ -922,6 +923,104 @@ fn dense_gemv_throughput() {
                 cublas * 1e6,
                 gbs(cublas),
                 cublas / gemv
+            );
+        }
+    }
+}
+
+/// Q8_0 blocks of a `[n, k]` matrix with no zero weight and scales that differ block to block: each
+/// value is ±(0.05 to 1) times its block's factor (1 to 7), so every int8 is at least 6 in magnitude.
+fn q8_0_weights(rng: &mut ChaCha8Rng, n: usize, k: usize) -> QTensor {
+    let values: Vec<f32> = (0..n * k)
+        .map(|i| {
+            let magnitude = rng.random_range(0.05f32..1.0) * (1 + (i / 32) % 7) as f32;
+            if rng.random_bool(0.5) {
+                magnitude
+            } else {
+                -magnitude
+            }
+        })
+        .collect();
+    QTensor::quantize(&Tensor::from_vec(values, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap()
+}
+
+/// The Q8_0 GEMV kernel against the CPU reference op on the same blocks (made by candle's quantizer):
+/// 1 to 8 rows, N not a multiple of a block's rows, K from one block to 129 blocks (an odd count, so
+/// every other row starts 2-byte aligned). Before each call a poisoned tensor of the output's size is
+/// freed, so that the op's allocation gets poison back and a sum the kernel skips shows up. A row's
+/// sums do not depend on the other rows: every row of an 8-row product equals, bitwise, that row alone.
+/// `QWeights::forward` runs the kernel at `QGEMV_ROWS` rows of a matrix of at least
+/// `QGEMV_MIN_WEIGHT_ROWS` rows (the last shape) and candle's `QMatMul` elsewhere.
+/// Threshold: max |error| ≤ 1e-5 × max |reference| (f32 sums in another order; the weights
+/// dequantize exactly).
+#[test]
+fn q8_gemv_on_cuda_matches_the_cpu_reference() {
+    use bodega::ops::{q8_gemv, qgemv_takes, QWeights, QGEMV_MIN_WEIGHT_ROWS, QGEMV_ROWS};
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(53);
+    let host = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (n, k) in [(1001, 32), (37, 2080), (3, 4128), (130, 96), (QGEMV_MIN_WEIGHT_ROWS + 3, 64)] {
+        let w = q8_0_weights(&mut rng, n, k);
+        let storage = QStorage::from_data(w.data().unwrap(), &dev, GgmlDType::Q8_0).unwrap();
+        let w_gpu = Arc::new(QTensor::new(storage, (n, k)).unwrap());
+        let x = Tensor::from_vec(random(&mut rng, 8 * k), (8, k), &Device::Cpu).unwrap();
+        let x_gpu = x.to_device(&dev).unwrap();
+        let on_gpu = |x: &Tensor| {
+            drop(Tensor::full(POISON, (x.dim(0).unwrap(), n), &dev).unwrap());
+            host(q8_gemv(x, &w_gpu).unwrap())
+        };
+        let all = on_gpu(&x_gpu);
+        let weights = QWeights::new(w_gpu.clone()).unwrap();
+        let candle = candle_core::quantized::QMatMul::from_arc(w_gpu.clone()).unwrap();
+        for m in 1..=8 {
+            let rows = |t: &Tensor| t.narrow(0, 0, m).unwrap();
+            let takes = QGEMV_ROWS.contains(&m) && n >= QGEMV_MIN_WEIGHT_ROWS;
+            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), takes);
+            let cpu = host(q8_gemv(&rows(&x), &w).unwrap());
+            let gpu = on_gpu(&rows(&x_gpu));
+            let err = relative_error(&gpu, &cpu);
+            assert!(err <= 1e-5, "{m}×{k} by {n}×{k}: relative error {err}");
+            assert_eq!(gpu, all[..m * n], "{n}×{k}: the first {m} rows differ from the 8-row product's");
+            let routed = host(weights.forward(&rows(&x_gpu)).unwrap());
+            let expected = match takes {
+                true => gpu,
+                false => host(candle_core::Module::forward(&candle, &rows(&x_gpu)).unwrap()),
+            };
+            assert_eq!(routed, expected, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
+        }
+    }
+}
+
+/// The Q8_0 GEMV kernel against candle's `QMatMul::forward` (which quantizes the activations to q8_1
+/// in a kernel of its own, then multiplies) on Llama-3.2-1B's decode matrices, GPU time only, as GB/s
+/// of weight bytes read. Printed for docs/perf.md; asserts only that they ran.
+#[test]
+fn q8_gemv_throughput() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(59);
+    let shapes = [
+        ("Q/K/V 3072×2048", 3072, 2048),
+        ("gate/up 16384×2048", 16384, 2048),
+        ("down 2048×8192", 2048, 8192),
+        ("output 128256×2048", 128256, 2048),
+    ];
+    for (name, n, k) in shapes {
+        let values = Tensor::rand(-1f32, 1f32, (n, k), &dev).unwrap();
+        let w = Arc::new(QTensor::quantize(&values, GgmlDType::Q8_0).unwrap());
+        drop(values);
+        let candle = candle_core::quantized::QMatMul::from_arc(w.clone()).unwrap();
+        for m in [1, 2, 4, 8] {
+            let x = Tensor::from_vec(random(&mut rng, m * k), (m, k), &dev).unwrap();
+            let kernel = gpu_time_per_call(&dev, 50, || drop(bodega::ops::q8_gemv(&x, &w).unwrap()));
+            let qmatmul = gpu_time_per_call(&dev, 50, || drop(candle_core::Module::forward(&candle, &x).unwrap()));
+            let gbs = |secs: f64| w.storage_size_in_bytes() as f64 / secs / 1e9;
+            println!(
+                "q8_gemv {name}, {m} rows: {:.1} µs, {:.0} GB/s; candle QMatMul {:.1} µs, {:.0} GB/s ({:.2}×)",
+                kernel * 1e6,
+                gbs(kernel),
+                qmatmul * 1e6,
+                gbs(qmatmul),
+                qmatmul / kernel
             );
         }
     }

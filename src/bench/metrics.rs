@@ -128,6 +128,8 @@ pub struct Summary {
     pub completed: usize,
     /// Requests that failed.
     pub failed: usize,
+    /// Why the first failed request failed (None when none did): the warning shows it.
+    pub first_error: Option<String>,
     /// Requests that generated fewer tokens than asked (the target stopped early).
     pub stopped_early: usize,
     pub total_input_tokens: usize,
@@ -160,6 +162,7 @@ impl From<Summary> for serde_json::Map<String, serde_json::Value> {
             "duration": s.duration,
             "completed": s.completed,
             "failed": s.failed,
+            "first_error": s.first_error,
             "stopped_early": s.stopped_early,
             "total_input_tokens": s.total_input_tokens,
             "total_output_tokens": s.total_output_tokens,
@@ -206,6 +209,7 @@ impl Summary {
             duration,
             completed: ok.len(),
             failed: all.len() - ok.len(),
+            first_error: all.iter().find_map(|r| r.error.clone()),
             stopped_early: ok.iter().filter(|r| r.completion_tokens < r.requested_tokens).count(),
             total_input_tokens,
             total_output_tokens,
@@ -338,6 +342,7 @@ mod tests {
         short.cached_tokens = Some(5);
         let s = Summary::from_records([&failed, &short], 1.0, &Slo::default());
         assert_eq!((s.completed, s.failed, s.stopped_early), (1, 1, 1));
+        assert_eq!(s.first_error.as_deref(), Some("boom"));
         assert_eq!(s.prefix_cache_hit_rate, Some(0.5));
         assert_eq!(s.max_concurrent_requests, 1);
     }

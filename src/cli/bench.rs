@@ -335,7 +335,19 @@ fn verdict(report: &Report) -> anyhow::Result<()> {
             );
         }
         if count("failed") > 0.0 {
-            eprintln!("warning: {} requests of {} failed on target {}", count("failed"), row.row, row.target);
+            let first_error = report
+                .runs
+                .iter()
+                .filter(|r| r.target == row.target && r.row == row.row)
+                .flat_map(|r| &r.classes)
+                .find_map(|c| c.summary.first_error.as_deref())
+                .unwrap_or("no message");
+            eprintln!(
+                "warning: {} requests of {} failed on target {} (first error: {first_error})",
+                count("failed"),
+                row.row,
+                row.target
+            );
         }
     }
     if !report.runs.is_empty() && report.runs.iter().all(|r| r.classes.iter().all(|c| c.summary.completed == 0)) {

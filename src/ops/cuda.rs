@@ -174,6 +174,41 @@ fn launch_gemv<T: DeviceRepr>(
     Ok(())
 }
 
+/// Threads per block of `qgemv` (`QGEMV_THREADS` in `qgemv.cu`).
+const QGEMV_THREADS: u32 = 128;
+
+/// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8, 16-byte aligned) and Q8_0 `w`
+/// `[N, K]` read in place, with `dims` = (M, N, K) checked by the caller. Rows of W per block as for
+/// `gemv` (`QShape<M>::ROWS` in `qgemv.cu` is `Shape<M>::ROWS` in `gemv.cu`).
+pub fn q8_gemv(
+    (x, x_l): (&CudaStorage, &Layout),
+    w: &candle_core::quantized::QTensor,
+    (m, n, k): (usize, usize, usize),
+) -> Result<CudaStorage> {
+    let dev = x.device.clone();
+    if !w.device().same_device(&candle_core::Device::Cuda(dev.clone())) {
+        candle_core::bail!("q8-gemv: the weights are on another device than the activations");
+    }
+    let x = f32_view(x, x_l, "q8-gemv x")?;
+    // SAFETY: the kernel writes every (row of x, row of W) sum.
+    let out = unsafe { dev.alloc::<f32>(m * n)? };
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(gemv_rows_per_block(m)) as u32, 1, 1),
+        block_dim: (QGEMV_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let func = function(&dev, "qgemv", &format!("qgemv_q8_0_m{m}"))?;
+    let stream = dev.cuda_stream();
+    let (weights, _in_use) = w.device_ptr_with_guard(&stream)?;
+    let (weights, n, k) = (weights as u64, n as u32, k as u32);
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&weights).arg(&x).arg(&out).arg(&n).arg(&k);
+    // SAFETY: reads the `n` rows of `k / 32` Q8_0 blocks that `w` holds and `m * k` activations,
+    // writes `m * n` sums.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
 /// `[2, rows, dim]`: `x + y` and its RMS norm by `w` (all contiguous f32).
 pub fn add_rms_norm(
     (x, x_l): (&CudaStorage, &Layout),

@@ -1,7 +1,8 @@
 //! Quantized weights as the model uses them: `x · Wᵀ` and row lookups (tied embeddings). On the CPU,
 //! for the formats bodega's kernels read (`bodega-cpu-kernels`), the kernels own the only copy of the
-//! bytes and multiply a whole batch per weight read, batch-invariantly; elsewhere (CUDA, Metal, F16/F32
-//! weights, other formats) candle's `QMatMul` does the work.
+//! bytes and multiply a whole batch per weight read, batch-invariantly; on CUDA, a decode step's 4
+//! rows by wide Q8_0 matrices take bodega's GEMV kernel (`q8_gemv`, where it beats candle's); elsewhere
+//! candle's `QMatMul` does the work.
 
 use crate::error::{Error, Result};
 use bodega_cpu_kernels::{KernelPath, QuantFormat, QuantMatrix};
@@ -94,17 +95,18 @@ impl QWeights {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&CpuMatMul(m.clone()))?,
-            Self::Candle { matmul, .. } => matmul.forward(x)?,
+            Self::Candle { matmul, tensor } => {
+                // A decode step's 4 rows by a wide Q8_0 matrix: bodega's GEMV kernel (one launch).
+                let (rows, out_dims) = as_rows(x, tensor.shape().dims2()?.0)?;
+                match super::qgemv_takes(&rows, tensor) {
+                    true => super::q8_gemv(&rows, tensor)?.reshape(out_dims)?,
+                    false => matmul.forward(x)?,
+                }
+            }
             Self::Dense(w) => {
                 // One 2-D product over all rows (a broadcast batched matmul would re-read W per batch):
                 // a decode step's few rows by the GEMV kernel, no casts; else a GEMM in W's type.
-                let dims = x.dims().to_vec();
-                let k = *dims.last().unwrap_or(&0);
-                let rows = x.reshape((x.elem_count() / k.max(1), k))?;
-                let mut out_dims = dims;
-                if let Some(last) = out_dims.last_mut() {
-                    *last = w.dim(0)?;
-                }
+                let (rows, out_dims) = as_rows(x, w.dim(0)?)?;
                 let product = match super::gemv_takes(&rows, w) {
                     true => super::dense_gemv(&rows, w)?,
                     false => rows.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
@@ -135,6 +137,18 @@ impl QWeights {
             }
         }
     }
+}
+
+/// `x` (`[..., K]`) as one 2-D `[rows, K]` matrix, and the dims of its product by `n` rows of weights.
+fn as_rows(x: &Tensor, n: usize) -> Result<(Tensor, Vec<usize>)> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&0);
+    let rows = x.reshape((x.elem_count() / k.max(1), k))?;
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    Ok((rows, out_dims))
 }
 
 /// The kernels as a candle op on a contiguous f32 `[..., K]` CPU tensor.
