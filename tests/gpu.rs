@@ -991,6 +991,52 @@ fn q8_gemv_on_cuda_matches_the_cpu_reference() {
     }
 }
 
+/// A decode graph captures candle's quantized matmuls with the addresses of their per-device
+/// workspaces, which candle grows (and frees) when a larger batch comes. A replay after that must
+/// still give the eager product and must not write into memory that other tensors took since: 16
+/// rows (candle's MMQ path) and 4 rows (its MMVQ path) captured, then 4,096 rows and an 8-row product
+/// with 4× the columns grow both workspaces, then many small tensors of a known value are allocated,
+/// then the graph replays. (Q8_0 on CUDA lost requests at 64 sequences in the benchmarks; this is
+/// one suspect.)
+#[test]
+fn captured_quantized_matmuls_survive_candles_workspaces_growing() {
+    use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use candle_core::quantized::QMatMul;
+    let dev = cuda();
+    let Device::Cuda(cuda_dev) = &dev else { unreachable!("cuda() returns a CUDA device") };
+    let (n, k) = (512, 2048);
+    let quantized = |rows: usize, cols: usize| {
+        let values = Tensor::rand(-1f32, 1f32, (rows, cols), &dev).unwrap();
+        QMatMul::from_arc(Arc::new(QTensor::quantize(&values, GgmlDType::Q8_0).unwrap())).unwrap()
+    };
+    let w = quantized(n, k);
+    let forward = |x: &Tensor| candle_core::Module::forward(&w, x).unwrap();
+    let xs = [16, 4].map(|rows| Tensor::rand(-1f32, 1f32, (rows, k), &dev).unwrap());
+    let expected: Vec<Vec<f32>> = xs.iter().map(|x| forward(x).flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let outs = xs.clone().map(|x| Tensor::zeros((x.dim(0).unwrap(), n), DType::F32, &dev).unwrap());
+    let stream = cuda_dev.cuda_stream();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+    for (x, out) in xs.iter().zip(&outs) {
+        out.slice_set(&forward(x), 0, 0).unwrap();
+    }
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("the capture recorded nothing");
+    drop(forward(&Tensor::rand(-1f32, 1f32, (4096, k), &dev).unwrap()));
+    let wide = quantized(n, 4 * k);
+    drop(candle_core::Module::forward(&wide, &Tensor::rand(-1f32, 1f32, (8, 4 * k), &dev).unwrap()).unwrap());
+    let guards: Vec<Tensor> = (0..512).map(|i| Tensor::full(7f32, 1024 * (1 + i % 64), &dev).unwrap()).collect();
+    graph.launch().unwrap();
+    dev.synchronize().unwrap();
+    for ((out, want), rows) in outs.iter().zip(&expected).zip([16, 4]) {
+        let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        let err = relative_error(&got, want);
+        assert!(err <= 1e-6, "{rows} rows: the replayed product is off the eager one by {err}");
+    }
+    for (i, guard) in guards.iter().enumerate() {
+        let values: Vec<f32> = guard.to_vec1().unwrap();
+        assert!(values.iter().all(|&v| v == 7.0), "the replay wrote into tensor {i}, allocated after the capture");
+    }
+}
+
 /// The Q8_0 GEMV kernel against candle's `QMatMul::forward` (which quantizes the activations to q8_1
 /// in a kernel of its own, then multiplies) on Llama-3.2-1B's decode matrices, GPU time only, as GB/s
 /// of weight bytes read. Printed for docs/perf.md; asserts only that they ran.
