@@ -893,6 +893,15 @@ fn dense_gemv_on_cuda_matches_the_cpu_reference() {
     }
 }
 
+/// Llama-3.2-1B's decode matrices `[N, K]` (Q/K/V and gate/up fused, as the model holds them), for the
+/// GEMV throughput tests.
+const DECODE_MATRICES: [(&str, usize, usize); 4] = [
+    ("Q/K/V 3072×2048", 3072, 2048),
+    ("gate/up 16384×2048", 16384, 2048),
+    ("down 2048×8192", 2048, 8192),
+    ("output 128256×2048", 128256, 2048),
+];
+
 /// The GEMV kernel against cuBLAS with the casts it needs (f32 → f16, the GEMM, f16 → f32) on
 /// Llama-3.2-1B's decode matrices, GPU time only, as GB/s of weights read. Printed for docs/perf.md;
 /// asserts only that they ran.
@@ -900,13 +909,7 @@ fn dense_gemv_on_cuda_matches_the_cpu_reference() {
 fn dense_gemv_throughput() {
     let dev = cuda();
     let mut rng = ChaCha8Rng::seed_from_u64(43);
-    let shapes = [
-        ("Q/K/V 3072×2048", 3072, 2048),
-        ("gate/up 16384×2048", 16384, 2048),
-        ("down 2048×8192", 2048, 8192),
-        ("output 128256×2048", 128256, 2048),
-    ];
-    for (name, n, k) in shapes {
+    for (name, n, k) in DECODE_MATRICES {
         let w = Tensor::from_vec(random(&mut rng, n * k), (n, k), &dev).unwrap().to_dtype(DType::F16).unwrap();
         for m in [1, 2, 4, 8] {
             let x = Tensor::from_vec(random(&mut rng, m * k), (m, k), &dev).unwrap();
@@ -1044,13 +1047,7 @@ fn captured_quantized_matmuls_survive_candles_workspaces_growing() {
 fn q8_gemv_throughput() {
     let dev = cuda();
     let mut rng = ChaCha8Rng::seed_from_u64(59);
-    let shapes = [
-        ("Q/K/V 3072×2048", 3072, 2048),
-        ("gate/up 16384×2048", 16384, 2048),
-        ("down 2048×8192", 2048, 8192),
-        ("output 128256×2048", 128256, 2048),
-    ];
-    for (name, n, k) in shapes {
+    for (name, n, k) in DECODE_MATRICES {
         let values = Tensor::rand(-1f32, 1f32, (n, k), &dev).unwrap();
         let w = Arc::new(QTensor::quantize(&values, GgmlDType::Q8_0).unwrap());
         drop(values);

@@ -48,3 +48,20 @@ __device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
 #pragma unroll
     for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
 }
+
+// The end of a GEMV (gemv.cu, qgemv.cu): each lane holds partial sums of ROWS rows of W for M rows of x;
+// sums them across the warp (a fixed shuffle tree) and lane 0 writes y[m, row0 + r] for the rows
+// that exist (row0 + r < n).
+template <int ROWS, int M>
+__device__ __forceinline__ void store_row_sums(float (&acc)[ROWS][M], int lane, uint32_t row0, uint32_t n,
+                                               float *__restrict__ y) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float s = acc[r][m];
+#pragma unroll
+            for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
+            if (lane == 0 && row0 + r < n) y[(size_t)m * n + row0 + r] = s;
+        }
+}

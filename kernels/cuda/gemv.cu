@@ -65,15 +65,7 @@ __device__ void gemv(const T *__restrict__ w, const float *__restrict__ x, float
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float s = acc[r][m];
-#pragma unroll
-            for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
-            if (lane == 0 && row0 + r < n) y[(size_t)m * n + row0 + r] = s;
-        }
+    store_row_sums<ROWS, M>(acc, lane, row0, n, y);
 }
 
 #define GEMV(NAME, T, M)                                                                                    \

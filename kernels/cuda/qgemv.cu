@@ -99,15 +99,7 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float s = acc[r][m];
-#pragma unroll
-            for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
-            if (lane == 0 && row0 + r < n) y[(size_t)m * n + row0 + r] = s;
-        }
+    store_row_sums<ROWS, M>(acc, lane, row0, n, y);
 }
 
 #define QGEMV(M)                                                                                            \
