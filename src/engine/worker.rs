@@ -166,7 +166,7 @@ impl Worker {
             self.reap_cancelled();
             if !self.scheduler.is_idle() {
                 if let Err(e) = self.step() {
-                    tracing::error!("a step failed, failing the {} requests in flight: {e}", self.active.len());
+                    tracing::debug!("a step failed, failing the {} requests in flight: {e}", self.active.len());
                     self.fail_all(&e.to_string());
                 }
             }
