@@ -49,6 +49,14 @@ __device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
     for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
 }
 
+// A GEMV's shape (gemv.cu, qgemv.cu) for M rows of x: rows of W per warp, and loads per lane in flight
+// (8-element chunks in gemv, 4-quant units in qgemv). `gemv_rows_per_block` in src/ops/cuda.rs
+// launches by ROWS.
+template <int M> struct GemvShape {
+    static constexpr int ROWS = M <= 2 ? 2 : 4;
+    static constexpr int UNROLL = M <= 2 ? 4 : 2;
+};
+
 // The end of a GEMV (gemv.cu, qgemv.cu): each lane holds partial sums of ROWS rows of W for M rows of x;
 // sums them across the warp (a fixed shuffle tree) and lane 0 writes y[m, row0 + r] for the rows
 // that exist (row0 + r < n).

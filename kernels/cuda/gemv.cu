@@ -12,17 +12,11 @@
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
-// Rows of W per warp, and 8-element chunks per lane in flight, for M rows of x.
-template <int M> struct Shape {
-    static constexpr int ROWS = M <= 2 ? 2 : 4;
-    static constexpr int UNROLL = M <= 2 ? 4 : 2;
-};
-
 // K must be a multiple of 8 (the host checks), so every chunk is whole and 16-byte aligned.
 template <typename T, int M>
 __device__ void gemv(const T *__restrict__ w, const float *__restrict__ x, float *__restrict__ y, uint32_t n,
                      uint32_t k) {
-    constexpr int ROWS = Shape<M>::ROWS, UNROLL = Shape<M>::UNROLL;
+    constexpr int ROWS = GemvShape<M>::ROWS, UNROLL = GemvShape<M>::UNROLL;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const uint32_t row0 = (blockIdx.x * GEMV_WARPS + warp) * ROWS;
     if (row0 >= n) return;

@@ -20,12 +20,6 @@
 // Bytes of one Q8_0 block of 32 weights.
 #define Q8_0_BYTES 34
 
-// Rows of W per warp, and units per lane in flight, for M rows of x.
-template <int M> struct QShape {
-    static constexpr int ROWS = M <= 2 ? 2 : 4;
-    static constexpr int UNROLL = M <= 2 ? 4 : 2;
-};
-
 // Four int8 (one per byte of q) times d, exactly: each byte, made unsigned by flipping its sign bit,
 // becomes the low mantissa byte of 2^23, so the float is 2^23 + 128 + q.
 __device__ __forceinline__ void dequant4(uint32_t q, float d, float *w) {
@@ -41,7 +35,7 @@ __device__ __forceinline__ void dequant4(uint32_t q, float d, float *w) {
 template <int M>
 __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
                            uint32_t n, uint32_t k) {
-    constexpr int ROWS = QShape<M>::ROWS, UNROLL = QShape<M>::UNROLL;
+    constexpr int ROWS = GemvShape<M>::ROWS, UNROLL = GemvShape<M>::UNROLL;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const uint32_t row0 = (blockIdx.x * QGEMV_WARPS + warp) * ROWS;
     if (row0 >= n) return;

@@ -125,7 +125,7 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
 /// Threads per block of `gemv` (`GEMV_THREADS` in `gemv.cu`).
 const GEMV_THREADS: u32 = 128;
 
-/// Rows of W per `gemv` block for `m` rows of x: its 4 warps × `Shape<M>::ROWS` in `gemv.cu`.
+/// Rows of W per `gemv` block for `m` rows of x: its 4 warps × `GemvShape<M>::ROWS` in `common.cuh`.
 fn gemv_rows_per_block(m: usize) -> usize {
     4 * if m <= 2 { 2 } else { 4 }
 }
@@ -179,7 +179,7 @@ const QGEMV_THREADS: u32 = 128;
 
 /// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8, 16-byte aligned) and Q8_0 `w`
 /// `[N, K]` read in place, with `dims` = (M, N, K) checked by the caller. Rows of W per block as for
-/// `gemv` (`QShape<M>::ROWS` in `qgemv.cu` is `Shape<M>::ROWS` in `gemv.cu`).
+/// `gemv` (both take `GemvShape<M>` from `common.cuh`).
 pub fn q8_gemv(
     (x, x_l): (&CudaStorage, &Layout),
     w: &candle_core::quantized::QTensor,
