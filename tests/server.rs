@@ -263,13 +263,14 @@ fn open_long_stream(port: u16, max_tokens: u32) -> TcpStream {
 fn a_client_that_disconnects_mid_stream_frees_its_blocks() {
     let server = start(&[]);
     let s = open_long_stream(server.port, 5000);
-    assert!(metric(server.port, "bodega_kv_blocks_used") > 0.0);
+    wait_for_metric(server.port, "bodega_kv_blocks_used", |used| used > 0.0, "a decoding stream holds blocks");
     drop(s);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(server.port, "bodega_kv_blocks_used") != 0.0 {
-        assert!(Instant::now() < deadline, "blocks were not returned after the disconnect");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_metric(
+        server.port,
+        "bodega_kv_blocks_used",
+        |used| used == 0.0,
+        "blocks were not returned after the disconnect",
+    );
 }
 
 #[test]
@@ -358,14 +359,22 @@ fn metrics_show_the_sliding_window_pool_of_a_model_that_has_one() {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body = body.to_string();
     write!(s, "POST /v1/completions HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    // The stream's first chunk goes out before the engine has admitted the request (and the gauges are
+    // published after each step), so wait for the prefill rather than read once.
     let mut first = [0u8; 400];
     s.read_exact(&mut first).unwrap();
-    assert!(metric(port, "bodega_kv_window_blocks_used") > 0.0, "a decoding Gemma 3 holds window blocks");
+    wait_for_metric(port, "bodega_kv_window_blocks_used", |used| used > 0.0, "a decoding Gemma 3 holds window blocks");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"), "the stream ended early");
+    wait_for_metric(port, "bodega_kv_window_blocks_used", |used| used == 0.0, "window blocks were not returned");
+}
+
+/// Polls a gauge until `holds` accepts it; fails with `what` after ten seconds.
+fn wait_for_metric(port: u16, name: &str, holds: impl Fn(f64) -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(port, "bodega_kv_window_blocks_used") != 0.0 {
-        assert!(Instant::now() < deadline, "window blocks were not returned");
+    while !holds(metric(port, name)) {
+        assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -416,7 +416,8 @@ impl Worker {
         Ok(finish)
     }
 
-    /// Sends `Done` and frees the sequence's blocks.
+    /// Frees the sequence's blocks, publishes the pool's new state, then sends `Done`: a client that
+    /// has its reply never reads gauges that still count its blocks.
     fn complete(&mut self, id: SeqId, reason: FinishReason) -> Result<()> {
         let Some(mut a) = self.active.remove(&id) else { return Ok(()) };
         if let Some(spec) = &mut self.speculation {
@@ -437,6 +438,7 @@ impl Worker {
         };
         let timings = timings(&a, generated_ids.len(), Instant::now());
         let speculative = self.speculation.is_some().then_some(a.spec);
+        self.publish_stats();
         a.job.send(Event::Done(Completion { finish_reason: reason, generated_ids, usage, timings, speculative }));
         Ok(())
     }
@@ -457,12 +459,20 @@ impl Worker {
 
     /// A failed forward pass fails every request in flight (their caches may be half written).
     fn fail_all(&mut self, message: &str) {
-        for (id, a) in self.active.drain() {
+        let failed: Vec<Active> = self
+            .active
+            .drain()
+            .map(|(id, a)| {
+                self.scheduler.finish(id);
+                if let Some(spec) = &mut self.speculation {
+                    spec.config.proposer.forget(id);
+                }
+                a
+            })
+            .collect();
+        self.publish_stats();
+        for a in failed {
             a.job.send(Event::Error(message.to_string()));
-            self.scheduler.finish(id);
-            if let Some(spec) = &mut self.speculation {
-                spec.config.proposer.forget(id);
-            }
         }
     }
 
