@@ -24,18 +24,31 @@ def bodega_single(d, t, tag=""):
     return mean("prefill_tok_s"), mean("decode_tok_s")
 
 
-def bodega_batch(d, t, n, tag=""):
-    """Engine decode tok/s of the sweep's row with N requests in flight (tag "-eager": the --eager run)."""
+def bodega_row(d, t, n, tag=""):
+    """The sweep's row with N requests in flight (tag "-eager": the --eager run), or an empty dict."""
     rep = read(os.path.join(d, f"bodega-{t}-sweep{tag}.json"))
     if not rep:
-        return None
+        return {}
     report = json.loads(rep)
     labels = [p["label"] for p in report["plan"].get("rows", [])
               if p["classes"] and p["classes"][0]["load"].get("concurrency") == n]
     for row in report["rows"]:
         if row["target"] == "A" and row["row"] in labels:
-            return (row.get("engine_mean") or {}).get("decode_tok_s")
-    return None
+            return row
+    return {}
+
+
+def bodega_batch(d, t, n, tag=""):
+    """Engine decode tok/s of the sweep's row with N requests in flight."""
+    return (bodega_row(d, t, n, tag).get("engine_mean") or {}).get("decode_tok_s")
+
+
+def bodega_health(d, t, n):
+    """Failed requests and CUDA graph captures (means over the row's repetitions) of that row."""
+    row = bodega_row(d, t, n)
+    failed = (row.get("mean") or {}).get("failed")
+    captures = (row.get("engine_mean") or {}).get("graph_captures")
+    return f"{fmt(failed)} / {fmt(captures)}"
 
 
 def llama_single(d, t):
@@ -70,17 +83,18 @@ def main():
         if line.startswith("test result:") or re.match(r"(decode|prefill) attention|decode step|measured peak|teacher-forced|.*requests identical|graphs vs eager|gemv ", line):
             print(line)
     print()
-    print("| synthetic Llama-3.2-1B | bodega | bodega --eager | llama.cpp | bodega / eager | bodega / llama.cpp |")
-    print("|---|---|---|---|---|---|")
+    print("| synthetic Llama-3.2-1B | bodega | bodega --eager | llama.cpp | bodega / eager | bodega / llama.cpp | bodega failed / graph captures |")
+    print("|---|---|---|---|---|---|---|")
     for t in ["f16", "q8_0"]:
         bp, bt = bodega_single(d, t)
         ep, et = bodega_single(d, t, "-eager")
         lp, lt = llama_single(d, t)
-        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(et)} | {fmt(lt)} | {ratio(bt, et)} | {ratio(bt, lt)} |")
-        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(ep)} | {fmt(lp)} | {ratio(bp, ep)} | {ratio(bp, lp)} |")
+        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(et)} | {fmt(lt)} | {ratio(bt, et)} | {ratio(bt, lt)} | |")
+        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(ep)} | {fmt(lp)} | {ratio(bp, ep)} | {ratio(bp, lp)} | |")
         for n in [1, 4, 16, 64]:
             b, e, l = bodega_batch(d, t, n), bodega_batch(d, t, n, "-eager"), llama_batch(d, t, n)
-            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(e)} | {fmt(l)} | {ratio(b, e)} | {ratio(b, l)} |")
+            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(e)} | {fmt(l)} | {ratio(b, e)} | {ratio(b, l)} "
+                  f"| {bodega_health(d, t, n)} |")
 
 
 if __name__ == "__main__":

@@ -657,6 +657,95 @@ fn engine_on_cuda_device_greedy_sampling_is_token_identical_to_the_host_sampler(
     }
 }
 
+/// Sequences decoding on twin caches, one through an executor op by op and one through an executor
+/// that replays CUDA graphs: each sequence's own blocks (block 0 left unused) and tokens so far.
+struct TwinDecode<'a> {
+    model: &'a dyn Model,
+    caches: [PagedKvCache; 2],
+    executors: [Executor; 2],
+    tables: Vec<Vec<u32>>,
+    seqs: Vec<Vec<u32>>,
+}
+
+impl<'a> TwinDecode<'a> {
+    /// `lens[i]` tokens of the teacher text for sequence `i` (all but the last prefilled on both
+    /// caches), with blocks for `room` more.
+    fn new(model: &'a dyn Model, dev: &Device, lens: &[usize], room: usize) -> Self {
+        let info = model.info();
+        let text: Vec<u32> = teacher_sequences().concat();
+        let per_seq = (lens.iter().max().unwrap() + room).div_ceil(BLOCK);
+        let tables: Vec<Vec<u32>> =
+            (0..lens.len()).map(|i| (0..per_seq as u32).map(|b| 1 + (i * per_seq) as u32 + b).collect()).collect();
+        let blocks = 1 + lens.len() * per_seq;
+        let new_cache = || {
+            PagedKvCache::new(info.num_layers, blocks, BLOCK, info.num_kv_heads, info.head_dim, DType::F16, dev)
+                .unwrap()
+        };
+        let caches = [new_cache(), new_cache()];
+        let seqs: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| text.iter().cycle().skip(31 * i).take(n).copied().collect())
+            .collect();
+        for cache in &caches {
+            for (seq, table) in seqs.iter().zip(&tables) {
+                let prompt = &seq[..seq.len() - 1];
+                let chunk =
+                    SeqChunk { tokens: prompt, start: 0, block_table: table, sample: false, window_blocks: None };
+                run_step(model, cache, &[chunk], dev).unwrap();
+            }
+        }
+        let executors = [Executor::new(dev.clone(), false), Executor::new(dev.clone(), true)];
+        Self { model, caches, executors, tables, seqs }
+    }
+
+    /// Runs `steps` decode steps of every sequence on both twins (sequence `i` greedy when
+    /// `greedy[i]`), appends each step's token, and returns the largest logit difference between the
+    /// twins; fails when it exceeds `tolerance` or greedy tokens differ.
+    fn decode(&mut self, steps: usize, greedy: &[bool], tolerance: f32, what: &str) -> f32 {
+        let batch = self.seqs.len();
+        let mut worst = 0f32;
+        for step in 0..steps {
+            let mut outputs = Vec::new();
+            for (executor, cache) in self.executors.iter_mut().zip(&self.caches) {
+                let chunks: Vec<SeqChunk> = self
+                    .seqs
+                    .iter()
+                    .zip(&self.tables)
+                    .map(|(seq, table)| {
+                        let n = seq.len();
+                        let block_table = &table[..n.div_ceil(BLOCK)];
+                        SeqChunk { tokens: &seq[n - 1..], start: n - 1, block_table, sample: true, window_blocks: None }
+                    })
+                    .collect();
+                outputs.push(executor.run_step_rows(self.model, cache, &chunks, &vec![1; batch], greedy).unwrap());
+            }
+            for (i, (eager, replayed)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
+                let next = match (eager, replayed) {
+                    (StepRow::Greedy(a), StepRow::Greedy(b)) => {
+                        assert_eq!(a, b, "{what}, step {step}, sequence {i}: greedy tokens differ");
+                        *a
+                    }
+                    (StepRow::Logits(a), StepRow::Logits(b)) => {
+                        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                        assert!(diff <= tolerance, "{what}, step {step}, sequence {i}: logits differ by {diff}");
+                        worst = worst.max(diff);
+                        bodega::ops::cpu::argmax(a)
+                    }
+                    _ => panic!("{what}: the executors returned different kinds of rows"),
+                };
+                self.seqs[i].push(next);
+            }
+        }
+        worst
+    }
+
+    /// Graphs captured by (the eager executor, the graph executor).
+    fn captures(&self) -> (usize, usize) {
+        (self.executors[0].graphs_captured(), self.executors[1].graphs_captured())
+    }
+}
+
 /// Decode steps replayed from CUDA graphs against the same steps run op by op, on twin caches:
 /// batches of exactly a bucket (1 and 4 sequences: nothing padded) and between buckets (5, padded to
 /// 8 with rows that write nothing), greedy and sampled rows, and contexts that outgrow a table bucket
@@ -667,74 +756,57 @@ fn engine_on_cuda_device_greedy_sampling_is_token_identical_to_the_host_sampler(
 fn decode_graph_replays_match_eager_steps() {
     let dev = cuda();
     let model = load_model(&dev, true);
-    let info = model.info().clone();
-    let text: Vec<u32> = teacher_sequences().concat();
     let lens = [250usize, 17, 100, 255, 300];
     let steps = 12;
-    let per_seq = (lens.iter().max().unwrap() + steps).div_ceil(BLOCK);
-    let tables: Vec<Vec<u32>> =
-        (0..lens.len()).map(|i| (0..per_seq as u32).map(|b| 1 + (i * per_seq) as u32 + b).collect()).collect();
-    let new_cache = || {
-        let blocks = 1 + lens.len() * per_seq;
-        PagedKvCache::new(info.num_layers, blocks, BLOCK, info.num_kv_heads, info.head_dim, DType::F16, &dev).unwrap()
-    };
     // (batch, graphs it must capture: one per table bucket its contexts pass through)
     for (batch, expected_graphs, tolerance) in [(1, 2, 0.0), (4, 2, 0.0), (5, 1, 5e-3)] {
-        let caches = [new_cache(), new_cache()];
-        let mut seqs: Vec<Vec<u32>> = lens[..batch]
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| text.iter().cycle().skip(31 * i).take(n).copied().collect())
-            .collect();
-        for cache in &caches {
-            for (seq, table) in seqs.iter().zip(&tables) {
-                let prompt = &seq[..seq.len() - 1];
-                let chunk =
-                    SeqChunk { tokens: prompt, start: 0, block_table: table, sample: false, window_blocks: None };
-                run_step(model.as_ref(), cache, &[chunk], &dev).unwrap();
-            }
-        }
-        let mut executors = [Executor::new(dev.clone(), false), Executor::new(dev.clone(), true)];
+        let mut twins = TwinDecode::new(model.as_ref(), &dev, &lens[..batch], steps);
         let greedy: Vec<bool> = (0..batch).map(|i| i % 2 == 0).collect();
-        let mut worst = 0f32;
-        for step in 0..steps {
-            let mut outputs = Vec::new();
-            for (executor, cache) in executors.iter_mut().zip(&caches) {
-                let chunks: Vec<SeqChunk> = seqs
-                    .iter()
-                    .zip(&tables)
-                    .map(|(seq, table)| {
-                        let n = seq.len();
-                        let block_table = &table[..n.div_ceil(BLOCK)];
-                        SeqChunk { tokens: &seq[n - 1..], start: n - 1, block_table, sample: true, window_blocks: None }
-                    })
-                    .collect();
-                outputs.push(executor.run_step_rows(model.as_ref(), cache, &chunks, &vec![1; batch], &greedy).unwrap());
-            }
-            for (i, (eager, replayed)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
-                let next = match (eager, replayed) {
-                    (StepRow::Greedy(a), StepRow::Greedy(b)) => {
-                        assert_eq!(a, b, "batch {batch}, step {step}, sequence {i}: greedy tokens differ");
-                        *a
-                    }
-                    (StepRow::Logits(a), StepRow::Logits(b)) => {
-                        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                        assert!(diff <= tolerance, "batch {batch}, step {step}, sequence {i}: logits differ by {diff}");
-                        worst = worst.max(diff);
-                        bodega::ops::cpu::argmax(a)
-                    }
-                    _ => panic!("batch {batch}: the executors returned different kinds of rows"),
-                };
-                seqs[i].push(next);
-            }
-        }
+        let worst = twins.decode(steps, &greedy, tolerance, &format!("batch {batch}"));
         println!("graphs vs eager, batch {batch}: largest logit difference {worst:e}");
-        assert_eq!(executors[0].graphs_captured(), 0, "the eager executor captured graphs");
+        let (eager, graphs) = twins.captures();
+        assert_eq!(eager, 0, "the eager executor captured graphs");
         assert_eq!(
-            executors[1].graphs_captured(),
-            expected_graphs,
+            graphs, expected_graphs,
             "batch {batch}: graphs captured (0: the capture failed, see the warning above)"
         );
+    }
+}
+
+/// candle's quantized CUDA matmuls keep per-device workspaces that they replace (freeing the old one)
+/// when a larger product comes, and a captured graph holds the old address (`ops::candle_scratch`).
+/// On the quantized model: 16 sequences decode (their graph captured, then replayed); one 600-token
+/// prefill step grows candle's MMQ workspace; tensors of a known value are allocated (they may take
+/// the freed workspace); the 16 decode again. Their graph must be captured again, not replayed (a
+/// replay would write into those tensors), the tensors must keep their value, and every step's logits
+/// must equal the op-by-op twin's (16 rows: the same kernels either way).
+#[test]
+fn decode_graphs_are_captured_again_after_candles_quantized_workspaces_grow() {
+    let dev = cuda();
+    let model = load_model(&dev, false);
+    let (steps, long) = (4, 600);
+    let lens: Vec<usize> = (0..16).map(|i| 20 + 3 * i).collect();
+    let mut twins = TwinDecode::new(model.as_ref(), &dev, &lens, 2 * steps);
+    let greedy = vec![false; lens.len()];
+    twins.decode(steps, &greedy, 0.0, "before the long prefill");
+    assert_eq!(twins.captures(), (0, 1), "one graph for 16 sequences (0: the capture failed, see the warning above)");
+    let prompt: Vec<u32> = teacher_sequences().concat().into_iter().cycle().take(long).collect();
+    let info = model.info();
+    let blocks = long.div_ceil(BLOCK);
+    for executor in &mut twins.executors {
+        let cache =
+            PagedKvCache::new(info.num_layers, 1 + blocks, BLOCK, info.num_kv_heads, info.head_dim, DType::F16, &dev)
+                .unwrap();
+        let table: Vec<u32> = (1..=blocks as u32).collect();
+        let chunk = SeqChunk { tokens: &prompt, start: 0, block_table: &table, sample: true, window_blocks: None };
+        executor.run_step_rows(model.as_ref(), &cache, &[chunk], &[1], &[true]).unwrap();
+    }
+    let guards: Vec<Tensor> = (0..512).map(|i| Tensor::full(7f32, 1024 * (1 + i % 64), &dev).unwrap()).collect();
+    twins.decode(steps, &greedy, 0.0, "after the long prefill");
+    assert_eq!(twins.captures(), (0, 2), "the graph was replayed after candle's workspace moved");
+    for (i, guard) in guards.iter().enumerate() {
+        let values: Vec<f32> = guard.to_vec1().unwrap();
+        assert!(values.iter().all(|&v| v == 7.0), "a decode step wrote into tensor {i}, allocated after the prefill");
     }
 }
 
@@ -991,52 +1063,6 @@ fn q8_gemv_on_cuda_matches_the_cpu_reference() {
             };
             assert_eq!(routed, expected, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
         }
-    }
-}
-
-/// A decode graph captures candle's quantized matmuls with the addresses of their per-device
-/// workspaces, which candle grows (and frees) when a larger batch comes. A replay after that must
-/// still give the eager product and must not write into memory that other tensors took since: 16
-/// rows (candle's MMQ path) and 4 rows (its MMVQ path) captured, then 4,096 rows and an 8-row product
-/// with 4× the columns grow both workspaces, then many small tensors of a known value are allocated,
-/// then the graph replays. (Q8_0 on CUDA lost requests at 64 sequences in the benchmarks; this is
-/// one suspect.)
-#[test]
-fn captured_quantized_matmuls_survive_candles_workspaces_growing() {
-    use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-    use candle_core::quantized::QMatMul;
-    let dev = cuda();
-    let Device::Cuda(cuda_dev) = &dev else { unreachable!("cuda() returns a CUDA device") };
-    let (n, k) = (512, 2048);
-    let quantized = |rows: usize, cols: usize| {
-        let values = Tensor::rand(-1f32, 1f32, (rows, cols), &dev).unwrap();
-        QMatMul::from_arc(Arc::new(QTensor::quantize(&values, GgmlDType::Q8_0).unwrap())).unwrap()
-    };
-    let w = quantized(n, k);
-    let forward = |x: &Tensor| candle_core::Module::forward(&w, x).unwrap();
-    let xs = [16, 4].map(|rows| Tensor::rand(-1f32, 1f32, (rows, k), &dev).unwrap());
-    let expected: Vec<Vec<f32>> = xs.iter().map(|x| forward(x).flatten_all().unwrap().to_vec1().unwrap()).collect();
-    let outs = xs.clone().map(|x| Tensor::zeros((x.dim(0).unwrap(), n), DType::F32, &dev).unwrap());
-    let stream = cuda_dev.cuda_stream();
-    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
-    for (x, out) in xs.iter().zip(&outs) {
-        out.slice_set(&forward(x), 0, 0).unwrap();
-    }
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("the capture recorded nothing");
-    drop(forward(&Tensor::rand(-1f32, 1f32, (4096, k), &dev).unwrap()));
-    let wide = quantized(n, 4 * k);
-    drop(candle_core::Module::forward(&wide, &Tensor::rand(-1f32, 1f32, (8, 4 * k), &dev).unwrap()).unwrap());
-    let guards: Vec<Tensor> = (0..512).map(|i| Tensor::full(7f32, 1024 * (1 + i % 64), &dev).unwrap()).collect();
-    graph.launch().unwrap();
-    dev.synchronize().unwrap();
-    for ((out, want), rows) in outs.iter().zip(&expected).zip([16, 4]) {
-        let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
-        let err = relative_error(&got, want);
-        assert!(err <= 1e-6, "{rows} rows: the replayed product is off the eager one by {err}");
-    }
-    for (i, guard) in guards.iter().enumerate() {
-        let values: Vec<f32> = guard.to_vec1().unwrap();
-        assert!(values.iter().all(|&v| v == 7.0), "the replay wrote into tensor {i}, allocated after the capture");
     }
 }
 

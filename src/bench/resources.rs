@@ -37,6 +37,8 @@ pub struct EngineMetrics {
     pub peak_running: usize,
     /// Sequences preempted for lack of KV blocks.
     pub preemptions: u64,
+    /// CUDA graphs captured during the run, recaptures included.
+    pub graph_captures: usize,
     /// Speculative guesses the target verified (0 without speculation).
     pub spec_proposed: u64,
     /// Speculative guesses it accepted.
@@ -100,6 +102,7 @@ impl Sampler {
             peak_rss_bytes: peak_rss_bytes(),
             peak_running: peak_running.max(after.running),
             preemptions: after.preemptions - self.before.preemptions,
+            graph_captures: after.graph_captures - self.before.graph_captures,
             spec_proposed,
             spec_accepted,
             spec_acceptance_rate: (spec_proposed > 0).then(|| spec_accepted as f64 / spec_proposed as f64),

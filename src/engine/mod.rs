@@ -113,6 +113,9 @@ pub struct EngineStats {
     /// Speculating sequence-steps verified since the engine started (each yields the accepted
     /// guesses plus one token).
     pub spec_verifications: u64,
+    /// CUDA graphs captured since the engine started, recaptures included (0 without graphs): a
+    /// run that keeps capturing pays an eager step and a capture each time.
+    pub graph_captures: usize,
 }
 
 /// Running totals over one kind of step, so that a benchmark can turn step timings into tok/s and

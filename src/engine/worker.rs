@@ -483,6 +483,7 @@ impl Worker {
             stats.waiting = waiting;
             stats.blocks = self.scheduler.pool_stats();
             stats.window_blocks = self.scheduler.window_pool_stats();
+            stats.graph_captures = self.executor.graphs_captured();
         }
     }
 }

@@ -11,6 +11,8 @@
 
 mod add_norm;
 mod argmax;
+#[cfg(feature = "cuda")]
+pub mod candle_scratch;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;

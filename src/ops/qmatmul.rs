@@ -100,7 +100,11 @@ impl QWeights {
                 let (rows, out_dims) = as_rows(x, tensor.shape().dims2()?.0)?;
                 match super::qgemv_takes(&rows, tensor) {
                     true => super::q8_gemv(&rows, tensor)?.reshape(out_dims)?,
-                    false => matmul.forward(x)?,
+                    false => {
+                        #[cfg(feature = "cuda")]
+                        super::candle_scratch::note_product(rows.device(), rows.dim(0)?, rows.dim(1)?);
+                        matmul.forward(x)?
+                    }
                 }
             }
             Self::Dense(w) => {

@@ -4,7 +4,9 @@
 //! eagerly and is then captured; later steps of that shape write their inputs into the captured
 //! buffers and replay the whole forward pass with one launch. Shapes are bucketed — the batch padded
 //! to [`BATCH_BUCKETS`] with rows that write nothing, block tables to a power of two — so that a few
-//! graphs serve every step.
+//! graphs serve every step. A graph holds the addresses of everything its kernels touch; candle's
+//! quantized matmuls move their workspaces when a bigger product comes (`ops::candle_scratch`), so
+//! after that every graph is captured again.
 
 use super::HostStep;
 use crate::error::{Error, Result};
@@ -25,6 +27,11 @@ const MIN_TABLE_BLOCKS: usize = 16;
 #[derive(Default)]
 pub struct DecodeGraphs {
     graphs: HashMap<GraphShape, Captured>,
+    /// Graphs captured so far, recaptures included.
+    captures: usize,
+    /// [`ops::candle_scratch::generation`] when the graphs held were captured: candle's quantized
+    /// matmuls have not moved their workspaces since.
+    scratch_generation: u64,
     /// A capture failed (this driver or an op that cannot be captured): every step runs eagerly.
     failed: bool,
 }
@@ -54,9 +61,25 @@ struct Graph(CudaGraph);
 unsafe impl Send for Graph {}
 
 impl DecodeGraphs {
-    /// Graphs captured so far.
-    pub(super) fn len(&self) -> usize {
-        self.graphs.len()
+    /// Graphs captured so far, recaptures included.
+    pub(super) fn captures(&self) -> usize {
+        self.captures
+    }
+
+    /// Drops every graph captured before candle's quantized matmuls last moved a workspace (a replay
+    /// would write into freed memory); their shapes are captured again when next met.
+    fn forget_if_scratch_moved(&mut self, cuda: &CudaDevice) {
+        let now = ops::candle_scratch::generation(cuda);
+        if now != self.scratch_generation {
+            if !self.graphs.is_empty() {
+                tracing::debug!(
+                    "candle's quantized-matmul workspace grew: {} decode graphs to capture again",
+                    self.graphs.len()
+                );
+                self.graphs.clear();
+            }
+            self.scratch_generation = now;
+        }
     }
 
     /// Whether `step` is plain decode of a batch that graphs serve (none after a failed capture).
@@ -78,6 +101,7 @@ impl DecodeGraphs {
         let seqs = step.attention.num_seqs();
         let shape = GraphShape::of(&step);
         step.pad(shape);
+        self.forget_if_scratch_moved(cuda);
         if let Some(captured) = self.graphs.get_mut(&shape) {
             captured.replay(step, cache)?;
             return Ok((captured.logits.narrow(0, 0, seqs)?, Some(captured.ids.narrow(0, 0, seqs)?)));
@@ -88,10 +112,13 @@ impl DecodeGraphs {
         // caches the small constant uploads (strides) that the capture then finds.
         let _uploads = cuda.enable_cuda_graph_htod_cache();
         let logits = model.forward(&input, cache)?;
+        // The eager run may have grown candle's workspaces: the capture then records the new ones.
+        self.forget_if_scratch_moved(cuda);
         match Captured::new(model, cache, input, logits.dims2()?, cuda) {
             Ok(captured) => {
                 tracing::debug!("captured a CUDA graph for decode steps of shape {shape:?}");
                 self.graphs.insert(shape, captured);
+                self.captures += 1;
             }
             Err(e) => {
                 tracing::warn!("CUDA graphs are off for this run ({e}); decode steps run op by op");

@@ -188,10 +188,11 @@ impl Executor {
         }
     }
 
-    /// CUDA graphs captured so far (one per decode shape met): for reports and tests.
+    /// CUDA graphs captured so far (one per decode shape met, and again for each after candle's
+    /// quantized matmuls moved their workspaces): for reports and tests.
     pub fn graphs_captured(&self) -> usize {
         #[cfg(feature = "cuda")]
-        return self.graphs.as_ref().map_or(0, graphs::DecodeGraphs::len);
+        return self.graphs.as_ref().map_or(0, graphs::DecodeGraphs::captures);
         #[cfg(not(feature = "cuda"))]
         0
     }
