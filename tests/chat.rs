@@ -54,9 +54,10 @@ fn a_terminal_session_keeps_its_conversation() {
     p.exp_string("temperature 0.5").unwrap();
     p.exp_string("conversation: 5 messages; system: You are a pirate.").unwrap();
 
-    // Ctrl-C in the middle of a long reply stops it; the next turn works.
-    p.send_line("/set max_tokens 400").unwrap();
-    p.exp_string("max_tokens = 400").unwrap();
+    // Ctrl-C in the middle of a long reply stops it; the next turn works. (2000 tokens: no machine
+    // finishes them in the 1.5 s before the Ctrl-C.)
+    p.send_line("/set max_tokens 2000").unwrap();
+    p.exp_string("max_tokens = 2000").unwrap();
     p.send_line("Tell me a very long story about a dragon and a baker.").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     p.send_control('c').unwrap();

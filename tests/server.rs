@@ -278,13 +278,13 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let mut server = start(&[]);
     let port = server.port;
     let request = std::thread::spawn(move || {
-        post(port, "/v1/chat/completions", &chat("Hello", json!({"max_tokens": 30, "ignore_eos": true})))
+        post(port, "/v1/chat/completions", &chat("Hello", json!({"max_tokens": 200, "ignore_eos": true})))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_metric(port, "bodega_requests_running", |running| running >= 1.0, "the request never started");
     Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     let (status, reply) = request.join().unwrap();
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["usage"]["completion_tokens"], 30);
+    assert_eq!(reply["usage"]["completion_tokens"], 200);
     let exit = server.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
