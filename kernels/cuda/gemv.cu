@@ -27,11 +27,7 @@ __device__ void gemv(const T *__restrict__ w, const float *__restrict__ x, float
         // A row past the end reads the last row again; its sum is never written.
         wr[r] = reinterpret_cast<const uint4 *>(w + (size_t)min(row0 + r, n - 1) * k);
     }
-    float acc[ROWS][M];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+    float acc[ROWS][M] = {};
     for (uint32_t base = lane; base < chunks; base += 32 * UNROLL) {
         uint4 raw[UNROLL][ROWS];
 #pragma unroll

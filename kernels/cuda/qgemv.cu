@@ -47,11 +47,7 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
         // A row past the end reads the last row again; its sum is never written.
         wr[r] = w + (size_t)min(row0 + r, n - 1) * row_bytes;
     }
-    float acc[ROWS][M];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+    float acc[ROWS][M] = {};
     for (uint32_t base = lane; base < units; base += 32 * UNROLL) {
         uint32_t quants[UNROLL][ROWS];
         unsigned short scales[UNROLL][ROWS];
