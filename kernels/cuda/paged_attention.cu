@@ -197,49 +197,77 @@ __device__ void paged_attention(const float *__restrict__ q, const T *__restrict
 }
 
 // Decode (one query per sequence): one block = (sequence, KV head, up to G query heads of its group,
-// partition of PART keys, or SHORT_PART for a context of PART to SHORT_CTX), flash-decoding style. Bandwidth is the limit, so every cache load is 16
-// bytes and nothing waits for a shared tile: LPK lanes hold one key (each lane CH 16-byte pieces of it),
-// a warp reads 32 / LPK keys at a time and the block's warps stride over the partition's keys. Pass 1:
-// each key's dot with the G queries (kept in registers) into shared scores; the partition's softmax;
-// pass 2: the probability-weighted values, summed across lanes and warps in a fixed order. Each lane
-// issues the loads of UK keys before it uses the first, so that enough bytes are in flight. Keys
-// outside [lo, hi) (window, other partitions, not yet written) are never read.
-// What sets the speed is how many blocks an SM holds (measured on an H100, docs/perf.md): one long
-// context is sequences × KV heads × partitions blocks (1 × 8 × 128 = 1,024 at 32k keys), and with 5
-// blocks per SM (72+ registers) that is 1.6 waves, the second one mostly idle. At UK = 2 and at most
-// 64 registers (DEC_MINB) an SM holds 8 blocks (1,056 on 132 SMs): 32k keys run in one wave, 16 × 4k
-// in two full ones. More keys in flight per lane (UK = 4) costs registers, hence blocks, and measured
-// slower; so did requesting the values before the softmax, and queries in shared memory.
-#define UK 2        // keys each lane loads before using them
+// partition of PART keys, or SHORT_PART for a context of PART to SHORT_CTX), flash-decoding style.
+// Bandwidth is the limit, so every cache load is 16 bytes: LPK lanes hold one key (each lane CH
+// 16-byte pieces of it), a warp takes UK × 32 / LPK keys a round and the block's warps stride over
+// the partition's keys. Pass 1: each key's dot with the G queries (kept in registers) into shared
+// scores; the partition's softmax; pass 2: the probability-weighted values, summed across lanes and
+// warps in a fixed order. Keys outside [lo, hi) (window, other partitions, not yet written) are
+// never read.
+// What sets the speed is the bytes in flight (measured on an H100, docs/perf.md). One long context
+// is sequences × KV heads × partitions blocks (1 × 8 × 128 = 1,024 at 32k keys); at most 64
+// registers (DEC_MINB) let an SM hold 8 blocks (1,056 on 132 SMs), so 32k keys run in one wave. Loads
+// into registers would hold a lane's registers until they land, so each lane copies its own pieces
+// of the keys, then of the values, DEC_DEPTH rounds ahead of their use with cp.async into a private
+// slice of shared memory (no registers held, no barrier: a lane reads only what it copied itself),
+// and the values of the first rounds are on their way while the block takes the softmax. The
+// arithmetic is that of the register-loading kernel it replaced, bit for bit; it was 1.03–1.4×
+// faster. A block-wide ring (the whole partition requested at once, 3 blocks per SM) was slower.
+#define DEC_DEPTH 2 // rounds each lane has in flight
+#define UK 2        // keys each lane takes per round
 #define DEC_MINB 8  // decode blocks of G = 4 per SM that the registers must allow (8 × 128 threads)
 
 template <typename T, int D> struct Dec {
     static constexpr int E = 16 / (int)sizeof(T);              // elements per 16-byte load
     static constexpr int LPK = D / E < 32 ? D / E : 32;        // lanes per key
     static constexpr int CH = D / (E * LPK);                   // 16-byte pieces per lane
-    static constexpr int KPW = 32 / LPK;                       // keys per warp in flight
+    static constexpr int KPW = 32 / LPK;                       // keys per warp in a round
+    static constexpr int STEP = WARPS * KPW * UK;              // keys per block round
+    // 16-byte slots of the staging buffer: DEC_DEPTH rounds × UK keys × CH pieces × NT lanes.
+    static constexpr int SLOTS = DEC_DEPTH * UK * CH * NT;
 };
 
-// Issues this lane's loads of UK rows of one KV head's cache, at positions part_lo + base + u * KPW + kw
-// (u < UK), whose slots `slots` holds by position within the partition; live[u] says whether the row
-// lies in [lo, part_lo + n) and was read.
-template <typename T, int D>
-__device__ __forceinline__ void load_keys(uint4 (&raw)[UK][Dec<T, D>::CH], bool (&live)[UK],
-                                          const T *__restrict__ cache, const uint32_t *slots, uint32_t base,
-                                          uint32_t n, uint32_t part_lo, uint32_t lo, int kw, int sub,
-                                          const AttnParams &p, uint32_t kv_head) {
+// A lane's round `s` of its stream: rounds [0, rounds) are keys, [rounds, 2 rounds) values of the
+// same positions, base warp × KPW × UK + (s mod rounds) × STEP.
+template <typename T, int D> struct LaneStream {
     using C = Dec<T, D>;
-#pragma unroll
-    for (int u = 0; u < UK; u++) {
-        const uint32_t j = base + u * C::KPW + kw;
-        live[u] = j < n && part_lo + j >= lo;
-        if (live[u]) {
-            const uint4 *src = reinterpret_cast<const uint4 *>(cache + ((size_t)slots[j] * p.num_kv_heads + kv_head) * D);
-#pragma unroll
-            for (int c = 0; c < C::CH; c++) raw[u][c] = src[c * C::LPK + sub];
-        }
+    const T *k_cache, *v_cache;
+    const uint32_t *slots;
+    uint4 *stage;          // this block's staging buffer (C::SLOTS)
+    uint32_t n, first, kv_head, num_kv_heads;
+    int rounds, warp, kw, sub;
+
+    __device__ __forceinline__ uint32_t key(int s, int u) const {
+        return (uint32_t)(warp * C::KPW * UK + (s % rounds) * C::STEP + u * C::KPW + kw);
     }
-}
+    __device__ __forceinline__ bool live(uint32_t j) const { return j >= first && j < n; }
+    __device__ __forceinline__ uint4 *slot(int s, int u, int c) const {
+        return stage + (((s % DEC_DEPTH) * UK + u) * C::CH + c) * NT + threadIdx.x;
+    }
+    // Starts round s's copies (nothing past the stream's end) and commits them as one group.
+    __device__ __forceinline__ void issue(int s) const {
+        if (s < 2 * rounds) {
+            const T *cache = s < rounds ? k_cache : v_cache;
+#pragma unroll
+            for (int u = 0; u < UK; u++) {
+                const uint32_t j = key(s, u);
+                if (!live(j)) continue;
+                const T *src = cache + ((size_t)slots[j] * num_kv_heads + kv_head) * D;
+#pragma unroll
+                for (int c = 0; c < C::CH; c++) copy16_async(slot(s, u, c), src + (c * C::LPK + sub) * C::E, true);
+            }
+        }
+        commit_async();
+    }
+    // Waits for round s (the oldest of DEC_DEPTH groups in flight) and reads its pieces.
+    __device__ __forceinline__ void take(int s, uint4 (&raw)[UK][C::CH]) const {
+        wait_async<DEC_DEPTH - 1>();
+#pragma unroll
+        for (int u = 0; u < UK; u++)
+#pragma unroll
+            for (int c = 0; c < C::CH; c++) raw[u][c] = *slot(s, u, c);
+    }
+};
 
 template <typename T, int D, int G>
 __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ k_cache,
@@ -248,8 +276,9 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
                              const uint32_t *__restrict__ decode_seqs, float *__restrict__ out,
                              float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
     using C = Dec<T, D>;
+    // The lanes' staging slots (dynamic, C::SLOTS × 16 bytes); once every round is read, the warps' sums.
+    extern __shared__ uint4 stage_s[];
     __shared__ float s_s[G][PART];
-    __shared__ float acc_s[WARPS][G][D];
     __shared__ float m_s[G], l_s[G];
     __shared__ uint32_t slot_s[PART];
 
@@ -264,16 +293,30 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
     const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
     // A short context (PART < ctx <= SHORT_CTX) is cut finer, SHORT_PART keys: a single sequence of a
-    // few hundred keys then spreads over many blocks of two rounds of loads instead of a few blocks of
-    // many rounds (docs/perf.md). The size depends on the sequence's own
-    // length alone, never on the batch, so its result does not either; the grid holds enough
-    // partitions for both sizes (`partitions` in src/ops/cuda.rs) and those past a context stay empty.
+    // few hundred keys then spreads over many blocks of few rounds instead of a few blocks of many
+    // (docs/perf.md). The size depends on the sequence's own length alone, never on the batch, so its
+    // result does not either; the grid holds enough partitions for both sizes (`partitions` in
+    // src/ops/cuda.rs) and those past a context stay empty.
     const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;
     const uint32_t part_lo = blockIdx.z * part_keys;
     const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + part_keys);
+    const uint32_t n = lo < hi ? hi - part_lo : 0;  // score slots used: [0, n) relative to part_lo
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int sub = lane % C::LPK, kw = lane / C::LPK;  // lane within its key, key within the warp
+    // The partition's cache slots, looked up once: each copy then waits on no block-table read.
+    for (uint32_t j = threadIdx.x; j < n; j += NT) {
+        const uint32_t kpos = part_lo + j;
+        slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+    }
+    __syncthreads();
+    const uint32_t warp_base = (uint32_t)(warp * C::KPW * UK);
+    const LaneStream<T, D> ls{k_cache, v_cache, slot_s, stage_s, n, lo < hi ? lo - part_lo : 0, kv_head,
+                              p.num_kv_heads, n > warp_base ? (int)((n - warp_base + C::STEP - 1) / C::STEP) : 0,
+                              warp, kw, sub};
+#pragma unroll
+    for (int s = 0; s < DEC_DEPTH; s++) ls.issue(s);
+
     // This lane's dims: piece c covers [(c * LPK + sub) * E, + E).
     float qr[G][C::CH][C::E];
 #pragma unroll
@@ -286,28 +329,18 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
                 qr[g][c][e] = g < heads ? q[((size_t)row * p.num_heads + head0 + g) * D + d] * p.scale : 0.f;
             }
 
-    const uint32_t n = lo < hi ? hi - part_lo : 0;  // score slots used: [0, n) relative to part_lo
-    // The partition's cache slots, looked up once: each round of key loads then waits on one load
-    // from memory, not on a block-table read followed by the cache read it addresses.
-    for (uint32_t j = threadIdx.x; j < n; j += NT) {
-        const uint32_t kpos = part_lo + j;
-        slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-    }
-    __syncthreads();
-    // Each lane has UK keys' loads in flight before it uses any (bandwidth needs bytes in flight).
-    constexpr uint32_t STEP = WARPS * C::KPW * UK;
-    // Pass 1: scores. Every lane of a warp runs the same iterations (the shuffles need the whole warp).
-    for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
+    // Pass 1: scores. Every lane of a warp runs the same rounds (the shuffles need the whole warp).
+    for (int s = 0; s < ls.rounds; s++) {
         uint4 raw[UK][C::CH];
-        bool live[UK];
-        load_keys<T, D>(raw, live, k_cache, slot_s, base, n, part_lo, lo, kw, sub, p, kv_head);
+        ls.take(s, raw);
 #pragma unroll
         for (int u = 0; u < UK; u++) {
-            const uint32_t j = base + u * C::KPW + kw;
+            const uint32_t j = ls.key(s, u);
+            const bool live = ls.live(j);
             float dot[G];
 #pragma unroll
             for (int g = 0; g < G; g++) dot[g] = 0.f;
-            if (live[u]) {
+            if (live) {
 #pragma unroll
                 for (int c = 0; c < C::CH; c++) {
                     float kf[C::E];
@@ -325,12 +358,14 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
             }
             if (sub == 0 && j < n) {
 #pragma unroll
-                for (int g = 0; g < G; g++) s_s[g][j] = live[u] ? dot[g] : -INFINITY;
+                for (int g = 0; g < G; g++) s_s[g][j] = live ? dot[g] : -INFINITY;
             }
         }
+        ls.issue(s + DEC_DEPTH);
     }
     __syncthreads();
-    // The partition's softmax: warp w takes heads w, w + WARPS, ...
+    // The partition's softmax (the values' first rounds are landing meanwhile): warp w takes heads
+    // w, w + WARPS, ...
     for (int g = warp; g < heads; g += WARPS) {
         float mx = -INFINITY;
         for (uint32_t j = lane; j < n; j += 32) mx = fmaxf(mx, s_s[g][j]);
@@ -356,14 +391,13 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
         for (int c = 0; c < C::CH; c++)
 #pragma unroll
             for (int e = 0; e < C::E; e++) acc[g][c][e] = 0.f;
-    for (uint32_t base = (uint32_t)(warp * C::KPW * UK); base < n; base += STEP) {
+    for (int s = ls.rounds; s < 2 * ls.rounds; s++) {
         uint4 raw[UK][C::CH];
-        bool live[UK];
-        load_keys<T, D>(raw, live, v_cache, slot_s, base, n, part_lo, lo, kw, sub, p, kv_head);
+        ls.take(s, raw);
 #pragma unroll
         for (int u = 0; u < UK; u++) {
-            if (!live[u]) continue;
-            const uint32_t j = base + u * C::KPW + kw;
+            const uint32_t j = ls.key(s, u);
+            if (!ls.live(j)) continue;
             float w[G];
 #pragma unroll
             for (int g = 0; g < G; g++) w[g] = s_s[g][j];
@@ -377,7 +411,12 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
                     for (int e = 0; e < C::E; e++) acc[g][c][e] += w[g] * vf[e];
             }
         }
+        ls.issue(s + DEC_DEPTH);
     }
+    // Every lane's copies have landed and been read: the staging slots now hold the warps' sums.
+    wait_async<0>();
+    __syncthreads();
+    float(*acc_s)[G][D] = reinterpret_cast<float(*)[G][D]>(stage_s);
     // Sum over the warp's keys (lanes of equal `sub`), then over warps in order.
 #pragma unroll
     for (int g = 0; g < G; g++)
@@ -527,8 +566,9 @@ PAGED_ATTENTION_REDUCE(8, 1)
     }
 
 // G: query heads per block, 4 (GQA groups of up to 4: half the registers, more blocks per SM) or 8.
-// MINB: blocks per SM the registers must allow: DEC_MINB for G = 4 (64 registers, no spills but 4
-// bytes at f32 × 256), 1 for G = 8 (its 8 queries and sums need ~128 registers).
+// MINB: blocks per SM the registers must allow: DEC_MINB for G = 4 (64 registers; 4 bytes spill to
+// the stack at some sizes, as in the kernel measured fastest), 1 for G = 8 (its 8 queries and sums
+// need ~128 registers).
 #define PAGED_DECODE(NAME, T, D, G, MINB)                                                              \
     extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \

@@ -77,18 +77,6 @@ template <bool trans> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[
     }
 }
 
-// Copies 16 bytes global → shared without passing through registers; `valid` false writes zeros and
-// reads nothing.
-__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most N of this thread's committed copy groups are still in flight.
-template <int N> __device__ __forceinline__ void wait_async() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // A position outside [lo, hi) in a tile's slots: nothing is read.
 #define NO_SLOT 0xffffffffu
 

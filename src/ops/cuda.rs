@@ -11,8 +11,10 @@ use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::{CudaStorageSlice, DeviceId, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
@@ -38,7 +40,7 @@ const GATED_THREADS: u32 = 256;
 /// Threads per row of `argmax_rows` (`ARGMAX_THREADS` in `argmax.cu`).
 const ARGMAX_THREADS: u32 = 1024;
 /// Query heads of a GQA group per decode block (`G` in `paged_attention.cu`): 4 when the group is
-/// that small (half the registers, so more blocks per SM), else 8.
+/// that small (no block computes padding heads), else 8.
 fn decode_heads(group: usize) -> usize {
     if group <= 4 {
         4
@@ -46,6 +48,23 @@ fn decode_heads(group: usize) -> usize {
         8
     }
 }
+/// Rounds of cache loads each decode lane keeps in flight (`DEC_DEPTH` in `paged_attention.cu`).
+const DECODE_DEPTH: usize = 2;
+/// Keys each decode lane takes per round (`UK`).
+const DECODE_KEYS_PER_LANE: usize = 2;
+
+/// Dynamic shared memory of a decode block of `g` query heads (`paged_decode` in
+/// `paged_attention.cu`): each lane's staging slots (`Dec::SLOTS`, 16 bytes each), which the warps'
+/// sums (`WARPS × g × head_dim` f32) reuse at the end.
+fn decode_shared_bytes(head_dim: usize, elem_bytes: usize, g: usize) -> u32 {
+    let per_load = 16 / elem_bytes;
+    let lanes_per_key = (head_dim / per_load).min(32);
+    let pieces = head_dim / (per_load * lanes_per_key);
+    let staging = DECODE_DEPTH * DECODE_KEYS_PER_LANE * pieces * ATTENTION_THREADS as usize * 16;
+    let sums = ATTENTION_THREADS as usize / 32 * g * head_dim * 4;
+    staging.max(sums) as u32
+}
+
 /// Keys per context partition (`PART` in `attention.cuh`).
 const PARTITION_KEYS: usize = 256;
 /// Keys per decode partition of a sequence of more than [`PARTITION_KEYS`] and at most
@@ -84,12 +103,30 @@ fn function(dev: &CudaDevice, family: &str, name: &str) -> Result<CudaFunction> 
     Ok(dev.get_or_load_custom_func(name, &format!("bodega_{family}_sm{arch}"), source)?.into_cuda_function())
 }
 
-/// Kernel-name suffix of a cache storage type.
-fn dtype_suffix(slice: &CudaStorageSlice) -> Result<&'static str> {
+/// Lets kernel `name` on `dev` launch with `bytes` of dynamic shared memory: above 48 KiB a kernel
+/// must opt in. The limit belongs to the loaded function, so it is raised once per device and
+/// kernel, not at every launch (and so never while a decode graph is being captured).
+fn allow_shared_bytes(dev: &CudaDevice, name: &str, func: &CudaFunction, bytes: u32) -> Result<()> {
+    static RAISED: OnceLock<Mutex<HashMap<(DeviceId, String), u32>>> = OnceLock::new();
+    if bytes <= 48 * 1024 {
+        return Ok(());
+    }
+    let mut raised = RAISED.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let limit = raised.entry((dev.id(), name.to_string())).or_insert(0);
+    if *limit < bytes {
+        let attribute = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        func.set_attribute(attribute, bytes as i32).w()?;
+        *limit = bytes;
+    }
+    Ok(())
+}
+
+/// Kernel-name suffix and element size of a cache storage type.
+fn cache_type(slice: &CudaStorageSlice) -> Result<(&'static str, usize)> {
     Ok(match slice {
-        CudaStorageSlice::F32(_) => "f32",
-        CudaStorageSlice::F16(_) => "f16",
-        CudaStorageSlice::BF16(_) => "bf16",
+        CudaStorageSlice::F32(_) => ("f32", 4),
+        CudaStorageSlice::F16(_) => ("f16", 2),
+        CudaStorageSlice::BF16(_) => ("bf16", 2),
         _ => candle_core::bail!("the KV cache holds f32, f16 or bf16"),
     })
 }
@@ -324,7 +361,7 @@ pub fn rope_kv_write(
     // SAFETY: the kernel writes every (token, query head) row.
     let out = unsafe { dev.alloc::<f32>(t * heads * d)? };
     let style = if interleaved { "interleaved" } else { "halves" };
-    let func = function(&dev, "rope_kv", &format!("rope_kv_write_{}_{style}", dtype_suffix(&k_cache.slice)?))?;
+    let func = function(&dev, "rope_kv", &format!("rope_kv_write_{}_{style}", cache_type(&k_cache.slice)?.0))?;
     let head_blocks = ((heads + 2 * kv_heads) as u32).div_ceil(ROPE_KV_WARPS);
     let cfg = LaunchConfig {
         grid_dim: (t as u32, head_blocks, 1),
@@ -367,7 +404,7 @@ pub fn kv_write(
     let dev = cache.device.clone();
     let src = f32_view(src, src_l, "kv-write source")?;
     let slots = meta.uploads.get_or_upload(SLOTS_UPLOAD, || dev.cuda_stream().clone_htod(slot_mapping).w())?;
-    let func = function(&dev, "kv_write", &format!("kv_write_{}", dtype_suffix(&cache.slice)?))?;
+    let func = function(&dev, "kv_write", &format!("kv_write_{}", cache_type(&cache.slice)?.0))?;
     let cfg = LaunchConfig {
         grid_dim: (slot_mapping.len() as u32, 1, 1),
         block_dim: (row_len.min(256) as u32, 1, 1),
@@ -380,7 +417,7 @@ pub fn kv_write(
         CudaStorageSlice::F32(c) => launch_kv_write(&stream, &func, c, args),
         CudaStorageSlice::F16(c) => launch_kv_write(&stream, &func, c, args),
         CudaStorageSlice::BF16(c) => launch_kv_write(&stream, &func, c, args),
-        _ => unreachable!("dtype_suffix accepted the cache"),
+        _ => unreachable!("cache_type accepted the cache"),
     }
 }
 
@@ -642,7 +679,8 @@ pub fn paged_attention(
     if k_l.start_offset() != 0 || v_l.start_offset() != 0 {
         candle_core::bail!("paged-attention: caches must start at their storage's first element");
     }
-    let suffix = format!("{}_d{d}", dtype_suffix(&k.slice)?);
+    let (dtype, elem_bytes) = cache_type(&k.slice)?;
+    let suffix = format!("{dtype}_d{d}");
     let slice = &packed.slice;
     let (tables, cu, ctx) = (slice.slice(..cu_at), slice.slice(cu_at..ctx_at), slice.slice(ctx_at..work_at));
     let stream = dev.cuda_stream();
@@ -661,7 +699,7 @@ pub fn paged_attention(
                 name: format!("paged_decode_{suffix}_g{g}"),
                 threads: ATTENTION_THREADS,
                 parts_per_block: 1,
-                shared_bytes: 0,
+                shared_bytes: decode_shared_bytes(d, elem_bytes, g),
                 blocks: (decodes, shape.num_kv_heads * group.div_ceil(g)),
             },
             slice.slice(decode_at..packed.len),
@@ -669,11 +707,7 @@ pub fn paged_attention(
     ];
     for (launch, list) in launches.iter().filter(|(l, _)| l.blocks.0 > 0) {
         let func = function(&dev, launch.family, &launch.name)?;
-        if launch.shared_bytes > 0 {
-            // Above 48 KiB a kernel must opt in to dynamic shared memory.
-            let attribute = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            func.set_attribute(attribute, launch.shared_bytes as i32).w()?;
-        }
+        allow_shared_bytes(&dev, &launch.name, &func, launch.shared_bytes)?;
         let (x, y) = launch.blocks;
         let cfg = LaunchConfig {
             grid_dim: (x as u32, y as u32, partitions.div_ceil(launch.parts_per_block) as u32),

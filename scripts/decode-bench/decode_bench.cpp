@@ -1,0 +1,228 @@
+// Times bodega's f16 decode attention (`paged_decode_f16_d64_g4`, then `paged_attention_reduce`) from a
+// cubin of kernels/cuda/paged_attention.cu, outside the engine, so that several versions of the kernel
+// can be compared in one device call (scripts/decode-bench.sh); or, with --stream, the floor that no
+// kernel beats: one that only reads as many bytes.
+//
+//   decode_bench CUBIN DYN_SMEM    Llama-3.2-1B's attention (32 query heads over 8 KV heads of 64)
+//   decode_bench --stream CUBIN    stream_read.cu over 8 MiB .. 512 MiB
+//
+// Every timing is the median of 9 replays of a CUDA graph of 20 calls, after 50 warm-up replays;
+// consecutive calls read different copies of the inputs, 256 MiB or more in all, so that nothing is
+// timed from the 50 MB L2. Driver API only: the cubins are loaded at run time.
+#include <cuda.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#define CHECK(call)                                                                              \
+    do {                                                                                         \
+        CUresult r_ = (call);                                                                    \
+        if (r_ != CUDA_SUCCESS) {                                                                \
+            const char *s_;                                                                      \
+            cuGetErrorString(r_, &s_);                                                           \
+            fprintf(stderr, "decode_bench: %s:%d: %s: %s\n", __FILE__, __LINE__, #call, s_);    \
+            exit(1);                                                                             \
+        }                                                                                        \
+    } while (0)
+
+// Same layout as `KernelParams` in src/ops/cuda.rs and `AttnParams` in kernels/cuda/attention.cuh.
+struct AttnParams {
+    uint32_t num_heads, num_kv_heads, block_size, max_blocks, window;
+    float scale;
+    uint32_t heads_per_chunk, num_chunks, num_partitions, num_tokens;
+};
+
+static const size_t ROTATION_BYTES = 256u << 20;
+static const int CALLS = 20;
+
+// Median µs per call of a graph of CALLS calls of `launch(i)` (call i reads input copy i).
+static double time_calls(CUstream st, const std::function<void(int)> &launch) {
+    launch(0);
+    CHECK(cuStreamSynchronize(st));
+    CHECK(cuStreamBeginCapture(st, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    for (int i = 0; i < CALLS; i++) launch(i);
+    CUgraph graph;
+    CHECK(cuStreamEndCapture(st, &graph));
+    CUgraphExec exec;
+    CHECK(cuGraphInstantiate(&exec, graph, 0));
+    for (int w = 0; w < 50; w++) CHECK(cuGraphLaunch(exec, st));
+    CHECK(cuStreamSynchronize(st));
+    CUevent start, end;
+    CHECK(cuEventCreate(&start, 0));
+    CHECK(cuEventCreate(&end, 0));
+    std::vector<float> us;
+    for (int r = 0; r < 9; r++) {
+        CHECK(cuEventRecord(start, st));
+        CHECK(cuGraphLaunch(exec, st));
+        CHECK(cuEventRecord(end, st));
+        CHECK(cuEventSynchronize(end));
+        float ms;
+        CHECK(cuEventElapsedTime(&ms, start, end));
+        us.push_back(ms * 1000.f / CALLS);
+    }
+    std::sort(us.begin(), us.end());
+    CHECK(cuGraphExecDestroy(exec));
+    CHECK(cuGraphDestroy(graph));
+    CHECK(cuEventDestroy(start));
+    CHECK(cuEventDestroy(end));
+    return us[us.size() / 2];
+}
+
+static CUdeviceptr upload(const void *data, size_t bytes) {
+    CUdeviceptr p;
+    CHECK(cuMemAlloc(&p, bytes));
+    CHECK(cuMemcpyHtoD(p, data, bytes));
+    return p;
+}
+
+// f32 → f16 bits, round to nearest (normal range: the inputs are in [-1, 1]).
+static uint16_t to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, mantissa = x & 0x7fffff;
+    const int exponent = (int)((x >> 23) & 0xff) - 127 + 15;
+    if (exponent <= 0) return (uint16_t)sign;
+    return (uint16_t)((sign | ((uint32_t)exponent << 10) | (mantissa >> 13)) + ((mantissa >> 12) & 1));
+}
+
+// The decode kernel and its reduction over `seqs` sequences of `ctx` keys each, block tables shuffled.
+static void time_decode(CUmodule mod, int dyn_smem, CUstream st, uint32_t seqs, uint32_t ctx, std::mt19937 &rng) {
+    const uint32_t heads = 32, kv_heads = 8, dim = 64, block = 16, g = 4;
+    CUfunction decode, reduce;
+    CHECK(cuModuleGetFunction(&decode, mod, "paged_decode_f16_d64_g4"));
+    CHECK(cuModuleGetFunction(&reduce, mod, seqs * heads <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
+    const uint32_t blocks_per_seq = ctx / block;
+    const size_t cache_elems = (size_t)seqs * ctx * kv_heads * dim, bytes = 2 * cache_elems * 2;
+    std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+    std::vector<uint16_t> cache(cache_elems);
+    for (auto &h : cache) h = to_f16(uniform(rng));
+    const int copies = (int)(ROTATION_BYTES / bytes + 1);
+    std::vector<CUdeviceptr> k(copies), v(copies);
+    for (int c = 0; c < copies; c++) {
+        k[c] = upload(cache.data(), cache_elems * 2);
+        v[c] = upload(cache.data(), cache_elems * 2);
+    }
+    std::vector<uint32_t> table(seqs * blocks_per_seq), cu(seqs + 1), lens(seqs, ctx), decodes(seqs);
+    for (uint32_t i = 0; i < table.size(); i++) table[i] = i;
+    std::shuffle(table.begin(), table.end(), rng);
+    for (uint32_t s = 0; s <= seqs; s++) cu[s] = s;
+    for (uint32_t s = 0; s < seqs; s++) decodes[s] = s;
+    std::vector<float> q(seqs * heads * dim);
+    for (auto &x : q) x = uniform(rng);
+    CUdeviceptr table_d = upload(table.data(), table.size() * 4), cu_d = upload(cu.data(), cu.size() * 4),
+                lens_d = upload(lens.data(), lens.size() * 4), dec_d = upload(decodes.data(), decodes.size() * 4),
+                q_d = upload(q.data(), q.size() * 4);
+    // Partitions as `partitions` in src/ops/cuda.rs computes them for a table this wide.
+    const uint32_t keys = blocks_per_seq * block;
+    uint32_t parts = std::max({(keys + 255) / 256, keys > 256 ? (std::min(keys, 1024u) + 63) / 64 : 0u, 1u});
+    CUdeviceptr out, part_acc, part_ml;
+    CHECK(cuMemAlloc(&out, q.size() * 4));
+    CHECK(cuMemAlloc(&part_acc, (size_t)parts * q.size() * 4));
+    CHECK(cuMemAlloc(&part_ml, (size_t)parts * seqs * heads * 2 * 4));
+    AttnParams p{heads, kv_heads, block, blocks_per_seq, 0, 0.125f, 0, 0, parts, seqs};
+    uint32_t tokens = seqs, num_heads = heads, head_dim = dim;
+    auto launch = [&](int i, bool with_reduce) {
+        void *args[] = {&q_d, &k[i % copies], &v[i % copies], &table_d, &cu_d, &lens_d, &dec_d, &out, &part_acc, &part_ml, &p};
+        CHECK(cuLaunchKernel(decode, seqs, kv_heads * ((heads / kv_heads + g - 1) / g), parts, 128, 1, 1, dyn_smem, st, args,
+                             nullptr));
+        if (with_reduce && parts > 1) {
+            void *rargs[] = {&part_acc, &part_ml, &out, &tokens, &num_heads, &head_dim, &parts};
+            CHECK(cuLaunchKernel(reduce, tokens, num_heads, 1, 256, 1, 1, 0, st, rargs, nullptr));
+        }
+    };
+    const double alone = time_calls(st, [&](int i) { launch(i, false); });
+    const double both = time_calls(st, [&](int i) { launch(i, true); });
+    std::vector<float> result(q.size());
+    CHECK(cuMemcpyDtoH(result.data(), out, result.size() * 4));
+    double sum = 0, abs_sum = 0;
+    for (float x : result) sum += x, abs_sum += fabs(x);
+    printf("%3u x %5u keys (%2d copies): decode %7.1f us, + reduce %7.1f us = %5.0f GB/s  checksum %.6e %.6e\n", seqs,
+           ctx, copies, alone, both, bytes / both / 1e3, sum, abs_sum);
+    for (int c = 0; c < copies; c++) {
+        CHECK(cuMemFree(k[c]));
+        CHECK(cuMemFree(v[c]));
+    }
+    for (CUdeviceptr d : {table_d, cu_d, lens_d, dec_d, q_d, out, part_acc, part_ml}) CHECK(cuMemFree(d));
+}
+
+// stream_read over n bytes for n from 8 MiB to 512 MiB, at 4 and 16 blocks of 256 threads per SM.
+static void time_stream(CUmodule mod, CUstream st, int sms) {
+    CUfunction kernel;
+    CHECK(cuModuleGetFunction(&kernel, mod, "stream_read"));
+    CUdeviceptr out;
+    CHECK(cuMemAlloc(&out, (size_t)sms * 16 * 256 * 4));
+    for (size_t n = 8u << 20; n <= (512u << 20); n *= 2) {
+        const int copies = (int)(ROTATION_BYTES / n + 1);
+        std::vector<CUdeviceptr> bufs(copies);
+        for (auto &b : bufs) {
+            CHECK(cuMemAlloc(&b, n));
+            CHECK(cuMemsetD8(b, 7, n));
+        }
+        uint64_t n16 = n / 16;
+        for (int per_sm : {4, 16}) {
+            const double us = time_calls(st, [&](int i) {
+                void *args[] = {&bufs[i % copies], &n16, &out};
+                CHECK(cuLaunchKernel(kernel, sms * per_sm, 1, 1, 256, 1, 1, 0, st, args, nullptr));
+            });
+            printf("stream_read %4zu MiB, %2d blocks per SM: %7.1f us = %5.0f GB/s\n", n >> 20, per_sm, us, n / us / 1e3);
+        }
+        for (auto &b : bufs) CHECK(cuMemFree(b));
+    }
+    CHECK(cuMemFree(out));
+}
+
+int main(int argc, char **argv) {
+    const bool stream = argc == 3 && std::string(argv[1]) == "--stream";
+    if (!stream && argc != 3) {
+        fprintf(stderr, "usage: decode_bench CUBIN DYN_SMEM | decode_bench --stream CUBIN\n");
+        return 2;
+    }
+    const char *path = stream ? argv[2] : argv[1];
+    CHECK(cuInit(0));
+    CUdevice dev;
+    CHECK(cuDeviceGet(&dev, 0));
+    CUcontext ctx;
+    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
+    CHECK(cuCtxSetCurrent(ctx));
+    std::ifstream file(path, std::ios::binary);
+    if (!file) {
+        fprintf(stderr, "decode_bench: cannot read %s\n", path);
+        return 1;
+    }
+    std::stringstream image;
+    image << file.rdbuf();
+    const std::string bytes = image.str();
+    CUmodule mod;
+    CHECK(cuModuleLoadData(&mod, bytes.data()));
+    CUstream st;
+    CHECK(cuStreamCreate(&st, CU_STREAM_NON_BLOCKING));
+    int sms;
+    CHECK(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
+    if (stream) {
+        time_stream(mod, st, sms);
+        return 0;
+    }
+    const int dyn_smem = atoi(argv[2]);
+    CUfunction decode;
+    CHECK(cuModuleGetFunction(&decode, mod, "paged_decode_f16_d64_g4"));
+    int regs, per_sm;
+    CHECK(cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, decode));
+    CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode, 128, dyn_smem));
+    printf("%s: paged_decode_f16_d64_g4, %d registers, %d B dynamic shared memory, %d blocks per SM\n", path, regs,
+           dyn_smem, per_sm);
+    std::mt19937 rng(7);  // the same inputs for every cubin: equal checksums mean equal outputs
+    const uint32_t shapes[][2] = {{1, 256},  {1, 1024}, {1, 4096},  {1, 16384}, {1, 32768},
+                                  {16, 4096}, {64, 4096}, {64, 1024}, {4, 32768}};
+    for (const auto &shape : shapes) time_decode(mod, dyn_smem, st, shape[0], shape[1], rng);
+    return 0;
+}
