@@ -11,6 +11,7 @@ mod common;
 #[path = "formats/cases.rs"]
 mod formats;
 
+use bodega::engine::sampler::Sampler;
 use bodega::engine::speculative::ngram::PromptLookup;
 use bodega::engine::speculative::Speculation;
 use bodega::engine::{Engine, EngineConfig, Request};
@@ -19,7 +20,7 @@ use bodega::model::load::synthetic::SyntheticSpec;
 use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
 use bodega::model::Model;
 use bodega::ops::{kv_write, paged_attention, Activation, AttentionMetadata, PagedKvCache};
-use bodega::runner::{build_step, run_step, Executor, SeqChunk, StepRow};
+use bodega::runner::{build_step, run_step, Executor, RowWant, SeqChunk, StepRow};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use common::writes;
@@ -601,22 +602,101 @@ fn argmax_rows_on_cuda_picks_the_hosts_token() {
     }
 }
 
-/// A step's rows split by sampler: greedy rows come back as the host's argmax, the others as their
-/// exact logits, in row order, on the GPU as on the CPU.
+/// Top-k sampling's candidates selected on the device are exactly the host's, ids and value bits
+/// (ties to the lower id, NaN and ±0 in total order, rows of one value, −∞), at Llama 3's and
+/// SmolLM2's vocabularies, for k from 1 to 256 and beyond a small vocabulary.
 #[test]
-fn split_rows_on_cuda_returns_greedy_tokens_and_exact_logits() {
+fn top_k_rows_on_cuda_are_the_hosts_candidates() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    for (rows, vocab, k) in
+        [(64, 128_256, 41), (5, 128_256, 256), (10, 49_152, 1), (10, 49_152, 40), (9, 1025, 97), (6, 30, 40)]
+    {
+        let mut logits = tricky_logits(&mut rng, rows, vocab);
+        // Coarse values: many ties at the k-th largest.
+        for x in logits.iter_mut().skip(vocab).take(vocab) {
+            *x = (*x * 4.0).round() / 4.0;
+        }
+        let want: Vec<Vec<(u32, f32)>> =
+            logits.chunks_exact(vocab).map(|row| bodega::ops::cpu::top_k(row, k)).collect();
+        let got = bodega::ops::top_k_rows(&Tensor::from_slice(&logits, (rows, vocab), &dev).unwrap(), k).unwrap();
+        assert_eq!(got.len(), rows);
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            let bits = |c: &[(u32, f32)]| c.iter().map(|&(i, v)| (i, v.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(g), bits(w), "{rows} rows of {vocab}, k = {k}: row {r}");
+        }
+    }
+}
+
+/// What sampling a decode step's rows costs with llama.cpp's default sampling (temperature 0.8,
+/// top-k 40, top-p 0.95) at Llama 3's vocabulary: whole rows copied to the host and ranked there,
+/// against top-k candidates selected on the device. Wall time of the split and the samplers, for
+/// docs/perf.md; asserts that both draw the same tokens.
+#[test]
+fn sampled_rows_cost() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let vocab = 128_256;
+    for rows in [1usize, 16, 64] {
+        let logits = Tensor::from_vec(random(&mut rng, rows * vocab), (rows, vocab), &dev).unwrap();
+        let history = [1u32, 2, 3];
+        let run = |want: RowWant| {
+            let mut samplers: Vec<Sampler> = (0..rows)
+                .map(|r| Sampler::new(bodega::engine::SamplingParams { seed: r as u64, ..Default::default() }))
+                .collect();
+            let mut tokens = Vec::new();
+            let secs = time_per_call(&dev, 20, || {
+                let split = bodega::runner::split_rows(&logits, &vec![want; rows]).unwrap();
+                tokens = split
+                    .into_iter()
+                    .zip(&mut samplers)
+                    .map(|(row, s)| match row {
+                        StepRow::Candidates(c) => {
+                            let dist = s.candidate_distribution(c, &history, 1);
+                            s.draw(&dist)
+                        }
+                        StepRow::Logits(mut l) => s.sample(&mut l, &history, 1),
+                        StepRow::Greedy(_) => unreachable!("no greedy rows asked for"),
+                    })
+                    .collect();
+            });
+            (secs, tokens)
+        };
+        let needed = Sampler::new(Default::default()).candidates_needed(&history, 1).unwrap();
+        let (whole, whole_tokens) = run(RowWant::Logits);
+        let (top, top_tokens) = run(RowWant::Top(needed));
+        assert_eq!(top_tokens, whole_tokens, "{rows} rows: the candidates drew other tokens");
+        println!(
+            "sampled rows, {rows} × {vocab}: whole rows to the host {:.0} µs, top-{needed} on the device {:.0} µs ({:.1}×)",
+            whole * 1e6,
+            top * 1e6,
+            whole / top
+        );
+    }
+}
+
+/// A step's rows split by sampler: greedy rows come back as the host's argmax, top-k rows as the
+/// host's candidates, the others as their exact logits, in row order, on the GPU as on the CPU.
+#[test]
+fn split_rows_on_cuda_returns_greedy_tokens_candidates_and_exact_logits() {
     let dev = cuda();
     let mut rng = ChaCha8Rng::seed_from_u64(23);
     let (rows, vocab) = (12, 3000);
     let logits = tricky_logits(&mut rng, rows, vocab);
-    for greedy in [vec![true; rows], vec![false; rows], (0..rows).map(|r| r % 3 == 1).collect()] {
+    let mixed = |r: usize| [RowWant::Logits, RowWant::Greedy, RowWant::Top(40 + r)][r % 3];
+    for wants in [vec![RowWant::Greedy; rows], vec![RowWant::Logits; rows], (0..rows).map(mixed).collect()] {
         let cpu =
-            bodega::runner::split_rows(&Tensor::from_slice(&logits, (rows, vocab), &Device::Cpu).unwrap(), &greedy);
-        let gpu = bodega::runner::split_rows(&Tensor::from_slice(&logits, (rows, vocab), &dev).unwrap(), &greedy);
+            bodega::runner::split_rows(&Tensor::from_slice(&logits, (rows, vocab), &Device::Cpu).unwrap(), &wants);
+        let gpu = bodega::runner::split_rows(&Tensor::from_slice(&logits, (rows, vocab), &dev).unwrap(), &wants);
         let (cpu, gpu) = (cpu.unwrap(), gpu.unwrap());
         for (r, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
             match (c, g) {
                 (StepRow::Greedy(a), StepRow::Greedy(b)) => assert_eq!(a, b, "row {r}"),
+                (StepRow::Candidates(a), StepRow::Candidates(b)) => {
+                    assert_eq!(a.len(), 51, "row {r}: as many candidates as the most any row asked for");
+                    let bits = |c: &[(u32, f32)]| c.iter().map(|&(i, v)| (i, v.to_bits())).collect::<Vec<_>>();
+                    assert_eq!(bits(a), bits(b), "row {r}")
+                }
                 // NaN != NaN: compare the bits.
                 (StepRow::Logits(a), StepRow::Logits(b)) => assert!(
                     a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -629,19 +709,34 @@ fn split_rows_on_cuda_returns_greedy_tokens_and_exact_logits() {
     }
 }
 
-/// The engine on CUDA, greedy: rows sampled on the device (token ids only) against the same requests
-/// asking for logprobs, which copies every row's logits to the host sampler; same batch, same
-/// steps, so every token must be the same. With n-gram speculation too (greedy verification on the
-/// device against the host's).
+/// The engine on CUDA: greedy rows sampled on the device (token ids only) and top-k rows from
+/// candidates selected on the device (llama.cpp's default sampling, a repeat penalty on some), against
+/// the same requests asking for logprobs, which copies every row's logits to the host sampler; same
+/// batch, same steps, same seeds, so every token must be the same. With n-gram speculation too
+/// (verification on the device against the host's).
 #[test]
-fn engine_on_cuda_device_greedy_sampling_is_token_identical_to_the_host_sampler() {
+fn engine_on_cuda_device_sampling_is_token_identical_to_the_host_sampler() {
     let dev = cuda();
     let with_logprobs = |r: &Request| {
         let mut r = r.clone();
         r.sampling.logprobs = Some(1);
         r
     };
-    let requests: Vec<Request> = prompts().into_iter().take(12).map(|p| common::greedy(p, 24)).collect();
+    let sampled = |(i, p): (usize, Vec<u32>)| {
+        let mut r = common::greedy(p, 24);
+        r.sampling = bodega::engine::SamplingParams {
+            seed: i as u64,
+            repeat_penalty: if i % 2 == 0 { 1.1 } else { 1.0 },
+            ..Default::default()
+        };
+        r
+    };
+    let requests: Vec<Request> = prompts()
+        .into_iter()
+        .take(12)
+        .enumerate()
+        .map(|(i, p)| if i % 3 == 0 { common::greedy(p, 24) } else { sampled((i, p)) })
+        .collect();
     for speculate in [false, true] {
         let speculation =
             speculate.then(|| Speculation { proposer: Box::new(PromptLookup), max_tokens: 4, max_batch: 64 });
@@ -704,6 +799,7 @@ impl<'a> TwinDecode<'a> {
     /// twins; fails when it exceeds `tolerance` or greedy tokens differ.
     fn decode(&mut self, steps: usize, greedy: &[bool], tolerance: f32, what: &str) -> f32 {
         let batch = self.seqs.len();
+        let wants: Vec<RowWant> = greedy.iter().map(|&g| if g { RowWant::Greedy } else { RowWant::Logits }).collect();
         let mut worst = 0f32;
         for step in 0..steps {
             let mut outputs = Vec::new();
@@ -718,7 +814,7 @@ impl<'a> TwinDecode<'a> {
                         SeqChunk { tokens: &seq[n - 1..], start: n - 1, block_table, sample: true, window_blocks: None }
                     })
                     .collect();
-                outputs.push(executor.run_step_rows(self.model, cache, &chunks, &vec![1; batch], greedy).unwrap());
+                outputs.push(executor.run_step_rows(self.model, cache, &chunks, &vec![1; batch], &wants).unwrap());
             }
             for (i, (eager, replayed)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
                 let next = match (eager, replayed) {
@@ -799,7 +895,7 @@ fn decode_graphs_are_captured_again_after_candles_quantized_workspaces_grow() {
                 .unwrap();
         let table: Vec<u32> = (1..=blocks as u32).collect();
         let chunk = SeqChunk { tokens: &prompt, start: 0, block_table: &table, sample: true, window_blocks: None };
-        executor.run_step_rows(model.as_ref(), &cache, &[chunk], &[1], &[true]).unwrap();
+        executor.run_step_rows(model.as_ref(), &cache, &[chunk], &[1], &[RowWant::Greedy]).unwrap();
     }
     let guards: Vec<Tensor> = (0..512).map(|i| Tensor::full(7f32, 1024 * (1 + i % 64), &dev).unwrap()).collect();
     twins.decode(steps, &greedy, 0.0, "after the long prefill");
@@ -1238,8 +1334,8 @@ fn decode_step_time_split() {
             let argmax = time_per_call(&dev, 50, &mut || drop(bodega::ops::argmax_rows(&logits).unwrap()));
             let step_time = |graphs: bool| {
                 let mut executor = Executor::new(dev.clone(), graphs);
-                let (rows, greedy) = (vec![1; seqs], vec![true; seqs]);
-                let mut step = || executor.run_step_rows(model.as_ref(), &cache, &chunks, &rows, &greedy).unwrap();
+                let (rows, wants) = (vec![1; seqs], vec![RowWant::Greedy; seqs]);
+                let mut step = || executor.run_step_rows(model.as_ref(), &cache, &chunks, &rows, &wants).unwrap();
                 let first = step();
                 step();
                 let iters = 100;

@@ -53,38 +53,88 @@ impl Sampler {
         self.draw(&dist)
     }
 
+    /// How many of a row's largest logits this sampler's next draw can depend on, when at most
+    /// [`MAX_CANDIDATES`]: top-k plus one for each token a penalty applies to (penalties that only
+    /// lower logits — presence and frequency ≥ 0, repeat ≥ 1 — leave the k largest after them among
+    /// the `k + m` largest before). `None`: the draw needs the whole row (greedy with penalties, no
+    /// top-k, logprobs, a penalty that raises logits, or too many penalised tokens).
+    pub fn candidates_needed(&self, history: &[u32], prompt_len: usize) -> Option<usize> {
+        let p = &self.params;
+        let only_lowers = p.presence_penalty >= 0.0 && p.frequency_penalty >= 0.0 && p.repeat_penalty >= 1.0;
+        if p.temperature <= 0.0 || p.logprobs.is_some() || p.top_k == 0 || !only_lowers {
+            return None;
+        }
+        let penalised = self.penalised(history, prompt_len);
+        let mut ids: Vec<u32> = penalised.counts.iter().map(|c| c.0).chain(penalised.recent.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(p.top_k + ids.len()).filter(|&n| n <= MAX_CANDIDATES)
+    }
+
+    /// [`Self::distribution`] from `candidates`, a row's largest logits with their token ids (at
+    /// least [`Self::candidates_needed`] of them, as [`crate::ops::top_k_rows`] returns them): the
+    /// same distribution as from the whole row.
+    pub fn candidate_distribution(
+        &mut self,
+        mut candidates: Vec<(u32, f32)>,
+        history: &[u32],
+        prompt_len: usize,
+    ) -> Distribution {
+        candidates.sort_unstable_by_key(|c| c.0);
+        self.penalised(history, prompt_len).apply(|id, penalise| {
+            if let Ok(i) = candidates.binary_search_by_key(&id, |c| c.0) {
+                candidates[i].1 = penalise(candidates[i].1);
+            }
+        });
+        self.select(candidates.into_iter())
+    }
+
     /// The distribution the next token is drawn from: penalties, top-k, top-p, min-p and temperature
     /// applied to `logits` (which the penalties modify in place). Greedy is one token of probability 1.
     /// Speculative verification compares the target's and the draft's distributions built by this
     /// same function, so that both see identical processing.
     pub fn distribution(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> Distribution {
-        let p = &self.params;
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-            let mut counts: Vec<u32> = history[prompt_len.min(history.len())..].to_vec();
-            counts.sort_unstable();
-            for run in counts.chunk_by(|a, b| a == b) {
-                if let Some(l) = logits.get_mut(run[0] as usize) {
-                    *l -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
-                }
+        self.penalised(history, prompt_len).apply(|id, penalise| {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = penalise(*l);
             }
-        }
-        if p.repeat_penalty != 1.0 {
-            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen: Vec<u32> = recent.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
-                if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
-                }
-            }
-        }
-        if p.temperature <= 0.0 {
+        });
+        if self.params.temperature <= 0.0 {
             return Distribution(vec![(argmax(logits), 1.0)]);
         }
+        self.select(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)))
+    }
+
+    /// The tokens this sampler's penalties apply to, given the sequence so far.
+    fn penalised(&self, history: &[u32], prompt_len: usize) -> Penalised {
+        let p = &self.params;
+        let mut counts = Vec::new();
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut reply: Vec<u32> = history[prompt_len.min(history.len())..].to_vec();
+            reply.sort_unstable();
+            counts = reply.chunk_by(|a, b| a == b).map(|run| (run[0], run.len())).collect();
+        }
+        let mut recent = Vec::new();
+        if p.repeat_penalty != 1.0 {
+            recent = history[history.len().saturating_sub(p.repeat_last_n)..].to_vec();
+            recent.sort_unstable();
+            recent.dedup();
+        }
+        Penalised {
+            counts,
+            recent,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            repeat: p.repeat_penalty,
+        }
+    }
+
+    /// Top-k, top-p, min-p and temperature over `logits` (token id, penalised logit).
+    fn select(&mut self, logits: impl Iterator<Item = (u32, f32)>) -> Distribution {
+        let p = &self.params;
         let c = &mut self.candidates;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        c.extend(logits);
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit);
@@ -133,6 +183,33 @@ impl Sampler {
     /// A uniform number in [0, 1) from this sequence's random stream (speculative acceptance tests).
     pub fn uniform(&mut self) -> f32 {
         self.rng.random()
+    }
+}
+
+/// The most candidates a sampler asks the device for ([`Sampler::candidates_needed`]): beyond, the
+/// whole row comes back (top-k of 40, llama.cpp's default, with up to 216 penalised tokens fits).
+pub const MAX_CANDIDATES: usize = 256;
+
+/// The tokens a sampler's penalties lower: presence/frequency counts in the reply, repeat penalty
+/// over the recent window (both sorted by id).
+struct Penalised {
+    counts: Vec<(u32, usize)>,
+    recent: Vec<u32>,
+    presence: f32,
+    frequency: f32,
+    repeat: f32,
+}
+
+impl Penalised {
+    /// Calls `at(id, penalise)` for every penalised token, presence/frequency before repeat (so a
+    /// token under both gets them in that order, whatever holds its logit).
+    fn apply(&self, mut at: impl FnMut(u32, &dyn Fn(f32) -> f32)) {
+        for &(id, count) in &self.counts {
+            at(id, &|l| l - (self.presence + self.frequency * count as f32));
+        }
+        for &id in &self.recent {
+            at(id, &|l| if l > 0.0 { l / self.repeat } else { l * self.repeat });
+        }
     }
 }
 
@@ -256,5 +333,64 @@ mod tests {
     fn repeat_penalty_changes_the_greedy_choice() {
         let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..params(0.0) });
         assert_eq!(s.sample(&mut [1.0, 1.5], &[1], 0), 0);
+    }
+
+    /// Logits with ties (values on a coarse grid), for the candidate tests.
+    fn coarse_logits(rng: &mut ChaCha8Rng, vocab: usize) -> Vec<f32> {
+        (0..vocab).map(|_| (rng.random_range(-40..40) as f32) * 0.25).collect()
+    }
+
+    #[test]
+    fn sampling_from_the_largest_logits_draws_what_the_whole_row_would() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for case in 0..300 {
+            let vocab = [5, 40, 700][case % 3];
+            let params = SamplingParams {
+                temperature: rng.random_range(0.1..2.0),
+                top_k: rng.random_range(1..60),
+                top_p: if case % 2 == 0 { 1.0 } else { rng.random_range(0.3..1.0) },
+                min_p: if case % 5 == 0 { 0.1 } else { 0.0 },
+                repeat_penalty: if case % 3 == 0 { 1.3 } else { 1.0 },
+                repeat_last_n: 8,
+                presence_penalty: if case % 4 == 0 { 0.7 } else { 0.0 },
+                frequency_penalty: if case % 4 == 1 { 0.4 } else { 0.0 },
+                seed: case as u64,
+                ..SamplingParams::default()
+            };
+            let (mut whole, mut from_top) = (Sampler::new(params.clone()), Sampler::new(params));
+            for step in 0..4 {
+                let logits = coarse_logits(&mut rng, vocab);
+                // The history holds some of the largest logits' tokens, so that penalties reorder the top.
+                let mut by_logit: Vec<u32> = (0..vocab as u32).collect();
+                by_logit.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+                let history: Vec<u32> = (0..20).map(|i| by_logit[(i * 3 + step) % vocab]).collect();
+                let needed = from_top.candidates_needed(&history, 10).expect("top-k with lowering penalties");
+                let candidates = crate::ops::cpu::top_k(&logits, needed + step % 2);
+                let want = whole.distribution(&mut logits.clone(), &history, 10);
+                let got = from_top.candidate_distribution(candidates, &history, 10);
+                assert_eq!(got, want, "case {case}, step {step}");
+                assert_eq!(from_top.draw(&got), whole.draw(&want), "case {case}, step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_sampler_needs_the_whole_row_unless_top_k_bounds_its_draw() {
+        let history = [1, 2, 2, 3];
+        let needed = |p: SamplingParams| Sampler::new(p).candidates_needed(&history, 1);
+        assert_eq!(needed(params(0.8)), Some(40));
+        assert_eq!(needed(SamplingParams { repeat_penalty: 1.1, ..params(0.8) }), Some(43));
+        assert_eq!(needed(SamplingParams { presence_penalty: 0.5, ..params(0.8) }), Some(42));
+        for whole in [
+            params(0.0),
+            SamplingParams { top_k: 0, ..params(0.8) },
+            SamplingParams { logprobs: Some(1), ..params(0.8) },
+            SamplingParams { repeat_penalty: 0.9, ..params(0.8) },
+            SamplingParams { presence_penalty: -0.5, ..params(0.8) },
+            SamplingParams { frequency_penalty: -0.1, ..params(0.8) },
+            SamplingParams { top_k: MAX_CANDIDATES, repeat_penalty: 1.1, ..params(0.8) },
+        ] {
+            assert_eq!(needed(whole.clone()), None, "{whole:?}");
+        }
     }
 }

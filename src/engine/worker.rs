@@ -10,7 +10,7 @@ use super::{EngineStats, TokenLogprobs};
 use crate::error::Result;
 use crate::model::Model;
 use crate::ops::PagedKvCache;
-use crate::runner::{Executor, SeqChunk, StepRow, WindowBlocks};
+use crate::runner::{Executor, RowWant, SeqChunk, StepRow, WindowBlocks};
 use crate::tokenizer::Tokenizer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,24 +76,25 @@ struct SpecState {
     verifications: u64,
 }
 
-/// One step's work for the runner: the chunks, how many logits rows each needs, and whether those
-/// rows are sampled greedily.
+/// One step's work for the runner: the chunks, how many logits rows each needs, and what of those
+/// rows its sampler needs back.
 struct StepWork<'a> {
     chunks: Vec<SeqChunk<'a>>,
     rows: Vec<usize>,
-    greedy: Vec<bool>,
+    wants: Vec<RowWant>,
 }
 
 impl<'a> StepWork<'a> {
-    /// The step's chunks for the runner, how many logits rows each needs, and whether its rows are
-    /// sampled greedily (then only their argmax comes back from the device).
+    /// The step's chunks for the runner, how many logits rows each needs, and what comes back of
+    /// them: the argmax for a greedy sampler, the largest logits for a top-k sampler's plain row,
+    /// whole rows otherwise (only those cross from a GPU).
     fn new(
         scheduler: &'a Scheduler,
         active: &HashMap<SeqId, Active>,
         window_group: bool,
         out: &SchedulerOutput,
     ) -> Self {
-        let mut work = StepWork { chunks: Vec::new(), rows: Vec::new(), greedy: Vec::new() };
+        let mut work = StepWork { chunks: Vec::new(), rows: Vec::new(), wants: Vec::new() };
         for c in &out.chunks {
             let Some(seq) = scheduler.get(c.seq) else { continue };
             work.chunks.push(SeqChunk {
@@ -105,7 +106,13 @@ impl<'a> StepWork<'a> {
                     .then(|| WindowBlocks { first: seq.window_table().first(), blocks: seq.window_table().blocks() }),
             });
             work.rows.push(if c.sample { c.draft + 1 } else { 0 });
-            work.greedy.push(active.get(&c.seq).is_some_and(|a| a.sampler.greedy_only()));
+            work.wants.push(match active.get(&c.seq) {
+                Some(a) if a.sampler.greedy_only() => RowWant::Greedy,
+                Some(a) if c.draft == 0 => {
+                    a.sampler.candidates_needed(&seq.tokens, a.prompt_len).map_or(RowWant::Logits, RowWant::Top)
+                }
+                _ => RowWant::Logits,
+            });
         }
         work
     }
@@ -222,7 +229,7 @@ impl Worker {
                     &self.cache,
                     &work.chunks,
                     &work.rows,
-                    &work.greedy,
+                    &work.wants,
                 )),
             }
         };
@@ -328,6 +335,10 @@ impl Worker {
         let (Some(a), Some(seq)) = (self.active.get_mut(&id), self.scheduler.get(id)) else { return Ok(0) };
         let (token, logprobs) = match row {
             StepRow::Greedy(token) => (token, None),
+            StepRow::Candidates(candidates) => {
+                let dist = a.sampler.candidate_distribution(candidates, &seq.tokens, a.prompt_len);
+                (a.sampler.draw(&dist), None)
+            }
             StepRow::Logits(mut logits) => a.sampler.sample_with_logprobs(&mut logits, &seq.tokens, a.prompt_len),
         };
         self.scheduler.append_token(id, token);
@@ -350,6 +361,9 @@ impl Worker {
             let (p, raw) = match row {
                 // A greedy-only sampler's distribution is its argmax with probability 1.
                 StepRow::Greedy(token) => (Distribution(vec![(token, 1.0)]), None),
+                StepRow::Candidates(candidates) => {
+                    (a.sampler.candidate_distribution(candidates, &history, a.prompt_len), None)
+                }
                 StepRow::Logits(mut row) => {
                     let raw = a.job.request.sampling.logprobs.map(|n| (row.clone(), n));
                     (a.sampler.distribution(&mut row, &history, a.prompt_len), raw)

@@ -36,6 +36,33 @@ pub fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// A key whose unsigned order is `f32::total_cmp`'s (−NaN < −∞ < … < −0 < +0 < … < +∞ < +NaN).
+fn total_order_key(v: f32) -> u32 {
+    let bits = v.to_bits();
+    bits ^ if bits >> 31 == 1 { u32::MAX } else { 1 << 31 }
+}
+
+/// The `k` largest of `row` (all of it when shorter) with their indices, in `f32::total_cmp` order
+/// with ties to the lower index: the candidates the host sampler ranks the same way. Those above the
+/// k-th largest come first, then its equals, each group in index order. The definition
+/// `top_k_rows` is tested against on every backend.
+pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(row.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let keys: Vec<u32> = row.iter().map(|&v| total_order_key(v)).collect();
+    let mut order = keys.clone();
+    let kth = *order.select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
+    let above: Vec<(u32, f32)> =
+        keys.iter().zip(row).enumerate().filter(|(_, (&key, _))| key > kth).map(|(i, (_, &v))| (i as u32, v)).collect();
+    let equals = keys.iter().zip(row).enumerate().filter(|(_, (&key, _))| key == kth).map(|(i, (_, &v))| (i as u32, v));
+    let mut out = above;
+    let missing = k - out.len();
+    out.extend(equals.take(missing));
+    out
+}
+
 /// Copies row `t` of `src` (`[T, row_len]`) into cache slot `slot_mapping[t]` of `cache`
 /// (`[slots, row_len]`), skipping padding rows ([`super::PADDING_SLOT`]).
 pub fn kv_write(src: &[f32], slot_mapping: &[u32], cache: &mut [f32], row_len: usize) {

@@ -1,9 +1,9 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
 //! one for the others, on tensor cores for f16/bf16 caches, all split over the context and reduced),
-//! the gated activation of a feed-forward block, the residual add fused with the next RMS norm, and
-//! the row argmax of greedy sampling. The PTX of the newest compiled architecture the GPU supports is loaded once
-//! per device (candle caches modules).
+//! the gated activation of a feed-forward block, the residual add fused with the next RMS norm, the
+//! row argmax of greedy sampling and the row top-k of sampling with top-k. The PTX of the newest
+//! compiled architecture the GPU supports is loaded once per device (candle caches modules).
 
 use super::cpu::AttentionParams;
 use super::AttentionMetadata;
@@ -155,6 +155,30 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     let vocab = vocab as u32;
     builder.arg(&logits).arg(&vocab).arg(&out);
     // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows` u32.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// Threads per row of `top_k_rows_f32` (`TOPK_THREADS` in `topk.cu`).
+const TOPK_THREADS: u32 = 1024;
+
+/// The `k` largest of each of the `rows` rows of `vocab` f32 in `logits` (contiguous) with their
+/// indices, as `[rows, 2, k]` u32: the indices, then the values' bits (`ops::top_k_rows`).
+pub fn top_k_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usize, k: usize) -> Result<CudaStorage> {
+    if k == 0 || k > vocab {
+        candle_core::bail!("top-k rows: k = {k} must lie in 1..={vocab}");
+    }
+    let dev = logits.device.clone();
+    let logits = f32_view(logits, layout, "top-k logits")?;
+    // SAFETY: the kernel writes all 2k words of every row (k ≤ vocab: the k-th largest exists).
+    let out = unsafe { dev.alloc::<u32>(rows * 2 * k)? };
+    let func = function(&dev, "topk", "top_k_rows_f32")?;
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    let (vocab, k) = (vocab as u32, k as u32);
+    builder.arg(&logits).arg(&vocab).arg(&k).arg(&out);
+    // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows * 2k` u32.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }

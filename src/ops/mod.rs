@@ -2,9 +2,10 @@
 //! into their cache slots, `paged_attention` lets every sequence's queries attend over its own blocks,
 //! `QWeights` multiplies by quantized weights (bodega's batched CPU kernels, or candle's),
 //! `gated_activation` fuses a feed-forward block's `act(gate) · up`, `argmax_rows` samples greedy rows
-//! where the logits are, `add_rms_norm` fuses a residual add with the next norm, `dense_gemv`
-//! multiplies a decode step's few f32 rows by dense f16/bf16 weights without casting them,
-//! `rope_kv_write` rotates queries and keys and caches keys and values (one launch on CUDA).
+//! where the logits are and `top_k_rows` takes top-k sampling's candidates there, `add_rms_norm`
+//! fuses a residual add with the next norm, `dense_gemv` multiplies a decode step's few f32 rows by
+//! dense f16/bf16 weights without casting them, `rope_kv_write` rotates queries and keys and caches
+//! keys and values (one launch on CUDA).
 //! The contract (shapes, layouts, positions, window) is in `kernels/README.md`; `cpu` holds the
 //! reference implementation that every other backend is tested against, and the CPU production path;
 //! `metal` (macOS only) launches the Metal kernels of `kernels/metal/`.
@@ -26,6 +27,7 @@ mod paged_attention;
 mod qgemv;
 mod qmatmul;
 mod rope_kv;
+mod topk;
 
 pub use add_norm::add_rms_norm;
 pub use argmax::{argmax_ids, argmax_rows};
@@ -40,6 +42,7 @@ pub use paged_attention::paged_attention;
 pub use qgemv::{q8_gemv, qgemv_takes, QGEMV_MIN_WEIGHT_ROWS, QGEMV_ROWS};
 pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};
 pub use rope_kv::{rope_kv_write, RopeTables};
+pub use topk::top_k_rows;
 
 use std::any::Any;
 

@@ -156,13 +156,28 @@ pub fn run_step(
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
 }
 
+/// What a chunk's sampler needs back from its logits rows, so that only that crosses from a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowWant {
+    /// The argmax alone (greedy sampling).
+    Greedy,
+    /// At least this many of the largest logits with their ids (top-k sampling,
+    /// `Sampler::candidates_needed`).
+    Top(usize),
+    /// The whole row.
+    Logits,
+}
+
 /// What the engine gets back for one row of a step: the token itself when the row is sampled
 /// greedily (the argmax taken where the logits are, so that a GPU sends back only token ids), the
-/// logits otherwise.
+/// largest logits for top-k sampling (selected there too), the whole row otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepRow {
     /// The greedy token (lowest index among equal logits).
     Greedy(u32),
+    /// The row's largest logits with their token ids ([`ops::top_k_rows`]): as many as the step's
+    /// largest [`RowWant::Top`], which is at least what this row asked for.
+    Candidates(Vec<(u32, f32)>),
     /// The whole row of logits, for a sampler that needs the distribution.
     Logits(Vec<f32>),
 }
@@ -198,14 +213,14 @@ impl Executor {
     }
 
     /// Runs one step with the logits of the last `rows[i]` tokens of chunk `i`, in order; the rows of
-    /// chunks with `greedy[i]` come back as their argmax, the others as logits.
+    /// chunk `i` come back as `wants[i]` asks.
     pub fn run_step_rows(
         &mut self,
         model: &dyn Model,
         cache: &PagedKvCache,
         chunks: &[SeqChunk<'_>],
         rows: &[usize],
-        greedy: &[bool],
+        wants: &[RowWant],
     ) -> Result<Vec<StepRow>> {
         let step = HostStep::new(chunks, rows, cache.block_size())?;
         #[cfg(feature = "cuda")]
@@ -213,17 +228,17 @@ impl Executor {
             if graphs.takes(&step) {
                 check_window_group(cache, &step)?;
                 let (logits, ids) = graphs.forward(model, cache, step, cuda)?;
-                return split_rows_given(&logits, ids.as_ref(), &row_flags(rows, greedy));
+                return split_rows_given(&logits, ids.as_ref(), &row_wants(rows, wants));
             }
         }
         let logits = forward(model, cache, step, &self.device)?;
-        split_rows(&logits, &row_flags(rows, greedy))
+        split_rows(&logits, &row_wants(rows, wants))
     }
 }
 
-/// One flag per logits row: chunk `i`'s `rows[i]` rows take `greedy[i]`.
-fn row_flags(rows: &[usize], greedy: &[bool]) -> Vec<bool> {
-    rows.iter().zip(greedy).flat_map(|(&n, &g)| std::iter::repeat_n(g, n)).collect()
+/// One want per logits row: chunk `i`'s `rows[i]` rows take `wants[i]`.
+fn row_wants(rows: &[usize], wants: &[RowWant]) -> Vec<RowWant> {
+    rows.iter().zip(wants).flat_map(|(&n, &w)| std::iter::repeat_n(w, n)).collect()
 }
 
 /// The forward pass of a step, op by op.
@@ -240,45 +255,55 @@ fn check_window_group(cache: &PagedKvCache, step: &HostStep) -> Result<()> {
     }
 }
 
-/// Splits `logits` (`[R, V]`) into greedy tokens (rows with `greedy[r]`, reduced by
-/// [`ops::argmax_rows`]) and host copies of the other rows, in row order.
-pub fn split_rows(logits: &Tensor, greedy: &[bool]) -> Result<Vec<StepRow>> {
-    split_rows_given(logits, None, greedy)
+/// Splits `logits` (`[R, V]`) into what each row's sampler wants (`wants[r]`), in row order:
+/// greedy tokens ([`ops::argmax_rows`]), the largest logits ([`ops::top_k_rows`], as many for every
+/// such row as the most any of them wants), or host copies of whole rows.
+pub fn split_rows(logits: &Tensor, wants: &[RowWant]) -> Result<Vec<StepRow>> {
+    split_rows_given(logits, None, wants)
 }
 
 /// [`split_rows`] where `ids`, when given, already holds every row's argmax (`[R]` u32, computed
 /// inside a replayed graph): the greedy rows take theirs from it.
-fn split_rows_given(logits: &Tensor, ids: Option<&Tensor>, greedy: &[bool]) -> Result<Vec<StepRow>> {
+fn split_rows_given(logits: &Tensor, ids: Option<&Tensor>, wants: &[RowWant]) -> Result<Vec<StepRow>> {
     let logits = logits.to_dtype(candle_core::DType::F32)?;
-    let rows_where = |want: bool| -> Result<Option<Tensor>> {
-        let picked: Vec<u32> = (0..greedy.len() as u32).filter(|&r| greedy[r as usize] == want).collect();
+    let rows_where = |want: &dyn Fn(RowWant) -> bool| -> Result<Option<Tensor>> {
+        let picked: Vec<u32> = (0..wants.len() as u32).filter(|&r| want(wants[r as usize])).collect();
         Ok(match picked.len() {
             0 => None,
-            n if n == greedy.len() => Some(logits.clone()),
+            n if n == wants.len() => Some(logits.clone()),
             n => Some(logits.index_select(&Tensor::from_vec(picked, n, logits.device())?, 0)?),
         })
     };
-    let mut tokens = match (greedy.contains(&true), ids) {
+    let greedy = |w: RowWant| w == RowWant::Greedy;
+    let mut tokens = match (wants.iter().any(|&w| greedy(w)), ids) {
         (false, _) => Vec::new(),
         (true, Some(ids)) => {
-            ids.to_vec1::<u32>()?.into_iter().zip(greedy).filter_map(|(t, &g)| g.then_some(t)).collect()
+            ids.to_vec1::<u32>()?.into_iter().zip(wants).filter_map(|(t, &w)| greedy(w).then_some(t)).collect()
         }
-        (true, None) => rows_where(true)?.map(|t| ops::argmax_rows(&t)).transpose()?.unwrap_or_default(),
+        (true, None) => rows_where(&greedy)?.map(|t| ops::argmax_rows(&t)).transpose()?.unwrap_or_default(),
     }
     .into_iter();
-    let mut full = match rows_where(false)? {
+    let most = wants.iter().filter_map(|w| if let RowWant::Top(k) = w { Some(*k) } else { None }).max();
+    let mut candidates = match most {
+        Some(k) => rows_where(&|w| matches!(w, RowWant::Top(_)))?.map(|t| ops::top_k_rows(&t, k)).transpose()?,
+        None => None,
+    }
+    .unwrap_or_default()
+    .into_iter();
+    let mut full = match rows_where(&|w| w == RowWant::Logits)? {
         Some(t) => t.to_vec2::<f32>()?,
         None => Vec::new(),
     }
     .into_iter();
-    greedy
+    wants
         .iter()
-        .map(|&g| match g {
-            true => tokens.next().map(StepRow::Greedy),
-            false => full.next().map(StepRow::Logits),
+        .map(|w| match w {
+            RowWant::Greedy => tokens.next().map(StepRow::Greedy),
+            RowWant::Top(_) => candidates.next().map(StepRow::Candidates),
+            RowWant::Logits => full.next().map(StepRow::Logits),
         })
         .collect::<Option<Vec<StepRow>>>()
-        .ok_or_else(|| Error::InvalidRequest(format!("the model returned fewer than {} logits rows", greedy.len())))
+        .ok_or_else(|| Error::InvalidRequest(format!("the model returned fewer than {} logits rows", wants.len())))
 }
 
 #[cfg(test)]
@@ -286,14 +311,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_rows_returns_each_greedy_rows_argmax_and_the_other_rows_whole_in_order() {
-        let logits = vec![0.5, 2.0, 2.0, -1.0, 3.0, 0.0, 9.0, 1.0, 9.0, f32::NAN, 0.0, 0.1];
-        let t = Tensor::from_vec(logits.clone(), (4, 3), &Device::Cpu).unwrap();
-        let rows = split_rows(&t, &[true, false, true, true]).unwrap();
+    fn split_rows_returns_each_rows_argmax_largest_logits_or_whole_row_in_order() {
+        let logits = vec![0.5, 2.0, 2.0, -1.0, 3.0, 0.0, 9.0, 1.0, 9.0, f32::NAN, 0.0, 0.1, 4.0, 4.0, 5.0];
+        let t = Tensor::from_vec(logits.clone(), (5, 3), &Device::Cpu).unwrap();
+        let (g, l) = (RowWant::Greedy, RowWant::Logits);
+        let rows = split_rows(&t, &[g, l, g, g, RowWant::Top(2)]).unwrap();
         assert_eq!(
             rows,
-            vec![StepRow::Greedy(1), StepRow::Logits(logits[3..6].to_vec()), StepRow::Greedy(0), StepRow::Greedy(2),]
+            vec![
+                StepRow::Greedy(1),
+                StepRow::Logits(logits[3..6].to_vec()),
+                StepRow::Greedy(0),
+                StepRow::Greedy(2),
+                StepRow::Candidates(vec![(2, 5.0), (0, 4.0)]),
+            ]
         );
-        assert!(split_rows(&t, &[true; 5]).is_err(), "more rows asked for than the model returned");
+        // Every Top row gets as many candidates as the most any of them asked for.
+        let rows = split_rows(&t, &[RowWant::Top(1), l, l, l, RowWant::Top(2)]).unwrap();
+        assert_eq!(rows[0], StepRow::Candidates(vec![(1, 2.0), (2, 2.0)]));
+        assert!(split_rows(&t, &[g; 6]).is_err(), "more rows asked for than the model returned");
     }
 }
