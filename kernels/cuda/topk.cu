@@ -3,8 +3,9 @@
 // those, 8·k bytes a row back to the host instead of 4·V. The order is IEEE total order (Rust's
 // f32::total_cmp: -NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN) with ties to the lower index,
 // the host sampler's, so the set is the one it would pick. One block per row: a radix select finds
-// the k-th largest key in four 8-bit passes over the row, then one ordered pass writes the values
-// above it and then its first equals, each group in index order, as `ops::cpu::top_k` does.
+// the k-th largest key in four 8-bit passes over the row (per-warp histograms, one atomic per
+// distinct bin of a warp), then one ordered pass writes the values above it and then its first
+// equals, each group in index order, as `ops::cpu::top_k` does.
 #include <stdint.h>
 
 #define TOPK_THREADS 1024
@@ -14,6 +15,17 @@
 __device__ __forceinline__ uint32_t order_key(float v) {
     const uint32_t b = __float_as_uint(v);
     return b ^ ((b >> 31) ? 0xffffffffu : 0x80000000u);
+}
+
+// Elements per thread in each round of a pass: 4 loads in flight, fewer rounds.
+#define TOPK_PER_THREAD 4
+#define TOPK_TILE (TOPK_THREADS * TOPK_PER_THREAD)
+
+// Adds one to bin `bin` of this warp's histogram for every lane that has it (in_play), one atomic
+// per distinct bin: a pass over logits in a narrow range puts most lanes in the same few bins.
+__device__ __forceinline__ void count_bin(uint32_t *hist, bool in_play, uint32_t bin, uint32_t lane) {
+    const uint32_t peers = __match_any_sync(0xffffffffu, in_play ? bin : 0xffffffffu);
+    if (in_play && __ffs(peers) - 1 == (int)lane) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
 }
 
 // out: [rows, 2, k] u32, the k indices then the k values' bits. k <= vocab.
@@ -28,14 +40,25 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) top_k_rows_f32(const 
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
     // Radix select, most significant byte first: keys matching `prefix` under `mask` are still in
-    // play; `above` keys were left above them, and the k-th largest is the `want`-th in play.
+    // play; `above` keys were left above them, and the k-th largest is the `want`-th in play. Each
+    // warp takes runs of 32 × TOPK_PER_THREAD consecutive indices (the same rounds for every lane).
     uint32_t prefix = 0, mask = 0, above = 0, want = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (uint32_t i = threadIdx.x; i < TOPK_WARPS * 256; i += TOPK_THREADS) (&hist[0][0])[i] = 0;
         __syncthreads();
-        for (uint32_t i = threadIdx.x; i < vocab; i += TOPK_THREADS) {
-            const uint32_t key = order_key(row[i]);
-            if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 0xffu], 1u);
+        for (uint32_t base = warp * 32 * TOPK_PER_THREAD; base < vocab; base += TOPK_TILE) {
+            float v[TOPK_PER_THREAD];
+#pragma unroll
+            for (int j = 0; j < TOPK_PER_THREAD; j++) {
+                const uint32_t i = base + j * 32 + lane;
+                v[j] = i < vocab ? row[i] : 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < TOPK_PER_THREAD; j++) {
+                const uint32_t key = order_key(v[j]);
+                const bool in_play = base + j * 32 + lane < vocab && (key & mask) == prefix;
+                count_bin(hist[warp], in_play, (key >> shift) & 0xffu, lane);
+            }
         }
         __syncthreads();
         if (warp == 0) {
@@ -74,27 +97,23 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) top_k_rows_f32(const 
     }
 
     // prefix is the k-th largest key: the `above` keys over it all go out, and the first `want` of
-    // its equals. Tiles of TOPK_THREADS consecutive indices keep both groups in index order.
+    // its equals. Tiles of TOPK_TILE consecutive indices, TOPK_PER_THREAD consecutive ones a thread,
+    // keep both groups in index order.
     uint32_t done_greater = 0, done_equal = 0;
-    for (uint32_t start = 0; start < vocab; start += TOPK_THREADS) {
-        const uint32_t i = start + threadIdx.x;
-        float v = 0.f;
-        bool greater = false, equal = false;
-        if (i < vocab) {
-            v = row[i];
-            const uint32_t key = order_key(v);
-            greater = key > prefix;
-            equal = key == prefix;
+    for (uint32_t start = 0; start < vocab; start += TOPK_TILE) {
+        const uint32_t first = start + threadIdx.x * TOPK_PER_THREAD;
+        float v[TOPK_PER_THREAD];
+        uint32_t greater = 0, equal = 0;  // bit j: element first + j
+#pragma unroll
+        for (int j = 0; j < TOPK_PER_THREAD; j++) {
+            v[j] = first + j < vocab ? row[first + j] : 0.f;
+            const uint32_t key = order_key(v[j]);
+            greater |= (uint32_t)(first + j < vocab && key > prefix) << j;
+            equal |= (uint32_t)(first + j < vocab && key == prefix) << j;
         }
-        const uint32_t g = __ballot_sync(0xffffffffu, greater), e = __ballot_sync(0xffffffffu, equal);
-        if (lane == 0) {
-            warp_greater[warp] = __popc(g);
-            warp_equal[warp] = __popc(e);
-        }
-        __syncthreads();
-        // Every warp scans the warps' counts itself (lane w holds warp w's).
-        const uint32_t cg = warp_greater[lane], ce = warp_equal[lane];
-        uint32_t sg = cg, se = ce;
+        // Inclusive scans of the counts over the warp's lanes, then over the warps.
+        const uint32_t ng = __popc(greater), ne = __popc(equal);
+        uint32_t sg = ng, se = ne;
         for (int o = 1; o < 32; o *= 2) {
             const uint32_t a = __shfl_up_sync(0xffffffffu, sg, o), b = __shfl_up_sync(0xffffffffu, se, o);
             if (lane >= o) {
@@ -102,20 +121,40 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) top_k_rows_f32(const 
                 se += b;
             }
         }
-        const uint32_t before = (1u << lane) - 1;
-        const uint32_t at_greater = done_greater + __shfl_sync(0xffffffffu, sg - cg, warp) + __popc(g & before);
-        const uint32_t at_equal = done_equal + __shfl_sync(0xffffffffu, se - ce, warp) + __popc(e & before);
-        if (greater) {
-            ids[at_greater] = i;
-            values[at_greater] = __float_as_uint(v);
+        if (lane == 31) {
+            warp_greater[warp] = sg;
+            warp_equal[warp] = se;
         }
-        if (equal && at_equal < want) {
-            ids[above + at_equal] = i;
-            values[above + at_equal] = __float_as_uint(v);
+        __syncthreads();
+        // Every warp scans the warps' totals itself (lane w holds warp w's).
+        const uint32_t cg = warp_greater[lane], ce = warp_equal[lane];
+        uint32_t wg = cg, we = ce;
+        for (int o = 1; o < 32; o *= 2) {
+            const uint32_t a = __shfl_up_sync(0xffffffffu, wg, o), b = __shfl_up_sync(0xffffffffu, we, o);
+            if (lane >= o) {
+                wg += a;
+                we += b;
+            }
         }
-        done_greater += __shfl_sync(0xffffffffu, sg, 31);
-        done_equal += __shfl_sync(0xffffffffu, se, 31);
-        __syncthreads();  // the counts are rewritten by the next tile
+        uint32_t at_greater = done_greater + __shfl_sync(0xffffffffu, wg - cg, warp) + sg - ng;
+        uint32_t at_equal = done_equal + __shfl_sync(0xffffffffu, we - ce, warp) + se - ne;
+#pragma unroll
+        for (int j = 0; j < TOPK_PER_THREAD; j++) {
+            if (greater >> j & 1) {
+                ids[at_greater] = first + j;
+                values[at_greater++] = __float_as_uint(v[j]);
+            }
+            if (equal >> j & 1) {
+                if (at_equal < want) {
+                    ids[above + at_equal] = first + j;
+                    values[above + at_equal] = __float_as_uint(v[j]);
+                }
+                at_equal++;
+            }
+        }
+        done_greater += __shfl_sync(0xffffffffu, wg, 31);
+        done_equal += __shfl_sync(0xffffffffu, we, 31);
+        __syncthreads();  // the totals are rewritten by the next tile
         if (done_greater == above && done_equal >= want) break;
     }
 }
