@@ -159,27 +159,62 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-/// Threads per row of `top_k_rows_f32` (`TOPK_THREADS` in `topk.cu`).
+/// Threads per block of the top-k kernels (`TOPK_THREADS` in `topk.cu`).
 const TOPK_THREADS: u32 = 1024;
+/// The shortest slice a row is cut into for `top_k_slices_f32`: shorter rows take one block.
+const TOPK_SLICE_MIN: usize = 8192;
+/// The most slices per row (a 128,256-entry vocabulary takes 15).
+const TOPK_SLICES_MAX: usize = 16;
+
+/// Slices of `vocab` for `top_k_slices_f32` (and their length), or `None` for one block a row: as
+/// many as rows of at least [`TOPK_SLICE_MIN`] give, when every slice holds at least `k`.
+fn top_k_slices(vocab: usize, k: usize) -> Option<(usize, usize)> {
+    let slices = (vocab / TOPK_SLICE_MIN).min(TOPK_SLICES_MAX);
+    let len = vocab.div_ceil(slices.max(1));
+    (slices >= 2 && vocab - (slices - 1) * len >= k).then_some((slices, len))
+}
 
 /// The `k` largest of each of the `rows` rows of `vocab` f32 in `logits` (contiguous) with their
-/// indices, as `[rows, 2, k]` u32: the indices, then the values' bits (`ops::top_k_rows`).
+/// indices, as `[rows, 2, k]` u32: the indices, then the values' bits (`ops::top_k_rows`). A long
+/// row is cut into slices whose k largest are selected first, so that a row is not one SM's work.
 pub fn top_k_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usize, k: usize) -> Result<CudaStorage> {
     if k == 0 || k > vocab {
         candle_core::bail!("top-k rows: k = {k} must lie in 1..={vocab}");
     }
     let dev = logits.device.clone();
     let logits = f32_view(logits, layout, "top-k logits")?;
-    // SAFETY: the kernel writes all 2k words of every row (k ≤ vocab: the k-th largest exists).
+    // SAFETY: the last kernel writes all 2k words of every row (k ≤ vocab: the k-th largest exists).
     let out = unsafe { dev.alloc::<u32>(rows * 2 * k)? };
-    let func = function(&dev, "topk", "top_k_rows_f32")?;
-    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
     let stream = dev.cuda_stream();
+    let block =
+        |x: u32, y: u32| LaunchConfig { grid_dim: (x, y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let (vocab_u, k_u) = (vocab as u32, k as u32);
+    let slices = match top_k_slices(vocab, k) {
+        Some((slices, len)) => {
+            // SAFETY: every slice block writes its 2k words (each slice holds at least k).
+            let scratch = unsafe { dev.alloc::<u32>(rows * slices * 2 * k)? };
+            let func = function(&dev, "topk", "top_k_slices_f32")?;
+            let mut builder = stream.launch_builder(&func);
+            let len = len as u32;
+            builder.arg(&logits).arg(&vocab_u).arg(&k_u).arg(&len).arg(&scratch);
+            // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows * slices * 2k` u32.
+            unsafe { builder.launch(block(rows as u32, slices as u32)) }.w()?;
+            Some((scratch, slices as u32))
+        }
+        None => None,
+    };
+    let func = function(&dev, "topk", "top_k_rows_f32")?;
     let mut builder = stream.launch_builder(&func);
-    let (vocab, k) = (vocab as u32, k as u32);
-    builder.arg(&logits).arg(&vocab).arg(&k).arg(&out);
-    // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows * 2k` u32.
-    unsafe { builder.launch(cfg) }.w()?;
+    let num_slices = slices.as_ref().map_or(0, |s| s.1);
+    builder.arg(&logits);
+    // Without slices the kernel never reads its candidates argument: any valid pointer will do.
+    match &slices {
+        Some((scratch, _)) => builder.arg(scratch),
+        None => builder.arg(&out),
+    };
+    builder.arg(&vocab_u).arg(&num_slices).arg(&k_u).arg(&out);
+    // SAFETY: reads the logits (or the slices' candidates written above), writes `rows * 2k` u32.
+    unsafe { builder.launch(block(rows as u32, 1)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
