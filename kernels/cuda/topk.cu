@@ -124,6 +124,17 @@ __device__ void radix_select(TopKShared &sh, const In &in, uint32_t n, uint32_t 
     kth = prefix;
 }
 
+// Inclusive prefix sums of two counts over the lanes of a warp, in place.
+__device__ __forceinline__ void warp_scan(uint32_t &a, uint32_t &b, uint32_t lane) {
+    for (int o = 1; o < 32; o *= 2) {
+        const uint32_t x = __shfl_up_sync(0xffffffffu, a, o), y = __shfl_up_sync(0xffffffffu, b, o);
+        if (lane >= o) {
+            a += x;
+            b += y;
+        }
+    }
+}
+
 // Exclusive prefix sums over the block's threads, in thread order, of two counts, and their block
 // totals (every thread gets them). Two barriers.
 __device__ __forceinline__ void block_scan(TopKShared &sh, uint32_t a, uint32_t b, uint32_t &before_a,
@@ -131,13 +142,7 @@ __device__ __forceinline__ void block_scan(TopKShared &sh, uint32_t a, uint32_t 
     uint32_t *warp_a = sh.warp_a, *warp_b = sh.warp_b;
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     uint32_t sa = a, sb = b;
-    for (int o = 1; o < 32; o *= 2) {
-        const uint32_t x = __shfl_up_sync(0xffffffffu, sa, o), y = __shfl_up_sync(0xffffffffu, sb, o);
-        if (lane >= o) {
-            sa += x;
-            sb += y;
-        }
-    }
+    warp_scan(sa, sb, lane);
     if (lane == 31) {
         warp_a[warp] = sa;
         warp_b[warp] = sb;
@@ -146,13 +151,7 @@ __device__ __forceinline__ void block_scan(TopKShared &sh, uint32_t a, uint32_t 
     // Every warp scans the warps' totals itself (lane w holds warp w's).
     const uint32_t ca = warp_a[lane], cb = warp_b[lane];
     uint32_t wa = ca, wb = cb;
-    for (int o = 1; o < 32; o *= 2) {
-        const uint32_t x = __shfl_up_sync(0xffffffffu, wa, o), y = __shfl_up_sync(0xffffffffu, wb, o);
-        if (lane >= o) {
-            wa += x;
-            wb += y;
-        }
-    }
+    warp_scan(wa, wb, lane);
     before_a = __shfl_sync(0xffffffffu, wa - ca, warp) + sa - a;
     before_b = __shfl_sync(0xffffffffu, wb - cb, warp) + sb - b;
     total_a = __shfl_sync(0xffffffffu, wa, 31);

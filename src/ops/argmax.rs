@@ -33,11 +33,8 @@ impl CustomOp1 for ArgmaxRows {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (rows, vocab) = layout.shape().dims2()?;
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("argmax-rows takes contiguous f32 logits");
-        };
-        let ids = data[start..end].chunks_exact(vocab).map(cpu::argmax).collect();
+        let (rows, vocab, data) = super::logits_rows(storage, layout, self.name())?;
+        let ids = data.chunks_exact(vocab).map(cpu::argmax).collect();
         Ok((CpuStorage::U32(ids), Shape::from(rows)))
     }
 

@@ -46,6 +46,20 @@ pub use topk::top_k_rows;
 
 use std::any::Any;
 
+/// The rows of logits in a CPU storage, for the CPU half of the row-wise sampling ops: rows, row
+/// length, and the contiguous f32 values.
+fn logits_rows<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<(usize, usize, &'a [f32])> {
+    let (rows, vocab) = layout.shape().dims2()?;
+    let (candle_core::CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("{op} takes contiguous f32 logits");
+    };
+    Ok((rows, vocab, &data[start..end]))
+}
+
 /// The slot of a padding row: a row that a fixed-shape step (a replayed CUDA graph's) adds to fill its
 /// batch. `kv_write` writes nothing for it; its query attends to the first key of block 0.
 pub const PADDING_SLOT: u32 = u32::MAX;

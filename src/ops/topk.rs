@@ -40,12 +40,9 @@ impl CustomOp1 for TopKRows {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (rows, vocab) = layout.shape().dims2()?;
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("top-k-rows takes contiguous f32 logits");
-        };
+        let (rows, vocab, data) = super::logits_rows(storage, layout, self.name())?;
         let mut packed = Vec::with_capacity(rows * 2 * self.k);
-        for row in data[start..end].chunks_exact(vocab) {
+        for row in data.chunks_exact(vocab) {
             let top = cpu::top_k(row, self.k);
             packed.extend(top.iter().map(|c| c.0));
             packed.extend(top.iter().map(|c| c.1.to_bits()));
