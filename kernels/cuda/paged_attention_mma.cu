@@ -321,6 +321,215 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
     }
 }
 
+// Decode (one query per sequence) on tensor cores, for f16/bf16 caches at head sizes 64, 128 and 256:
+// the same blocks, partitions and outputs as `paged_decode` in paged_attention.cu (one block =
+// sequence × KV head × up to G query heads of its group × one partition), but each key costs a few
+// tensor-core instructions instead of a lane's dot product and shuffle tree. On CUDA cores the
+// decode kernel issued ~25 instructions per 16-byte load and topped out at ~2.6 TB/s on an H200
+// whose memory streams 4.4 (docs/perf.md); here bandwidth is the limit.
+// A warp takes the partition's tiles of 16 keys w, w + WARPS, ...: its own stream of tiles, keys then
+// values, copied with cp.async into DEPTH staging tiles of its own (no block barrier inside a pass).
+// Scores: Sᵀ = K·Qᵀ with mma.sync m16n8k16 (16 keys × 8 query heads, the queries pre-scaled by
+// scale·log2 e and rounded to the cache type, as in the chunk kernel above), into shared memory; the
+// partition's softmax; then Oᵀ += Vᵀ·Pᵀ (16 dims × 8 heads per mma, P rounded to the cache type), the
+// warps' sums added in warp order. Batch invariance: a tile's keys, its warp and every sum's order
+// depend on the sequence and the partition alone.
+template <int D> struct DecMma {
+    static constexpr int G = 8;                        // query heads per block: the mma's n
+    static constexpr int KEYS = 16;                    // keys per tile: the mma's m
+    static constexpr int S = D + 8;                    // padded tile row, in elements (see MmaTile)
+    static constexpr int PIECES = KEYS * D / 8 / 32;   // 16-byte copies per lane per tile
+    static constexpr int DEPTH = 2;                    // tiles each warp has in flight (docs/perf.md)
+    static constexpr int STAGE = KEYS * S;             // elements of one staging tile
+    static constexpr int STAGING = WARPS * DEPTH * STAGE * 2;  // bytes of all warps' staging tiles
+    static constexpr int SUMS = WARPS * G * D * 4;     // bytes of the warps' sums (reusing the staging)
+    static constexpr int SMEM = STAGING > SUMS ? STAGING : SUMS;  // dynamic shared memory
+};
+
+// A warp's stream of tiles: stages [0, tiles) are the keys of its tiles, [tiles, 2 tiles) their values.
+template <typename T, int D> struct WarpTiles {
+    using C = DecMma<D>;
+    const T *k_cache, *v_cache;
+    const uint32_t *slots;  // the partition's cache slots
+    T *stage;               // this warp's DEPTH staging tiles
+    uint32_t n, first, kv_head, num_kv_heads;
+    int tiles, warp, lane;
+
+    // Partition-relative index of the first key of stage s's tile.
+    __device__ __forceinline__ uint32_t key0(int s) const { return (uint32_t)(warp + WARPS * (s % tiles)) * C::KEYS; }
+    // Starts stage s's copies (keys outside [first, n) become zeros, nothing past the stream's end)
+    // and commits them as one group.
+    __device__ __forceinline__ void issue(int s) const {
+        if (s < 2 * tiles) {
+            const T *cache = s < tiles ? k_cache : v_cache;
+            T *tile = stage + (s % C::DEPTH) * C::STAGE;
+#pragma unroll
+            for (int k = 0; k < C::PIECES; k++) {
+                const int i = lane + 32 * k, r = i / (D / 8), c = i % (D / 8);
+                const uint32_t j = key0(s) + r;
+                const bool live = j >= first && j < n;
+                const T *src = live ? cache + ((size_t)slots[j] * num_kv_heads + kv_head) * D + c * 8 : cache;
+                copy16_async(tile + r * C::S + c * 8, src, live);
+            }
+        }
+        commit_async();
+    }
+    // Waits for stage s (the oldest of DEPTH groups in flight) and every lane's copies of it.
+    __device__ __forceinline__ const T *take(int s) const {
+        wait_async<C::DEPTH - 1>();
+        __syncwarp();
+        return stage + (s % C::DEPTH) * C::STAGE;
+    }
+    // Hands stage s's buffer to stage s + DEPTH once every lane has read it.
+    __device__ __forceinline__ void refill(int s) const {
+        __syncwarp();
+        issue(s + C::DEPTH);
+    }
+};
+
+template <typename T, int D>
+__device__ void paged_decode_mma(const float *__restrict__ q, const T *__restrict__ k_cache,
+                                 const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
+                                 const uint32_t *__restrict__ cu_query_lens, const uint32_t *__restrict__ context_lens,
+                                 const uint32_t *__restrict__ decode_seqs, float *__restrict__ out,
+                                 float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
+    using C = DecMma<D>;
+    constexpr int G = C::G;
+    // The warps' staging tiles (C::SMEM bytes); once every tile is read, the warps' sums.
+    extern __shared__ uint4 smem[];
+    __shared__ float s_s[G][PART + 4];  // scores, then probabilities (rows padded: no bank conflicts)
+    __shared__ float m_s[G], l_s[G];
+    __shared__ uint32_t slot_s[PART];
+
+    const uint32_t seq = decode_seqs[blockIdx.x];
+    const uint32_t group = p.num_heads / p.num_kv_heads;
+    const uint32_t hchunks = (group + G - 1) / G;
+    const uint32_t kv_head = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
+    const uint32_t head0 = kv_head * group + hc * G;
+    const int heads = (int)min((uint32_t)G, group - hc * G);
+    const uint32_t row = cu_query_lens[seq];
+    const uint32_t ctx = context_lens[seq], pos = ctx - 1;
+    const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
+    const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
+    // Partition sizes as in `paged_decode`.
+    const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;
+    const uint32_t part_lo = blockIdx.z * part_keys;
+    const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + part_keys);
+    const uint32_t n = lo < hi ? hi - part_lo : 0;  // keys [0, n) relative to part_lo may be live
+    const uint32_t span = (n + C::KEYS - 1) / C::KEYS * C::KEYS;  // score slots of whole tiles
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;  // fragment row (key, dim) and column pair (heads 2t, 2t + 1)
+    for (uint32_t j = threadIdx.x; j < n; j += NT) {
+        const uint32_t kpos = part_lo + j;
+        slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
+    }
+    __syncthreads();
+    const int tiles = (int)(span / C::KEYS);
+    const WarpTiles<T, D> wt{k_cache, v_cache, slot_s, reinterpret_cast<T *>(smem) + warp * C::DEPTH * C::STAGE,
+                             n, lo < hi ? lo - part_lo : 0, kv_head, p.num_kv_heads,
+                             tiles > warp ? (tiles - warp + WARPS - 1) / WARPS : 0, warp, lane};
+#pragma unroll
+    for (int s = 0; s < C::DEPTH; s++) wt.issue(s);
+
+    // Qᵀ's fragments (the mma's B): head g of the block, dims kk·16 + 2t, + 1 (b0) and + 8, + 9 (b1).
+    uint32_t qb[D / 16][2];
+    const float q_scale = p.scale * 1.4426950408889634f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float2 v = make_float2(0.f, 0.f);
+            if (g < heads) v = *reinterpret_cast<const float2 *>(q + ((size_t)row * p.num_heads + head0 + g) * D + kk * 16 + 8 * h + 2 * t);
+            qb[kk][h] = Mma<T>::pack(v.x * q_scale, v.y * q_scale);
+        }
+
+    // Pass 1: scores (log2 units) of keys [0, span); keys outside [first, n) get -inf.
+    for (int s = 0; s < wt.tiles; s++) {
+        const T *kt = wt.take(s);
+        float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t a[4];
+            ldmatrix_x4<false>(a, kt + (lane % 8 + (lane / 8 % 2) * 8) * C::S + kk * 16 + lane / 16 * 8);
+            Mma<T>::mma(sc, a, qb[kk][0], qb[kk][1]);
+        }
+        // sc[e]: key key0 + g + 8 (e / 2), head 2t + e % 2.
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const uint32_t j = wt.key0(s) + g + 8 * (e / 2);
+            s_s[2 * t + e % 2][j] = j >= wt.first && j < n ? sc[e] : -INFINITY;
+        }
+        wt.refill(s);
+    }
+    __syncthreads();
+    // The partition's softmax (the values' first tiles are landing meanwhile): warp w takes heads
+    // w, w + WARPS, ...
+    for (int h = warp; h < heads; h += WARPS) {
+        float mx = -INFINITY;
+        for (uint32_t j = lane; j < span; j += 32) mx = fmaxf(mx, s_s[h][j]);
+        for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+        float sum = 0.f;
+        for (uint32_t j = lane; j < span; j += 32) {
+            const float e = mx == -INFINITY ? 0.f : exp2f(s_s[h][j] - mx);
+            s_s[h][j] = e;
+            sum += e;
+        }
+        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0) {
+            m_s[h] = mx;
+            l_s[h] = sum;
+        }
+    }
+    __syncthreads();
+    // Pass 2: Oᵀ (this warp's keys) += Vᵀ·Pᵀ; o[m][e]: dim m·16 + g + 8 (e / 2), head 2t + e % 2.
+    float o[D / 16][4];
+#pragma unroll
+    for (int m = 0; m < D / 16; m++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[m][e] = 0.f;
+    for (int s = wt.tiles; s < 2 * wt.tiles; s++) {
+        const T *vt = wt.take(s);
+        // Pᵀ's fragments: head g's probabilities of keys key0 + 2t, + 1 (b0) and + 8, + 9 (b1).
+        const float *pr = &s_s[g][wt.key0(s) + 2 * t];
+        const bool head = g < heads;
+        const uint32_t b0 = head ? Mma<T>::pack(pr[0], pr[1]) : 0u, b1 = head ? Mma<T>::pack(pr[8], pr[9]) : 0u;
+#pragma unroll
+        for (int m = 0; m < D / 16; m++) {
+            uint32_t a[4];
+            ldmatrix_x4<true>(a, vt + (lane / 16 * 8 + lane % 8) * C::S + m * 16 + (lane / 8 % 2) * 8);
+            Mma<T>::mma(o[m], a, b0, b1);
+        }
+        wt.refill(s);
+    }
+    // Every copy has landed and been read: the staging tiles now hold the warps' sums.
+    wait_async<0>();
+    __syncthreads();
+    float(*acc_s)[G][D] = reinterpret_cast<float(*)[G][D]>(smem);
+#pragma unroll
+    for (int m = 0; m < D / 16; m++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc_s[warp][2 * t + e % 2][m * 16 + g + 8 * (e / 2)] = o[m][e];
+    __syncthreads();
+    for (int i = threadIdx.x; i < heads * D; i += NT) {
+        const int h = i / D, d = i % D;
+        float a = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) a += acc_s[w][h][d];
+        const size_t r = (size_t)row * p.num_heads + head0 + h;
+        if (p.num_partitions == 1) {
+            out[r * D + d] = a / l_s[h];
+        } else {
+            const size_t po = (size_t)blockIdx.z * p.num_tokens * p.num_heads + r;
+            part_acc[po * D + d] = a;
+            if (d == 0) {
+                part_ml[2 * po] = m_s[h] * 0.6931471805599453f;  // back to natural-log units
+                part_ml[2 * po + 1] = l_s[h];
+            }
+        }
+    }
+}
+
 // Warps (of 16 query rows) and partitions per block by head size, as `mma_shape` in src/ops/cuda.rs:
 // chosen on an H200 among 4 or 8 warps × 1, 2 or 4 partitions (docs/perf.md). At head size 256, 8
 // warps would leave one block per SM (252 registers a thread).
@@ -344,3 +553,19 @@ PAGED_ATTENTION_MMA(paged_attention_mma_f16_d256, __half, 256)
 PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d64, __nv_bfloat16, 64)
 PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d128, __nv_bfloat16, 128)
 PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d256, __nv_bfloat16, 256)
+
+#define PAGED_DECODE_MMA(NAME, T, D)                                                                   \
+    extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
+        const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
+        float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
+        paged_decode_mma<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, out, \
+                               part_acc, part_ml, p);                                                  \
+    }
+
+PAGED_DECODE_MMA(paged_decode_mma_f16_d64, __half, 64)
+PAGED_DECODE_MMA(paged_decode_mma_f16_d128, __half, 128)
+PAGED_DECODE_MMA(paged_decode_mma_f16_d256, __half, 256)
+PAGED_DECODE_MMA(paged_decode_mma_bf16_d64, __nv_bfloat16, 64)
+PAGED_DECODE_MMA(paged_decode_mma_bf16_d128, __nv_bfloat16, 128)
+PAGED_DECODE_MMA(paged_decode_mma_bf16_d256, __nv_bfloat16, 256)

@@ -1,10 +1,10 @@
-// Times bodega's f16 decode attention (`paged_decode_f16_d64_g4`, then `paged_attention_reduce`) from a
-// cubin of kernels/cuda/paged_attention.cu, outside the engine, so that several versions of the kernel
+// Times one of bodega's f16 decode attention kernels at head size 64 (KERNEL from CUBIN, then
+// `paged_attention_reduce` from REDUCE_CUBIN) outside the engine, so that several kernels and versions
 // can be compared in one device call (scripts/decode-bench.sh); or, with --stream, the floor that no
 // kernel beats: one that only reads as many bytes.
 //
-//   decode_bench CUBIN DYN_SMEM    Llama-3.2-1B's attention (32 query heads over 8 KV heads of 64)
-//   decode_bench --stream CUBIN    stream_read.cu over 8 MiB .. 512 MiB
+//   decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN   Llama-3.2-1B's attention (32 query heads, 8 KV heads)
+//   decode_bench --stream CUBIN                       stream_read.cu over 8 MiB .. 512 MiB
 //
 // Every timing is the median of 9 replays of a CUDA graph of 20 calls, after 50 warm-up replays;
 // consecutive calls read different copies of the inputs, 256 MiB or more in all, so that nothing is
@@ -96,11 +96,13 @@ static uint16_t to_f16(float f) {
 }
 
 // The decode kernel and its reduction over `seqs` sequences of `ctx` keys each, block tables shuffled.
-static void time_decode(CUmodule mod, int dyn_smem, CUstream st, uint32_t seqs, uint32_t ctx, std::mt19937 &rng) {
-    const uint32_t heads = 32, kv_heads = 8, dim = 64, block = 16, g = 4;
-    CUfunction decode, reduce;
-    CHECK(cuModuleGetFunction(&decode, mod, "paged_decode_f16_d64_g4"));
-    CHECK(cuModuleGetFunction(&reduce, mod, seqs * heads <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
+// `g`: query heads per block (`_g4`: 4; `_g8` and the tensor-core kernel: 8).
+static void time_decode(CUfunction decode, uint32_t g, CUmodule reduce_mod, int dyn_smem, CUstream st, uint32_t seqs,
+                        uint32_t ctx, std::mt19937 &rng) {
+    const uint32_t heads = 32, kv_heads = 8, dim = 64, block = 16;
+    CUfunction reduce;
+    CHECK(cuModuleGetFunction(&reduce, reduce_mod,
+                              seqs * heads <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
     const uint32_t blocks_per_seq = ctx / block;
     const size_t cache_elems = (size_t)seqs * ctx * kv_heads * dim, bytes = 2 * cache_elems * 2;
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -181,29 +183,33 @@ static void time_stream(CUmodule mod, CUstream st, int sms) {
     CHECK(cuMemFree(out));
 }
 
-int main(int argc, char **argv) {
-    const bool stream = argc == 3 && std::string(argv[1]) == "--stream";
-    if (!stream && argc != 3) {
-        fprintf(stderr, "usage: decode_bench CUBIN DYN_SMEM | decode_bench --stream CUBIN\n");
-        return 2;
-    }
-    const char *path = stream ? argv[2] : argv[1];
-    CHECK(cuInit(0));
-    CUdevice dev;
-    CHECK(cuDeviceGet(&dev, 0));
-    CUcontext ctx;
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+static CUmodule load_module(const char *path) {
     std::ifstream file(path, std::ios::binary);
     if (!file) {
         fprintf(stderr, "decode_bench: cannot read %s\n", path);
-        return 1;
+        exit(1);
     }
     std::stringstream image;
     image << file.rdbuf();
     const std::string bytes = image.str();
     CUmodule mod;
     CHECK(cuModuleLoadData(&mod, bytes.data()));
+    return mod;
+}
+
+int main(int argc, char **argv) {
+    const bool stream = argc == 3 && std::string(argv[1]) == "--stream";
+    if (!stream && argc != 5) {
+        fprintf(stderr, "usage: decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN | decode_bench --stream CUBIN\n");
+        return 2;
+    }
+    CHECK(cuInit(0));
+    CUdevice dev;
+    CHECK(cuDeviceGet(&dev, 0));
+    CUcontext ctx;
+    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
+    CHECK(cuCtxSetCurrent(ctx));
+    const CUmodule mod = load_module(stream ? argv[2] : argv[1]);
     CUstream st;
     CHECK(cuStreamCreate(&st, CU_STREAM_NON_BLOCKING));
     int sms;
@@ -212,17 +218,21 @@ int main(int argc, char **argv) {
         time_stream(mod, st, sms);
         return 0;
     }
-    const int dyn_smem = atoi(argv[2]);
+    const std::string kernel = argv[2];
+    const int dyn_smem = atoi(argv[3]);
+    const CUmodule reduce_mod = load_module(argv[4]);
     CUfunction decode;
-    CHECK(cuModuleGetFunction(&decode, mod, "paged_decode_f16_d64_g4"));
+    CHECK(cuModuleGetFunction(&decode, mod, kernel.c_str()));
+    CHECK(cuFuncSetAttribute(decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn_smem));
+    const uint32_t g = kernel.find("_g4") != std::string::npos ? 4 : 8;
     int regs, per_sm;
     CHECK(cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, decode));
     CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode, 128, dyn_smem));
-    printf("%s: paged_decode_f16_d64_g4, %d registers, %d B dynamic shared memory, %d blocks per SM\n", path, regs,
+    printf("%s: %s, %d registers, %d B dynamic shared memory, %d blocks per SM\n", argv[1], kernel.c_str(), regs,
            dyn_smem, per_sm);
     std::mt19937 rng(7);  // the same inputs for every cubin: equal checksums mean equal outputs
     const uint32_t shapes[][2] = {{1, 256},  {1, 1024}, {1, 4096},  {1, 16384}, {1, 32768},
                                   {16, 4096}, {64, 4096}, {64, 1024}, {4, 32768}};
-    for (const auto &shape : shapes) time_decode(mod, dyn_smem, st, shape[0], shape[1], rng);
+    for (const auto &shape : shapes) time_decode(decode, g, reduce_mod, dyn_smem, st, shape[0], shape[1], rng);
     return 0;
 }

@@ -39,8 +39,8 @@ const NORM_THREADS: u32 = 256;
 const GATED_THREADS: u32 = 256;
 /// Threads per row of `argmax_rows` (`ARGMAX_THREADS` in `argmax.cu`).
 const ARGMAX_THREADS: u32 = 1024;
-/// Query heads of a GQA group per decode block (`G` in `paged_attention.cu`): 4 when the group is
-/// that small (no block computes padding heads), else 8.
+/// Query heads of a GQA group per decode block on CUDA cores (`G` in `paged_attention.cu`): 4 when
+/// the group is that small (no block computes padding heads), else 8.
 fn decode_heads(group: usize) -> usize {
     if group <= 4 {
         4
@@ -48,6 +48,8 @@ fn decode_heads(group: usize) -> usize {
         8
     }
 }
+/// Query heads per decode block on tensor cores (`DecMma::G`: the mma's n).
+const DECODE_MMA_HEADS: usize = 8;
 /// Rounds of cache loads each decode lane keeps in flight (`DEC_DEPTH` in `paged_attention.cu`).
 const DECODE_DEPTH: usize = 2;
 /// Keys each decode lane takes per round (`UK`).
@@ -62,6 +64,16 @@ fn decode_shared_bytes(head_dim: usize, elem_bytes: usize, g: usize) -> u32 {
     let pieces = head_dim / (per_load * lanes_per_key);
     let staging = DECODE_DEPTH * DECODE_KEYS_PER_LANE * pieces * ATTENTION_THREADS as usize * 16;
     let sums = ATTENTION_THREADS as usize / 32 * g * head_dim * 4;
+    staging.max(sums) as u32
+}
+
+/// Dynamic shared memory of a tensor-core decode block (`DecMma::SMEM` in `paged_attention_mma.cu`):
+/// each warp's 2 staging tiles of 16 keys (rows padded by 8 two-byte elements), which the warps'
+/// sums (`WARPS × 8 × head_dim` f32) reuse at the end.
+fn decode_mma_shared_bytes(head_dim: usize) -> u32 {
+    let warps = ATTENTION_THREADS as usize / 32;
+    let staging = warps * 2 * 16 * (head_dim + 8) * 2;
+    let sums = warps * DECODE_MMA_HEADS * head_dim * 4;
     staging.max(sums) as u32
 }
 
@@ -561,15 +573,20 @@ enum ChunkKernel {
     CudaCores,
 }
 
+/// Whether attention over `cache` at `head_dim` runs on tensor cores: f16/bf16 caches at head sizes
+/// 64/128/256 (`paged_attention_mma.cu`); f32 caches (which the GPU tests hold to f32 tolerances)
+/// and head sizes 16/32 stay on CUDA cores.
+fn on_tensor_cores(cache: &CudaStorageSlice, head_dim: usize) -> bool {
+    matches!(cache, CudaStorageSlice::F16(_) | CudaStorageSlice::BF16(_)) && head_dim >= 64
+}
+
 impl ChunkKernel {
     fn new(cache: &CudaStorageSlice, head_dim: usize) -> Self {
-        match cache {
-            CudaStorageSlice::F16(_) | CudaStorageSlice::BF16(_) if head_dim >= 64 => {
-                // `MmaShape` in paged_attention_mma.cu: chosen on an H200 among 4 or 8 warps × 1, 2
-                // or 4 partitions (docs/perf.md).
-                Self::TensorCores { warps: if head_dim == 64 { 8 } else { 4 }, parts: 4 }
-            }
-            _ => Self::CudaCores,
+        match on_tensor_cores(cache, head_dim) {
+            // `MmaShape` in paged_attention_mma.cu: chosen on an H200 among 4 or 8 warps × 1, 2 or 4
+            // partitions (docs/perf.md).
+            true => Self::TensorCores { warps: if head_dim == 64 { 8 } else { 4 }, parts: 4 },
+            false => Self::CudaCores,
         }
     }
 
@@ -606,6 +623,41 @@ impl ChunkKernel {
                 shared_bytes: 0,
                 blocks: (items, y),
             },
+        }
+    }
+}
+
+/// The launch of the decode kernel (one query per sequence) over `decodes` sequences: on tensor cores
+/// where the chunk kernel is (`paged_decode_mma`: on CUDA cores it was bound by its instructions, at
+/// ~2.6 TB/s on an H200, docs/perf.md), else `paged_decode` on CUDA cores.
+fn decode_launch(
+    cache: &CudaStorageSlice,
+    elem_bytes: usize,
+    suffix: &str,
+    shape: &AttentionParams,
+    decodes: usize,
+) -> Launch {
+    let (head_dim, kv_heads) = (shape.head_dim, shape.num_kv_heads);
+    let group = shape.num_heads / kv_heads;
+    match on_tensor_cores(cache, head_dim) {
+        true => Launch {
+            family: "paged_attention_mma",
+            name: format!("paged_decode_mma_{suffix}"),
+            threads: ATTENTION_THREADS,
+            parts_per_block: 1,
+            shared_bytes: decode_mma_shared_bytes(head_dim),
+            blocks: (decodes, kv_heads * group.div_ceil(DECODE_MMA_HEADS)),
+        },
+        false => {
+            let g = decode_heads(group);
+            Launch {
+                family: "paged_attention",
+                name: format!("paged_decode_{suffix}_g{g}"),
+                threads: ATTENTION_THREADS,
+                parts_per_block: 1,
+                shared_bytes: decode_shared_bytes(head_dim, elem_bytes, g),
+                blocks: (decodes, kv_heads * group.div_ceil(g)),
+            }
         }
     }
 }
@@ -700,7 +752,7 @@ pub fn paged_attention(
     }
     // SAFETY: the kernels write every (token, head) row: the work items cover the queries of each
     // sequence with several and the chunks each group's heads; the decode blocks cover each decoding
-    // sequence's query and its group's heads in chunks of `decode_heads(group)`.
+    // sequence's query and its group's heads in chunks (`decode_launch`).
     let out = unsafe { dev.alloc::<f32>(out_len)? };
     let chunk_kernel = ChunkKernel::new(&k.slice, d);
     let tiling = Tiling::new(&shape, chunk_kernel.rows(d));
@@ -743,26 +795,14 @@ pub fn paged_attention(
     let slice = &packed.slice;
     let (tables, cu, ctx) = (slice.slice(..cu_at), slice.slice(cu_at..ctx_at), slice.slice(ctx_at..work_at));
     let stream = dev.cuda_stream();
-    let group = shape.num_heads / shape.num_kv_heads;
     // The chunk kernel over the work items and the decode kernel over the decoding sequences, each
     // with its list; each skipped when the step has none of its sequences.
-    let g = decode_heads(group);
     let launches = [
         (
             chunk_kernel.launch(&suffix, d, items, shape.num_kv_heads * tiling.num_chunks),
             slice.slice(work_at..decode_at),
         ),
-        (
-            Launch {
-                family: "paged_attention",
-                name: format!("paged_decode_{suffix}_g{g}"),
-                threads: ATTENTION_THREADS,
-                parts_per_block: 1,
-                shared_bytes: decode_shared_bytes(d, elem_bytes, g),
-                blocks: (decodes, shape.num_kv_heads * group.div_ceil(g)),
-            },
-            slice.slice(decode_at..packed.len),
-        ),
+        (decode_launch(&k.slice, elem_bytes, &suffix, &shape, decodes), slice.slice(decode_at..packed.len)),
     ];
     for (launch, list) in launches.iter().filter(|(l, _)| l.blocks.0 > 0) {
         let func = function(&dev, launch.family, &launch.name)?;
