@@ -24,7 +24,7 @@ pack() {
     scripts/decode-bench/decode_bench.cpp -L"$CUDA_ROOT/lib64/stubs" -lcuda
   nvcc --cubin -arch=sm_90 -O3 -o "$dir/stream_read.cubin" scripts/decode-bench/stream_read.cu
   nvcc --cubin -arch=sm_90 -O3 -std=c++17 -o "$dir/reduce.cubin" kernels/cuda/paged_attention.cu
-  (($#)) || set -- now:8192:paged_decode_f16_d64_g4 now:18432:paged_decode_mma_f16_d64
+  (($#)) || set -- now:8192:paged_decode_f16_d64_g4 now:36864:paged_decode_mma_f16_d64
   : > "$dir/cubins.txt"
   local spec rev rest smem kernel file src label
   for spec in "$@"; do

@@ -327,60 +327,60 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
 // tensor-core instructions instead of a lane's dot product and shuffle tree. On CUDA cores the
 // decode kernel issued ~25 instructions per 16-byte load and topped out at ~2.6 TB/s on an H200
 // whose memory streams 4.4 (docs/perf.md); here bandwidth is the limit.
-// A warp takes the partition's tiles of 16 keys w, w + WARPS, ...: its own stream of tiles, keys then
-// values, copied with cp.async into DEPTH staging tiles of its own (no block barrier inside a pass).
-// Scores: Sᵀ = K·Qᵀ with mma.sync m16n8k16 (16 keys × 8 query heads, the queries pre-scaled by
-// scale·log2 e and rounded to the cache type, as in the chunk kernel above), into shared memory; the
-// partition's softmax; then Oᵀ += Vᵀ·Pᵀ (16 dims × 8 heads per mma, P rounded to the cache type), the
-// warps' sums added in warp order. Batch invariance: a tile's keys, its warp and every sum's order
-// depend on the sequence and the partition alone.
+// A warp takes the partition's tiles of 16 keys w, w + WARPS, ...: its own stream of tiles, each
+// tile's keys and values copied together with cp.async into DEPTH staging slots of its own (no block
+// barrier until the end). Per tile: Sᵀ = K·Qᵀ with mma.sync m16n8k16 (16 keys × 8 query heads, the
+// queries pre-scaled by scale·log2 e and rounded to the cache type, as in the chunk kernel above),
+// an online softmax on the accumulator fragments, P rounded to the cache type and turned into the B
+// fragments of Oᵀ += Vᵀ·Pᵀ (16 dims × 8 heads per mma) through a small shared tile; at the end the
+// warps' (max, sum, output) are combined in warp order. Batch invariance: a tile's keys, its warp and
+// every sum's order depend on the sequence and the partition alone.
 template <int D> struct DecMma {
     static constexpr int G = 8;                        // query heads per block: the mma's n
     static constexpr int KEYS = 16;                    // keys per tile: the mma's m
     static constexpr int S = D + 8;                    // padded tile row, in elements (see MmaTile)
-    static constexpr int PIECES = KEYS * D / 8 / 32;   // 16-byte copies per lane per tile
-    static constexpr int DEPTH = 2;                    // tiles each warp has in flight (docs/perf.md)
-    static constexpr int STAGE = KEYS * S;             // elements of one staging tile
-    static constexpr int STAGING = WARPS * DEPTH * STAGE * 2;  // bytes of all warps' staging tiles
-    static constexpr int SUMS = WARPS * G * D * 4;     // bytes of the warps' sums (reusing the staging)
+    static constexpr int PIECES = KEYS * D / 8 / 32;   // 16-byte copies per lane per tile (keys or values)
+    static constexpr int DEPTH = D == 64 ? 2 : 1;      // tiles each warp has in flight: 8 KiB+ (docs/perf.md)
+    static constexpr int STAGE = 2 * KEYS * S;         // elements of one staging slot: keys, then values
+    static constexpr int STAGING = WARPS * DEPTH * STAGE * 2;  // bytes of all warps' staging slots
+    static constexpr int SUMS = WARPS * G * D * 4;     // bytes of the warps' outputs (reusing the staging)
     static constexpr int SMEM = STAGING > SUMS ? STAGING : SUMS;  // dynamic shared memory
 };
 
-// A warp's stream of tiles: stages [0, tiles) are the keys of its tiles, [tiles, 2 tiles) their values.
+// A warp's stream of tiles: stage s is its tile s (partition-relative keys key0(s) ..+ 16).
 template <typename T, int D> struct WarpTiles {
     using C = DecMma<D>;
     const T *k_cache, *v_cache;
     const uint32_t *slots;  // the partition's cache slots
-    T *stage;               // this warp's DEPTH staging tiles
+    T *stage;               // this warp's DEPTH staging slots
     uint32_t n, first, kv_head, num_kv_heads;
     int tiles, warp, lane;
 
-    // Partition-relative index of the first key of stage s's tile.
-    __device__ __forceinline__ uint32_t key0(int s) const { return (uint32_t)(warp + WARPS * (s % tiles)) * C::KEYS; }
-    // Starts stage s's copies (keys outside [first, n) become zeros, nothing past the stream's end)
-    // and commits them as one group.
+    __device__ __forceinline__ uint32_t key0(int s) const { return (uint32_t)(warp + WARPS * s) * C::KEYS; }
+    // Starts tile s's copies, keys and values (keys outside [first, n) become zeros; nothing past the
+    // stream's end), and commits them as one group.
     __device__ __forceinline__ void issue(int s) const {
-        if (s < 2 * tiles) {
-            const T *cache = s < tiles ? k_cache : v_cache;
-            T *tile = stage + (s % C::DEPTH) * C::STAGE;
+        if (s < tiles) {
+            T *slot = stage + (s % C::DEPTH) * C::STAGE;
 #pragma unroll
             for (int k = 0; k < C::PIECES; k++) {
                 const int i = lane + 32 * k, r = i / (D / 8), c = i % (D / 8);
                 const uint32_t j = key0(s) + r;
                 const bool live = j >= first && j < n;
-                const T *src = live ? cache + ((size_t)slots[j] * num_kv_heads + kv_head) * D + c * 8 : cache;
-                copy16_async(tile + r * C::S + c * 8, src, live);
+                const size_t at = live ? ((size_t)slots[j] * num_kv_heads + kv_head) * D + c * 8 : 0;
+                copy16_async(slot + r * C::S + c * 8, k_cache + at, live);
+                copy16_async(slot + (C::KEYS + r) * C::S + c * 8, v_cache + at, live);
             }
         }
         commit_async();
     }
-    // Waits for stage s (the oldest of DEPTH groups in flight) and every lane's copies of it.
+    // Waits for tile s (the oldest of DEPTH groups in flight) and every lane's copies of it.
     __device__ __forceinline__ const T *take(int s) const {
         wait_async<C::DEPTH - 1>();
         __syncwarp();
         return stage + (s % C::DEPTH) * C::STAGE;
     }
-    // Hands stage s's buffer to stage s + DEPTH once every lane has read it.
+    // Hands tile s's slot to tile s + DEPTH once every lane has read it.
     __device__ __forceinline__ void refill(int s) const {
         __syncwarp();
         issue(s + C::DEPTH);
@@ -395,10 +395,10 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
                                  float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
     using C = DecMma<D>;
     constexpr int G = C::G;
-    // The warps' staging tiles (C::SMEM bytes); once every tile is read, the warps' sums.
+    // The warps' staging slots (C::SMEM bytes); once every tile is read, the warps' outputs.
     extern __shared__ uint4 smem[];
-    __shared__ float s_s[G][PART + 4];  // scores, then probabilities (rows padded: no bank conflicts)
-    __shared__ float m_s[G], l_s[G];
+    __shared__ uint32_t p_s[WARPS][G][C::KEYS / 2 + 1];  // a tile's P as pairs of keys, per head
+    __shared__ float m_s[WARPS][G], l_s[WARPS][G];
     __shared__ uint32_t slot_s[PART];
 
     const uint32_t seq = decode_seqs[blockIdx.x];
@@ -416,7 +416,6 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
     const uint32_t part_lo = blockIdx.z * part_keys;
     const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + part_keys);
     const uint32_t n = lo < hi ? hi - part_lo : 0;  // keys [0, n) relative to part_lo may be live
-    const uint32_t span = (n + C::KEYS - 1) / C::KEYS * C::KEYS;  // score slots of whole tiles
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // fragment row (key, dim) and column pair (heads 2t, 2t + 1)
@@ -425,7 +424,7 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
         slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
     }
     __syncthreads();
-    const int tiles = (int)(span / C::KEYS);
+    const int tiles = (int)((n + C::KEYS - 1) / C::KEYS);
     const WarpTiles<T, D> wt{k_cache, v_cache, slot_s, reinterpret_cast<T *>(smem) + warp * C::DEPTH * C::STAGE,
                              n, lo < hi ? lo - part_lo : 0, kv_head, p.num_kv_heads,
                              tiles > warp ? (tiles - warp + WARPS - 1) / WARPS : 0, warp, lane};
@@ -444,9 +443,17 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
             qb[kk][h] = Mma<T>::pack(v.x * q_scale, v.y * q_scale);
         }
 
-    // Pass 1: scores (log2 units) of keys [0, span); keys outside [first, n) get -inf.
+    // The warp's online softmax over its tiles, for heads 2t + c (c = 0, 1): max m (log2 units), this
+    // lane's part of the sum l, and Oᵀ's fragments o[i][e]: dim i·16 + g + 8 (e / 2), head 2t + e % 2.
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float o[D / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 16; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[i][e] = 0.f;
     for (int s = 0; s < wt.tiles; s++) {
-        const T *kt = wt.take(s);
+        const T *kt = wt.take(s), *vt = kt + C::KEYS * C::S;
+        // sc[e]: key key0 + g + 8 (e / 2), head 2t + e % 2.
         float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
@@ -454,77 +461,93 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
             ldmatrix_x4<false>(a, kt + (lane % 8 + (lane / 8 % 2) * 8) * C::S + kk * 16 + lane / 16 * 8);
             Mma<T>::mma(sc, a, qb[kk][0], qb[kk][1]);
         }
-        // sc[e]: key key0 + g + 8 (e / 2), head 2t + e % 2.
+        float mx[2];
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const uint32_t j = wt.key0(s) + g + 8 * (e / 2);
-            s_s[2 * t + e % 2][j] = j >= wt.first && j < n ? sc[e] : -INFINITY;
+            if (j < wt.first || j >= n) sc[e] = -INFINITY;
         }
-        wt.refill(s);
-    }
-    __syncthreads();
-    // The partition's softmax (the values' first tiles are landing meanwhile): warp w takes heads
-    // w, w + WARPS, ...
-    for (int h = warp; h < heads; h += WARPS) {
-        float mx = -INFINITY;
-        for (uint32_t j = lane; j < span; j += 32) mx = fmaxf(mx, s_s[h][j]);
-        for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-        float sum = 0.f;
-        for (uint32_t j = lane; j < span; j += 32) {
-            const float e = mx == -INFINITY ? 0.f : exp2f(s_s[h][j] - mx);
-            s_s[h][j] = e;
-            sum += e;
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            mx[c] = fmaxf(sc[c], sc[2 + c]);
+#pragma unroll
+            for (int x = 4; x < 32; x *= 2) mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffff, mx[c], x));
+            const float m_new = fmaxf(m[c], mx[c]);
+            const float alpha = m_new == -INFINITY ? 1.f : exp2f(m[c] - m_new);
+            m[c] = m_new;
+            l[c] *= alpha;
+#pragma unroll
+            for (int i = 0; i < D / 16; i++) {
+                o[i][c] *= alpha;
+                o[i][2 + c] *= alpha;
+            }
         }
-        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-        if (lane == 0) {
-            m_s[h] = mx;
-            l_s[h] = sum;
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            pr[e] = m[e % 2] == -INFINITY ? 0.f : exp2f(sc[e] - m[e % 2]);
+            l[e % 2] += pr[e];
         }
-    }
-    __syncthreads();
-    // Pass 2: Oᵀ (this warp's keys) += Vᵀ·Pᵀ; o[m][e]: dim m·16 + g + 8 (e / 2), head 2t + e % 2.
-    float o[D / 16][4];
+        // Pᵀ's B fragments need head g's keys 2t, 2t + 1 (b0) and + 8, + 9 (b1): through p_s, as pairs.
+        T *pairs = reinterpret_cast<T *>(&p_s[warp][0][0]);
 #pragma unroll
-    for (int m = 0; m < D / 16; m++)
+        for (int e = 0; e < 4; e++) {
+            const int h = 2 * t + e % 2, key = g + 8 * (e / 2);
+            pairs[(h * (C::KEYS / 2 + 1) + key / 2) * 2 + key % 2] = from_float<T>(pr[e]);
+        }
+        __syncwarp();
+        const uint32_t b0 = p_s[warp][g][t], b1 = p_s[warp][g][4 + t];
 #pragma unroll
-        for (int e = 0; e < 4; e++) o[m][e] = 0.f;
-    for (int s = wt.tiles; s < 2 * wt.tiles; s++) {
-        const T *vt = wt.take(s);
-        // Pᵀ's fragments: head g's probabilities of keys key0 + 2t, + 1 (b0) and + 8, + 9 (b1).
-        const float *pr = &s_s[g][wt.key0(s) + 2 * t];
-        const bool head = g < heads;
-        const uint32_t b0 = head ? Mma<T>::pack(pr[0], pr[1]) : 0u, b1 = head ? Mma<T>::pack(pr[8], pr[9]) : 0u;
-#pragma unroll
-        for (int m = 0; m < D / 16; m++) {
+        for (int i = 0; i < D / 16; i++) {
             uint32_t a[4];
-            ldmatrix_x4<true>(a, vt + (lane / 16 * 8 + lane % 8) * C::S + m * 16 + (lane / 8 % 2) * 8);
-            Mma<T>::mma(o[m], a, b0, b1);
+            ldmatrix_x4<true>(a, vt + (lane / 16 * 8 + lane % 8) * C::S + i * 16 + (lane / 8 % 2) * 8);
+            Mma<T>::mma(o[i], a, b0, b1);
         }
         wt.refill(s);
     }
-    // Every copy has landed and been read: the staging tiles now hold the warps' sums.
+    // This warp's sums of heads 2t, 2t + 1 over its lanes (g = 0 .. 7) in a fixed order.
+#pragma unroll
+    for (int c = 0; c < 2; c++)
+#pragma unroll
+        for (int x = 4; x < 32; x *= 2) l[c] += __shfl_xor_sync(0xffffffff, l[c], x);
+    // Every copy has landed and been read: the staging slots now hold the warps' outputs.
     wait_async<0>();
     __syncthreads();
     float(*acc_s)[G][D] = reinterpret_cast<float(*)[G][D]>(smem);
 #pragma unroll
-    for (int m = 0; m < D / 16; m++)
+    for (int i = 0; i < D / 16; i++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc_s[warp][2 * t + e % 2][m * 16 + g + 8 * (e / 2)] = o[m][e];
+        for (int e = 0; e < 4; e++) acc_s[warp][2 * t + e % 2][i * 16 + g + 8 * (e / 2)] = o[i][e];
+    if (g == 0) {
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            m_s[warp][2 * t + c] = m[c];
+            l_s[warp][2 * t + c] = l[c];
+        }
+    }
     __syncthreads();
+    // The warps combined in warp order: acc = Σ e^(m_w - M) o_w, sum = Σ e^(m_w - M) l_w.
     for (int i = threadIdx.x; i < heads * D; i += NT) {
         const int h = i / D, d = i % D;
-        float a = 0.f;
+        float mx = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < WARPS; w++) a += acc_s[w][h][d];
+        for (int w = 0; w < WARPS; w++) mx = fmaxf(mx, m_s[w][h]);
+        float a = 0.f, sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) {
+            const float f = m_s[w][h] == -INFINITY ? 0.f : exp2f(m_s[w][h] - mx);
+            a += f * acc_s[w][h][d];
+            sum += f * l_s[w][h];
+        }
         const size_t r = (size_t)row * p.num_heads + head0 + h;
         if (p.num_partitions == 1) {
-            out[r * D + d] = a / l_s[h];
+            out[r * D + d] = a / sum;
         } else {
             const size_t po = (size_t)blockIdx.z * p.num_tokens * p.num_heads + r;
             part_acc[po * D + d] = a;
             if (d == 0) {
-                part_ml[2 * po] = m_s[h] * 0.6931471805599453f;  // back to natural-log units
-                part_ml[2 * po + 1] = l_s[h];
+                part_ml[2 * po] = mx * 0.6931471805599453f;  // back to natural-log units
+                part_ml[2 * po + 1] = sum;
             }
         }
     }

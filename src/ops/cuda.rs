@@ -68,11 +68,12 @@ fn decode_shared_bytes(head_dim: usize, elem_bytes: usize, g: usize) -> u32 {
 }
 
 /// Dynamic shared memory of a tensor-core decode block (`DecMma::SMEM` in `paged_attention_mma.cu`):
-/// each warp's 2 staging tiles of 16 keys (rows padded by 8 two-byte elements), which the warps'
-/// sums (`WARPS × 8 × head_dim` f32) reuse at the end.
+/// each warp's staging slots (2 at head size 64, else 1) of 16 keys and their values, rows padded by
+/// 8 two-byte elements, which the warps' outputs (`WARPS × 8 × head_dim` f32) reuse at the end.
 fn decode_mma_shared_bytes(head_dim: usize) -> u32 {
     let warps = ATTENTION_THREADS as usize / 32;
-    let staging = warps * 2 * 16 * (head_dim + 8) * 2;
+    let depth = if head_dim == 64 { 2 } else { 1 };
+    let staging = warps * depth * 2 * 16 * (head_dim + 8) * 2;
     let sums = warps * DECODE_MMA_HEADS * head_dim * 4;
     staging.max(sums) as u32
 }
