@@ -324,9 +324,11 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
 // Decode (one query per sequence) on tensor cores, for f16/bf16 caches at head sizes 64, 128 and 256:
 // the same blocks, partitions and outputs as `paged_decode` in paged_attention.cu (one block =
 // sequence × KV head × up to G query heads of its group × one partition), but each key costs a few
-// tensor-core instructions instead of a lane's dot product and shuffle tree. On CUDA cores the
-// decode kernel issued ~25 instructions per 16-byte load and topped out at ~2.6 TB/s on an H200
-// whose memory streams 4.4 (docs/perf.md); here bandwidth is the limit.
+// tensor-core instructions instead of a lane's dot product and shuffle tree. On CUDA cores each
+// 16-byte piece of a key cost its lane 32 multiply-adds, 8 conversions and 12 shuffles (each piece
+// of a value 40 more instructions), and the decode kernel topped out at ~2.7 TB/s on an H200 whose
+// memory streams 4.5 (2.45 on an H100 streaming 3.1: it did not follow the bandwidth); on tensor
+// cores the same calls take 1.3-2.2x less time (docs/perf.md).
 // A warp takes the partition's tiles of 16 keys w, w + WARPS, ...: its own stream of tiles, each
 // tile's keys and values copied together with cp.async into DEPTH staging slots of its own (no block
 // barrier until the end). Per tile: Sᵀ = K·Qᵀ with mma.sync m16n8k16 (16 keys × 8 query heads, the

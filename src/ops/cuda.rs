@@ -1,6 +1,6 @@
 //! Launches bodega's CUDA kernels (`kernels/cuda`, compiled to PTX by `build.rs`) on candle's CUDA
 //! device: `kv_write` in place, paged attention (a decode kernel for sequences with one query, a tiled
-//! one for the others, on tensor cores for f16/bf16 caches, all split over the context and reduced),
+//! one for the others, both on tensor cores for f16/bf16 caches, all split over the context and reduced),
 //! the gated activation of a feed-forward block, the residual add fused with the next RMS norm, the
 //! row argmax of greedy sampling and the row top-k of sampling with top-k. The PTX of the newest
 //! compiled architecture the GPU supports is loaded once per device (candle caches modules).
