@@ -12,7 +12,8 @@
 # `paged_decode_mma_*` come from paged_attention_mma.cu) of git revision REV (`now`: the working
 # tree), launched with SMEM bytes of dynamic shared memory (default 0). Without specs: the working
 # tree's two kernels, with the shared memory src/ops/cuda.rs gives them. Every version gets the same
-# random inputs, so equal checksums mean equal outputs.
+# random inputs, so equal checksums mean equal outputs. Block tables are shuffled; run with
+# DECODE_BENCH_TABLES=ordered for each sequence's blocks in order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.device-decode

@@ -95,7 +95,7 @@ static uint16_t to_f16(float f) {
     return (uint16_t)((sign | ((uint32_t)exponent << 10) | (mantissa >> 13)) + ((mantissa >> 12) & 1));
 }
 
-// The decode kernel and its reduction over `seqs` sequences of `ctx` keys each, block tables shuffled.
+// The decode kernel and its reduction over `seqs` sequences of `ctx` keys each.
 // `g`: query heads per block (`_g4`: 4; `_g8` and the tensor-core kernel: 8).
 static void time_decode(CUfunction decode, uint32_t g, CUmodule reduce_mod, int dyn_smem, CUstream st, uint32_t seqs,
                         uint32_t ctx, std::mt19937 &rng) {
@@ -116,7 +116,10 @@ static void time_decode(CUfunction decode, uint32_t g, CUmodule reduce_mod, int 
     }
     std::vector<uint32_t> table(seqs * blocks_per_seq), cu(seqs + 1), lens(seqs, ctx), decodes(seqs);
     for (uint32_t i = 0; i < table.size(); i++) table[i] = i;
-    std::shuffle(table.begin(), table.end(), rng);
+    // Shuffled (a long-running server's scattered blocks) unless DECODE_BENCH_TABLES=ordered (each
+    // sequence's blocks consecutive, as a fresh engine allocates them).
+    const char *tables = getenv("DECODE_BENCH_TABLES");
+    if (!tables || std::string(tables) != "ordered") std::shuffle(table.begin(), table.end(), rng);
     for (uint32_t s = 0; s <= seqs; s++) cu[s] = s;
     for (uint32_t s = 0; s < seqs; s++) decodes[s] = s;
     std::vector<float> q(seqs * heads * dim);
