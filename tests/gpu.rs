@@ -1067,8 +1067,9 @@ fn dense_gemv_on_cuda_matches_the_cpu_reference() {
 
 /// Llama-3.2-1B's decode matrices `[N, K]` (Q/K/V and gate/up fused, as the model holds them), for the
 /// GEMV throughput tests.
-const DECODE_MATRICES: [(&str, usize, usize); 4] = [
+const DECODE_MATRICES: [(&str, usize, usize); 5] = [
     ("Q/K/V 3072×2048", 3072, 2048),
+    ("O 2048×2048", 2048, 2048),
     ("gate/up 16384×2048", 16384, 2048),
     ("down 2048×8192", 2048, 8192),
     ("output 128256×2048", 128256, 2048),
@@ -1120,24 +1121,29 @@ fn q8_0_weights(rng: &mut ChaCha8Rng, n: usize, k: usize) -> QTensor {
 }
 
 /// The Q8_0 GEMV kernel against the CPU reference op on the same blocks (made by candle's quantizer):
-/// 1 to 8 rows, N not a multiple of a block's rows, K from one block to 129 blocks (an odd count, so
-/// every other row starts 2-byte aligned). Before each call a poisoned tensor of the output's size is
-/// freed, so that the op's allocation gets poison back and a sum the kernel skips shows up. A row's
-/// sums do not depend on the other rows: every row of an 8-row product equals, bitwise, that row alone.
-/// `QWeights::forward` runs the kernel at `QGEMV_ROWS` rows of a matrix of at least
-/// `QGEMV_MIN_WEIGHT_ROWS` rows (the last shape) and candle's `QMatMul` elsewhere.
-/// Threshold: max |error| ≤ 1e-5 × max |reference| (f32 sums in another order; the weights
-/// dequantize exactly).
+/// 1 to 8 rows, N not a multiple of a block's 16 rows, K from one staged chunk of 256 weights to 17
+/// (an odd count: the block's 4 warps take 5, 4, 4 and 4). Before each call a poisoned tensor of the
+/// output's size is freed, so that the op's allocation gets poison back and a sum the kernel skips
+/// shows up. A row's sums do not depend on the other rows: every row of an 8-row product equals,
+/// bitwise, that row alone. `QWeights::forward` runs the kernel at `QGEMV_ROWS` rows and candle's
+/// `QMatMul` elsewhere; a K that is not a multiple of `QGEMV_K_MULTIPLE` is refused by the kernel
+/// with an error and left to candle. Threshold: max |error| ≤ 4e-3 × max |reference|: the kernel
+/// rounds x to bf16 (a relative step of 2⁻⁹ per element), which puts a sum off by ~2⁻⁹/√3 of the
+/// root-sum-square of its terms, ~1e-3 of the largest output at a few standard deviations; the
+/// weights dequantize exactly.
 #[test]
 fn q8_gemv_on_cuda_matches_the_cpu_reference() {
-    use bodega::ops::{q8_gemv, qgemv_takes, QWeights, QGEMV_MIN_WEIGHT_ROWS, QGEMV_ROWS};
+    use bodega::ops::{q8_gemv, qgemv_takes, QWeights, QGEMV_K_MULTIPLE, QGEMV_ROWS};
     let dev = cuda();
     let mut rng = ChaCha8Rng::seed_from_u64(53);
     let host = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    for (n, k) in [(1001, 32), (37, 2080), (3, 4128), (130, 96), (QGEMV_MIN_WEIGHT_ROWS + 3, 64)] {
-        let w = q8_0_weights(&mut rng, n, k);
+    let on_device = |w: &QTensor| {
         let storage = QStorage::from_data(w.data().unwrap(), &dev, GgmlDType::Q8_0).unwrap();
-        let w_gpu = Arc::new(QTensor::new(storage, (n, k)).unwrap());
+        Arc::new(QTensor::new(storage, w.shape().clone()).unwrap())
+    };
+    for (n, k) in [(1001, 256), (37, 4352), (3, 2304), (130, 512), (16387, 256)] {
+        let w = q8_0_weights(&mut rng, n, k);
+        let w_gpu = on_device(&w);
         let x = Tensor::from_vec(random(&mut rng, 8 * k), (8, k), &Device::Cpu).unwrap();
         let x_gpu = x.to_device(&dev).unwrap();
         let on_gpu = |x: &Tensor| {
@@ -1146,24 +1152,28 @@ fn q8_gemv_on_cuda_matches_the_cpu_reference() {
         };
         let all = on_gpu(&x_gpu);
         let weights = QWeights::new(w_gpu.clone()).unwrap();
-        let candle = candle_core::quantized::QMatMul::from_arc(w_gpu.clone()).unwrap();
         for m in 1..=8 {
             let rows = |t: &Tensor| t.narrow(0, 0, m).unwrap();
-            let takes = QGEMV_ROWS.contains(&m) && n >= QGEMV_MIN_WEIGHT_ROWS;
-            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), takes);
+            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), QGEMV_ROWS.contains(&m));
             let cpu = host(q8_gemv(&rows(&x), &w).unwrap());
             let gpu = on_gpu(&rows(&x_gpu));
             let err = relative_error(&gpu, &cpu);
-            assert!(err <= 1e-5, "{m}×{k} by {n}×{k}: relative error {err}");
+            println!("q8_gemv {m}×{k} by {n}×{k}: relative error {err:.2e}");
+            assert!(err <= 4e-3, "{m}×{k} by {n}×{k}: relative error {err}");
             assert_eq!(gpu, all[..m * n], "{n}×{k}: the first {m} rows differ from the 8-row product's");
-            let routed = host(weights.forward(&rows(&x_gpu)).unwrap());
-            let expected = match takes {
-                true => gpu,
-                false => host(candle_core::Module::forward(&candle, &rows(&x_gpu)).unwrap()),
-            };
-            assert_eq!(routed, expected, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
+            assert_eq!(host(weights.forward(&rows(&x_gpu)).unwrap()), gpu, "{m} rows of {n}×{k}: QWeights::forward");
         }
     }
+    // K = 96: not the kernel's; QWeights::forward takes candle's QMatMul.
+    let (n, k) = (40usize, 96usize);
+    assert!(!k.is_multiple_of(QGEMV_K_MULTIPLE));
+    let w_gpu = on_device(&q8_0_weights(&mut rng, n, k));
+    let x_gpu = Tensor::from_vec(random(&mut rng, 4 * k), (4, k), &dev).unwrap();
+    assert!(!qgemv_takes(&x_gpu, &w_gpu));
+    assert!(q8_gemv(&x_gpu, &w_gpu).is_err(), "the kernel must refuse K = {k}, not read past its rows");
+    let candle = candle_core::quantized::QMatMul::from_arc(w_gpu.clone()).unwrap();
+    let expected = host(candle_core::Module::forward(&candle, &x_gpu).unwrap());
+    assert_eq!(host(QWeights::new(w_gpu).unwrap().forward(&x_gpu).unwrap()), expected);
 }
 
 /// The Q8_0 GEMV kernel against candle's `QMatMul::forward` (which quantizes the activations to q8_1

@@ -14,18 +14,6 @@
 #define SHORT_CTX 1024
 #define SHORT_PART 64
 
-// Copies 16 bytes global → shared without passing through registers; `valid` false writes zeros and
-// reads nothing.
-__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most N of this thread's committed copy groups are still in flight.
-template <int N> __device__ __forceinline__ void wait_async() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // Same layout as `KernelParams` in src/ops/cuda.rs.
 struct AttnParams {
     uint32_t num_heads;

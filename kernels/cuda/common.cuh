@@ -1,5 +1,5 @@
-// Conversions between the KV cache's storage types and f32, shared by bodega's CUDA kernels.
-// The cache holds f32, f16 or bf16; every kernel computes in f32.
+// What bodega's CUDA kernels share: conversions between the KV cache's storage types (f32, f16, bf16)
+// and f32, in which every kernel computes, and 16-byte copies into shared memory with cp.async.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -49,27 +49,14 @@ __device__ __forceinline__ void unpack16(const uint4 &raw, float *out) {
     for (int i = 0; i < 4; i++) Words<T>::unpack(w[i], out + i * Words<T>::PER);
 }
 
-// A GEMV's shape (gemv.cu, qgemv.cu) for M rows of x: rows of W per warp, and loads per lane in flight
-// (8-element chunks in gemv, 4-quant units in qgemv). `gemv_rows_per_block` in src/ops/cuda.rs
-// launches by ROWS.
-template <int M> struct GemvShape {
-    static constexpr int ROWS = M <= 2 ? 2 : 4;
-    static constexpr int UNROLL = M <= 2 ? 4 : 2;
-};
-
-// The end of a GEMV (gemv.cu, qgemv.cu): each lane holds partial sums of ROWS rows of W for M rows of x;
-// sums them across the warp (a fixed shuffle tree) and lane 0 writes y[m, row0 + r] for the rows
-// that exist (row0 + r < n).
-template <int ROWS, int M>
-__device__ __forceinline__ void store_row_sums(float (&acc)[ROWS][M], int lane, uint32_t row0, uint32_t n,
-                                               float *__restrict__ y) {
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float s = acc[r][m];
-#pragma unroll
-            for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
-            if (lane == 0 && row0 + r < n) y[(size_t)m * n + row0 + r] = s;
-        }
+// Copies 16 bytes global → shared without passing through registers; `valid` false writes zeros and
+// reads nothing.
+__device__ __forceinline__ void copy16_async(void *dst, const void *src, bool valid) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most N of this thread's committed copy groups are still in flight.
+template <int N> __device__ __forceinline__ void wait_async() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }

@@ -10,6 +10,29 @@
 // depend on M or on the other rows, so a sequence gets the same result whatever its batch.
 #include "common.cuh"
 
+// The shape for M rows of x: rows of W per warp, and 8-element chunks per lane in flight
+// (`gemv_rows_per_block` in src/ops/cuda.rs launches by ROWS).
+template <int M> struct GemvShape {
+    static constexpr int ROWS = M <= 2 ? 2 : 4;
+    static constexpr int UNROLL = M <= 2 ? 4 : 2;
+};
+
+// The end: each lane holds partial sums of ROWS rows of W for M rows of x; sums them across the warp
+// (a fixed shuffle tree) and lane 0 writes y[m, row0 + r] for the rows that exist (row0 + r < n).
+template <int ROWS, int M>
+__device__ __forceinline__ void store_row_sums(float (&acc)[ROWS][M], int lane, uint32_t row0, uint32_t n,
+                                               float *__restrict__ y) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float s = acc[r][m];
+#pragma unroll
+            for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffff, s, o);
+            if (lane == 0 && row0 + r < n) y[(size_t)m * n + row0 + r] = s;
+        }
+}
+
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
 // K must be a multiple of 8 (the host checks), so every chunk is whole and 16-byte aligned.

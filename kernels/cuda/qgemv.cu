@@ -1,107 +1,158 @@
-// qgemv: y = x · Wᵀ for a few rows of x, with GGUF Q8_0 weights read where candle's QTensor keeps them.
-// x is [M, K] f32 (M ≤ 8), W is [N, K] in Q8_0 (each row K / 32 blocks of 34 bytes: an f16 scale d,
-// then 32 int8 q; a weight is d · q), y is [M, N] f32. One launch: no quantization of the activations
-// first, and each weight byte is read once for all M rows.
+// qgemv: y = x · Wᵀ for the few rows of a decode step, with GGUF Q8_0 weights read where candle's
+// QTensor keeps them, on tensor cores. x is [M, K] f32 (M ≤ 8), W is [N, K] in Q8_0 (each row K / 32
+// blocks of 34 bytes: an f16 scale d, then 32 int8 q; a weight is d · q), y is [M, N] f32.
 //
-// Blocks are 34 bytes, so a block (and a row, when K / 32 is odd) is only 2-byte aligned: the kernel
-// reads everything as 16-bit words. A lane takes 4 quants at a time (a "unit": two 16-bit loads, plus
-// the block's scale, which the 8 lanes of one block share through L1); consecutive lanes take
-// consecutive units, so a warp's loads of x (one float4 per unit and row of x) are contiguous, and
-// each lane issues the loads of UNROLL units of ROWS rows of W before using any.
+// One block of 4 warps takes 16 rows of W (the mma's m) and all M rows of x (its n, padded to 8).
+// The rows' bytes are staged in chunks of 8 Q8_0 blocks (256 weights, 272 bytes a row: 17 aligned
+// 16-byte pieces, as every row is when K is a multiple of 256) with cp.async, together with the same
+// 256 columns of x, each warp streaming its own chunks (w, w + 4, ...) DEPTH ahead: no registers held
+// by loads in flight, and nothing read from global memory inside the products. Per Q8_0 block and warp: the 32 quants of each
+// row, exact in bf16, times x rounded to bf16 with two mma.sync m16n8k16 (f32 accumulation), then
+// scaled by the rows' d into the warp's sums; the 4 warps' sums are added in warp order at the end.
+// The CUDA-core kernel this replaced dequantized every weight into f32 and spent ~9 instructions a
+// weight at 4 rows of x: it read 1.4 TB/s on an H200 (docs/perf.md).
 //
-// One warp computes ROWS rows of W for every row of x; each sum is then reduced across the warp. A
-// weight is dequantized exactly in f32 (an f16 times an int8 fits in 24 bits), then multiplied into
-// the running sums. A row's arithmetic (unit order per lane, reduction tree) does not depend on M or on
-// the other rows, so a sequence gets the same result whatever its batch.
+// Within a Q8_0 block the mma's k positions may take the quants in any order as long as x takes the
+// same: lane (g, t) holds bytes [8t, 8t + 8) of rows g and g + 8 and x[g][8t .. 8t + 8), so that
+// k slots 2t, 2t + 1 (step s) are quants 8t + 4s, + 1 and slots 2t + 8, + 9 are 8t + 4s + 2, + 3.
+// A row's arithmetic depends neither on M nor on the other rows, so a sequence gets the same result
+// whatever its batch. Rounding x to bf16 (8 significant bits, the range of f32) is the price: about
+// what candle's QMatMul pays by quantizing x to 8 bits (q8_1).
 #include "common.cuh"
 
-#define QGEMV_THREADS 128
-#define QGEMV_WARPS (QGEMV_THREADS / 32)
-// Bytes of one Q8_0 block of 32 weights.
-#define Q8_0_BYTES 34
+#define QMMA_WARPS 4
+#define QMMA_THREADS (32 * QMMA_WARPS)
+#define QMMA_ROWS 16                                // rows of W per block: the mma's m
+#define QMMA_COLS 8                                 // rows of x: the mma's n
+#define Q8_0_BYTES 34                               // bytes of one Q8_0 block of 32 weights
+#define QMMA_CHUNK 8                                // Q8_0 blocks per staged chunk of a row
+#define QMMA_CHUNK_BYTES (QMMA_CHUNK * Q8_0_BYTES)  // 272: 17 pieces of 16 bytes
+#define QMMA_PIECES (QMMA_ROWS * QMMA_CHUNK_BYTES / 16)
+#define QMMA_STAGE (QMMA_ROWS * QMMA_CHUNK_BYTES)   // bytes of one staged chunk of 16 rows
+#define QMMA_X_ROW (QMMA_CHUNK * 32 + 4)            // floats of one staged row of x (padded)
 
-// Four int8 (one per byte of q) times d, exactly: each byte, made unsigned by flipping its sign bit,
-// becomes the low mantissa byte of 2^23, so the float is 2^23 + 128 + q.
-__device__ __forceinline__ void dequant4(uint32_t q, float d, float *w) {
+// Two int8 (bytes `lo`, `lo + 1` of q) as a bf16 pair, exactly: each byte, made unsigned by flipping
+// its sign bit, becomes the low mantissa byte of 2^23, so the float is 2^23 + 128 + q.
+__device__ __forceinline__ uint32_t int8x2_bf16(uint32_t q, int lo) {
     const uint32_t u = q ^ 0x80808080u;
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const float biased = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + e));
-        w[e] = (biased - 8388736.0f) * d;
-    }
+    const float a = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + lo)) - 8388736.0f;
+    const float b = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + lo + 1)) - 8388736.0f;
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&h);
 }
 
-// K is a multiple of 32 (whole blocks; the host checks), so a row has K / 4 units, 8 per block.
-template <int M>
+__device__ __forceinline__ uint32_t bf16x2(float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+// c += a · b for a 16×16 A (4 registers) and a 16×8 B (2 registers) of bf16, f32 accumulation.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// K is a multiple of 256 and rows start 16-byte aligned (the host checks). DEPTH: chunks each warp
+// has in flight (2, or 4 for long rows: `qgemv_depth` in src/ops/cuda.rs); dynamic shared memory:
+// QMMA_WARPS × DEPTH × (QMMA_STAGE + m × QMMA_X_ROW × 4) bytes.
+template <int DEPTH>
 __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
-                           uint32_t n, uint32_t k) {
-    constexpr int ROWS = GemvShape<M>::ROWS, UNROLL = GemvShape<M>::UNROLL;
+                           uint32_t m, uint32_t n, uint32_t k) {
+    extern __shared__ uint4 smem[];
+    __shared__ float sums[QMMA_WARPS][QMMA_ROWS][QMMA_COLS];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const uint32_t row0 = (blockIdx.x * QGEMV_WARPS + warp) * ROWS;
-    if (row0 >= n) return;
-    const uint32_t units = k / 4;
+    const int g = lane / 4, t = lane % 4;  // fragment row (of W; of x for B) and column pair
+    const uint32_t row0 = blockIdx.x * QMMA_ROWS;
     const size_t row_bytes = (size_t)(k / 32) * Q8_0_BYTES;
-    const uint8_t *wr[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        // A row past the end reads the last row again; its sum is never written.
-        wr[r] = w + (size_t)min(row0 + r, n - 1) * row_bytes;
-    }
-    float acc[ROWS][M] = {};
-    for (uint32_t base = lane; base < units; base += 32 * UNROLL) {
-        uint32_t quants[UNROLL][ROWS];
-        unsigned short scales[UNROLL][ROWS];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const uint32_t c = base + u * 32;
-            // The unit's block, and its quants' offset in the row (past the block's scale).
-            const uint32_t block = (c / 8) * Q8_0_BYTES, at = block + 2 + (c % 8) * 4;
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                if (c < units) {
-                    const uint32_t lo = __ldg(reinterpret_cast<const unsigned short *>(wr[r] + at));
-                    const uint32_t hi = __ldg(reinterpret_cast<const unsigned short *>(wr[r] + at + 2));
-                    quants[u][r] = lo | (hi << 16);
-                    scales[u][r] = __ldg(reinterpret_cast<const unsigned short *>(wr[r] + block));
-                } else {
-                    quants[u][r] = 0;
-                    scales[u][r] = 0;
-                }
+    const int chunks = (int)(k / (32 * QMMA_CHUNK));
+    const int mine = chunks > warp ? (chunks - warp + QMMA_WARPS - 1) / QMMA_WARPS : 0;
+    // This warp's DEPTH slots: a chunk of the 16 rows of W, then its 256 columns of the m rows of x
+    // (rows padded to QMMA_X_ROW floats: a quarter-warp's 16-byte reads fall in distinct banks).
+    const int slot_bytes = QMMA_STAGE + (int)m * QMMA_X_ROW * 4;
+    uint8_t *slots = reinterpret_cast<uint8_t *>(smem) + warp * DEPTH * slot_bytes;
+    // Starts copying this warp's chunk s (chunk warp + 4s of the row); rows of W past the last read
+    // the last again (their sums are never written).
+    auto issue = [&](int s) {
+        if (s < mine) {
+            const uint32_t chunk = warp + QMMA_WARPS * s;
+            uint8_t *dst = slots + (s % DEPTH) * slot_bytes;
+            for (int i = lane; i < QMMA_PIECES; i += 32) {
+                const int r = i / (QMMA_CHUNK_BYTES / 16), piece = i % (QMMA_CHUNK_BYTES / 16);
+                const uint8_t *src = w + (size_t)min(row0 + r, n - 1) * row_bytes + (size_t)chunk * QMMA_CHUNK_BYTES;
+                copy16_async(dst + r * QMMA_CHUNK_BYTES + piece * 16, src + piece * 16, true);
+            }
+            float *xs = reinterpret_cast<float *>(dst + QMMA_STAGE);
+            for (int i = lane; i < (int)m * (QMMA_CHUNK * 32 / 4); i += 32) {
+                const int r = i / (QMMA_CHUNK * 32 / 4), piece = i % (QMMA_CHUNK * 32 / 4);
+                copy16_async(xs + r * QMMA_X_ROW + piece * 4, x + (size_t)r * k + chunk * QMMA_CHUNK * 32 + piece * 4, true);
             }
         }
+        commit_async();
+    };
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const uint32_t c = base + u * 32;
-            if (c >= units) break;
-            float wf[ROWS][4];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) dequant4(quants[u][r], __half2float(__ushort_as_half(scales[u][r])), wf[r]);
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                const float4 xv = __ldg(reinterpret_cast<const float4 *>(x + (size_t)m * k) + c);
-#pragma unroll
-                for (int r = 0; r < ROWS; r++) {
-                    acc[r][m] = fmaf(wf[r][0], xv.x, acc[r][m]);
-                    acc[r][m] = fmaf(wf[r][1], xv.y, acc[r][m]);
-                    acc[r][m] = fmaf(wf[r][2], xv.z, acc[r][m]);
-                    acc[r][m] = fmaf(wf[r][3], xv.w, acc[r][m]);
-                }
+    for (int s = 0; s < DEPTH; s++) issue(s);
+
+    const bool x_row = (uint32_t)g < m;
+    // acc[e]: row g + 8 (e / 2) of the block's W, row 2t + e % 2 of x.
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int s = 0; s < mine; s++) {
+        wait_async<DEPTH - 1>();
+        __syncwarp();
+        const uint8_t *st = slots + (s % DEPTH) * slot_bytes;
+        const float *xs = reinterpret_cast<const float *>(st + QMMA_STAGE) + (x_row ? g : 0) * QMMA_X_ROW + 8 * t;
+#pragma unroll 2
+        for (int c = 0; c < QMMA_CHUNK; c++) {
+            // x[g][8t .. 8t + 8) of Q8_0 block c as bf16 pairs: b[0], b[1] for step 0, b[2], b[3] for step 1.
+            uint32_t b[4] = {0u, 0u, 0u, 0u};
+            if (x_row) {
+                const float4 x0 = *reinterpret_cast<const float4 *>(xs + c * 32);
+                const float4 x1 = *reinterpret_cast<const float4 *>(xs + c * 32 + 4);
+                b[0] = bf16x2(x0.x, x0.y);
+                b[1] = bf16x2(x0.z, x0.w);
+                b[2] = bf16x2(x1.x, x1.y);
+                b[3] = bf16x2(x1.z, x1.w);
             }
+            // Rows g and g + 8: the block's scale and quants [8t, 8t + 8) (2-byte aligned: 16-bit reads).
+            uint32_t q[2][2];
+            float d[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *blk = st + (g + 8 * h) * QMMA_CHUNK_BYTES + c * Q8_0_BYTES;
+                const unsigned short *qs = reinterpret_cast<const unsigned short *>(blk + 2 + 8 * t);
+                q[h][0] = qs[0] | ((uint32_t)qs[1] << 16);
+                q[h][1] = qs[2] | ((uint32_t)qs[3] << 16);
+                d[h] = __half2float(*reinterpret_cast<const __half *>(blk));
+            }
+            float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int step = 0; step < 2; step++) {
+                const uint32_t a[4] = {int8x2_bf16(q[0][step], 0), int8x2_bf16(q[1][step], 0),
+                                       int8x2_bf16(q[0][step], 2), int8x2_bf16(q[1][step], 2)};
+                mma_bf16(part, a, b[2 * step], b[2 * step + 1]);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[e] = fmaf(part[e], d[e / 2], acc[e]);
         }
+        __syncwarp();
+        issue(s + DEPTH);
     }
-    store_row_sums<ROWS, M>(acc, lane, row0, n, y);
+#pragma unroll
+    for (int e = 0; e < 4; e++) sums[warp][g + 8 * (e / 2)][2 * t + e % 2] = acc[e];
+    __syncthreads();
+    // Thread i: row i / 8 of the block's W, row i % 8 of x; the warps' sums in warp order.
+    const int r = threadIdx.x / QMMA_COLS, col = threadIdx.x % QMMA_COLS;
+    float v = sums[0][r][col];
+#pragma unroll
+    for (int wi = 1; wi < QMMA_WARPS; wi++) v += sums[wi][r][col];
+    if ((uint32_t)col < m && row0 + r < n) y[(size_t)col * n + row0 + r] = v;
 }
 
-#define QGEMV(M)                                                                                            \
-    extern "C" __global__ void __launch_bounds__(QGEMV_THREADS)                                             \
-        qgemv_q8_0_m##M(const uint8_t *w, const float *x, float *y, uint32_t n, uint32_t k) {               \
-        qgemv_q8_0<M>(w, x, y, n, k);                                                                       \
+#define QGEMV(DEPTH)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(QMMA_THREADS) qgemv_q8_0_d##DEPTH(                        \
+        const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k) {                  \
+        qgemv_q8_0<DEPTH>(w, x, y, m, n, k);                                                               \
     }
-QGEMV(1)
 QGEMV(2)
-QGEMV(3)
 QGEMV(4)
-QGEMV(5)
-QGEMV(6)
-QGEMV(7)
-QGEMV(8)

@@ -283,12 +283,30 @@ fn launch_gemv<T: DeviceRepr>(
     Ok(())
 }
 
-/// Threads per block of `qgemv` (`QGEMV_THREADS` in `qgemv.cu`).
+/// Threads per block of `qgemv` (`QMMA_THREADS` in `qgemv.cu`).
 const QGEMV_THREADS: u32 = 128;
+/// Rows of W per `qgemv` block (`QMMA_ROWS`: the mma's m).
+const QGEMV_WEIGHT_ROWS: usize = 16;
+
+/// Chunks of 256 weights each `qgemv` warp keeps in flight for rows of `k` weights: 4 for the long
+/// rows of a down projection (a warp walks 8 chunks of K = 8192), else 2.
+fn qgemv_depth(k: usize) -> usize {
+    if k >= 4096 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Dynamic shared memory of a `qgemv` block for `m` rows of x: 4 warps × `depth` slots of 16 rows ×
+/// 272 bytes of W and `m` rows × 260 floats of x.
+fn qgemv_shared_bytes(m: usize, depth: usize) -> u32 {
+    (4 * depth * (16 * 272 + m * 260 * 4)) as u32
+}
 
 /// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8, 16-byte aligned) and Q8_0 `w`
-/// `[N, K]` read in place, with `dims` = (M, N, K) checked by the caller. Rows of W per block as for
-/// `gemv` (both take `GemvShape<M>` from `common.cuh`).
+/// `[N, K]` read in place, with `dims` = (M, N, K) checked by the caller; K must be a multiple of 256
+/// (`qgemv.cu` stages rows in aligned chunks of 8 blocks).
 pub fn q8_gemv(
     (x, x_l): (&CudaStorage, &Layout),
     w: &candle_core::quantized::QTensor,
@@ -298,20 +316,28 @@ pub fn q8_gemv(
     if !w.device().same_device(&candle_core::Device::Cuda(dev.clone())) {
         candle_core::bail!("q8-gemv: the weights are on another device than the activations");
     }
+    if !k.is_multiple_of(super::QGEMV_K_MULTIPLE) {
+        candle_core::bail!("q8-gemv on CUDA takes rows of a multiple of {} weights, not {k}", super::QGEMV_K_MULTIPLE);
+    }
     let x = f32_view(x, x_l, "q8-gemv x")?;
     // SAFETY: the kernel writes every (row of x, row of W) sum.
     let out = unsafe { dev.alloc::<f32>(m * n)? };
+    let depth = qgemv_depth(k);
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(gemv_rows_per_block(m)) as u32, 1, 1),
+        grid_dim: (n.div_ceil(QGEMV_WEIGHT_ROWS) as u32, 1, 1),
         block_dim: (QGEMV_THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: qgemv_shared_bytes(m, depth),
     };
-    let func = function(&dev, "qgemv", &format!("qgemv_q8_0_m{m}"))?;
+    let name = format!("qgemv_q8_0_d{depth}");
+    let func = function(&dev, "qgemv", &name)?;
+    // Raised once to what 8 rows of x need, so that no later launch (maybe inside a graph capture)
+    // has to.
+    allow_shared_bytes(&dev, &name, &func, qgemv_shared_bytes(8, depth))?;
     let stream = dev.cuda_stream();
     let (weights, _in_use) = w.device_ptr_with_guard(&stream)?;
-    let (weights, n, k) = (weights as u64, n as u32, k as u32);
+    let (weights, m, n, k) = (weights as u64, m as u32, n as u32, k as u32);
     let mut builder = stream.launch_builder(&func);
-    builder.arg(&weights).arg(&x).arg(&out).arg(&n).arg(&k);
+    builder.arg(&weights).arg(&x).arg(&out).arg(&m).arg(&n).arg(&k);
     // SAFETY: reads the `n` rows of `k / 32` Q8_0 blocks that `w` holds and `m * k` activations,
     // writes `m * n` sums.
     unsafe { builder.launch(cfg) }.w()?;

@@ -39,7 +39,7 @@ pub use gemv::{dense_gemv, gemv_takes, GEMV_MAX_ROWS};
 pub use kv_cache::{KvShape, PagedKvCache};
 pub use kv_write::kv_write;
 pub use paged_attention::paged_attention;
-pub use qgemv::{q8_gemv, qgemv_takes, QGEMV_MIN_WEIGHT_ROWS, QGEMV_ROWS};
+pub use qgemv::{q8_gemv, qgemv_takes, QGEMV_K_MULTIPLE, QGEMV_ROWS};
 pub use qmatmul::{bodega_kernels_read, cpu_kernel_path, QWeights};
 pub use rope_kv::{rope_kv_write, RopeTables};
 pub use topk::top_k_rows;

@@ -1,26 +1,26 @@
 //! `q8_gemv`: `x · Wᵀ` for the few rows of a decode step against GGUF Q8_0 weights, f32 activations in
 //! and out, reading the weights where candle's `QTensor` keeps them (no second copy). candle's CUDA
 //! `QMatMul` first quantizes the activations to q8_1 in a kernel of its own and then runs its matmul
-//! kernel: two launches per matmul, and activations rounded to 8 bits. On the CPU the op is the
-//! readable reference (dequantize, then multiply) that the CUDA kernel (`kernels/cuda/qgemv.cu`) is
+//! kernel: two launches per matmul, and activations rounded to 8 bits. bodega's kernel
+//! (`kernels/cuda/qgemv.cu`) runs on tensor cores with the activations rounded to bf16, in one
+//! launch. On the CPU the op is the readable reference (dequantize, then multiply) that the kernel is
 //! tested against.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::f16;
 
-/// Rows of `x` the kernel takes in production, and the fewest rows of `W`; elsewhere candle's
-/// `QMatMul` runs. Measured on an H100 against `QMatMul` (`q8_gemv_throughput`, same call,
-/// docs/perf.md): the kernel is faster only at 4 rows of the wide matrices (gate/up, 16384 rows:
-/// 1.19×; output, 128256 rows: 1.34×), where candle's MMVQ doubles its time from 2 rows to 4; it is
-/// slower at 1 and 2 rows (0.84–0.96×), at 8 (0.53–0.63×) and on the narrow matrices (Q/K/V 0.93×,
-/// down 0.35× at 4 rows). Decode graphs pad 3 sequences to 4, so 3 rows are rare (and unmeasured).
-pub const QGEMV_ROWS: std::ops::RangeInclusive<usize> = 4..=4;
-/// See [`QGEMV_ROWS`].
-pub const QGEMV_MIN_WEIGHT_ROWS: usize = 16384;
+/// Rows of `x` the kernel takes in production; elsewhere candle's `QMatMul` runs. Measured on an
+/// H200 against `QMatMul` (`q8_gemv_throughput`, same call, docs/perf.md): at 4 and 8 rows the kernel
+/// was 1.08–1.47× faster on Llama-3.2-1B's Q/K/V, O, gate/up and output matrices and on down at 8
+/// rows (0.69× on down at 4); at 1 and 2 rows candle's MMVQ was faster everywhere (0.56–0.96×), so a
+/// single sequence keeps it. Decode graphs pad 3 rows to 4 and 5–7 to 8.
+pub const QGEMV_ROWS: std::ops::RangeInclusive<usize> = 4..=8;
+/// The CUDA kernel stages rows in 16-byte-aligned chunks of 8 Q8_0 blocks: K must be a multiple of
+/// this (every Llama-shaped hidden and feed-forward size is).
+pub const QGEMV_K_MULTIPLE: usize = 256;
 
-/// Most rows the kernel itself takes (one instantiation each): past [`QGEMV_ROWS`] and at one row
-/// only so that `q8_gemv_throughput` keeps measuring both sides of the choice.
+/// Most rows of `x` the kernel takes: the mma's n.
 const KERNEL_MAX_ROWS: usize = 8;
 
 /// Weights in a Q8_0 block, and its bytes: an f16 scale, then one int8 per weight.
@@ -29,10 +29,10 @@ const Q8_0_BYTES: usize = 2 + Q8_0_WEIGHTS;
 
 /// Whether [`q8_gemv`] runs `x` (`[M, K]`) times `w` (`[N, K]`) on the GPU: a CUDA device holding
 /// both, f32 `x` of [`QGEMV_ROWS`] rows starting 16-byte aligned (the kernel reads it as float4),
-/// Q8_0 `w` of at least [`QGEMV_MIN_WEIGHT_ROWS`] rows.
+/// Q8_0 `w` with K a multiple of [`QGEMV_K_MULTIPLE`].
 pub fn qgemv_takes(x: &Tensor, w: &QTensor) -> bool {
     let fits = match (x.dims2(), w.shape().dims2()) {
-        (Ok((m, k)), Ok((n, wk))) => QGEMV_ROWS.contains(&m) && n >= QGEMV_MIN_WEIGHT_ROWS && k == wk,
+        (Ok((m, k)), Ok((_, wk))) => QGEMV_ROWS.contains(&m) && k == wk && k.is_multiple_of(QGEMV_K_MULTIPLE),
         _ => false,
     };
     let aligned = x.is_contiguous() && x.layout().start_offset().is_multiple_of(4);

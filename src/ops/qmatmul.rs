@@ -96,7 +96,7 @@ impl QWeights {
         Ok(match self {
             Self::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&CpuMatMul(m.clone()))?,
             Self::Candle { matmul, tensor } => {
-                // A decode step's 4 rows by a wide Q8_0 matrix: bodega's GEMV kernel (one launch).
+                // A decode step's few rows by a Q8_0 matrix: bodega's GEMV kernel (one launch).
                 let (rows, out_dims) = as_rows(x, tensor.shape().dims2()?.0)?;
                 match super::qgemv_takes(&rows, tensor) {
                     true => super::q8_gemv(&rows, tensor)?.reshape(out_dims)?,
