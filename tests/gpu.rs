@@ -1152,16 +1152,23 @@ fn q8_gemv_on_cuda_matches_the_cpu_reference() {
         };
         let all = on_gpu(&x_gpu);
         let weights = QWeights::new(w_gpu.clone()).unwrap();
+        let candle = candle_core::quantized::QMatMul::from_arc(w_gpu.clone()).unwrap();
         for m in 1..=8 {
             let rows = |t: &Tensor| t.narrow(0, 0, m).unwrap();
-            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), QGEMV_ROWS.contains(&m));
+            let takes = QGEMV_ROWS.contains(&m);
+            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), takes);
             let cpu = host(q8_gemv(&rows(&x), &w).unwrap());
             let gpu = on_gpu(&rows(&x_gpu));
             let err = relative_error(&gpu, &cpu);
             println!("q8_gemv {m}×{k} by {n}×{k}: relative error {err:.2e}");
             assert!(err <= 4e-3, "{m}×{k} by {n}×{k}: relative error {err}");
             assert_eq!(gpu, all[..m * n], "{n}×{k}: the first {m} rows differ from the 8-row product's");
-            assert_eq!(host(weights.forward(&rows(&x_gpu)).unwrap()), gpu, "{m} rows of {n}×{k}: QWeights::forward");
+            let routed = host(weights.forward(&rows(&x_gpu)).unwrap());
+            let expected = match takes {
+                true => gpu,
+                false => host(candle_core::Module::forward(&candle, &rows(&x_gpu)).unwrap()),
+            };
+            assert_eq!(routed, expected, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
         }
     }
     // K = 96: not the kernel's; QWeights::forward takes candle's QMatMul.
