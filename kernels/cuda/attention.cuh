@@ -83,3 +83,45 @@ __device__ __forceinline__ void row_range(const WorkItem &w, const AttnParams &p
         last = 0;
     }
 }
+
+// What a decode block (`paged_decode`, `paged_decode_mma`) takes: blockIdx.x indexes the decoding
+// sequences, blockIdx.y a KV head and a chunk of up to G of its query heads, blockIdx.z a partition.
+struct DecodeBlock {
+    uint32_t kv_head, head0;  // the KV head, and the first of the block's query heads
+    int heads;                // query heads in the block (≤ G)
+    uint32_t row;             // the sequence's query row
+    const uint32_t *table;    // its block table
+    uint32_t part_lo;         // the partition's first position
+    uint32_t lo, hi;          // the keys the query sees in it, [lo, hi) (lo ≥ hi: none)
+    uint32_t n;               // keys [0, n) relative to part_lo may be live
+};
+
+// A short context (PART < ctx <= SHORT_CTX) is cut finer, SHORT_PART keys: a single sequence of a
+// few hundred keys then spreads over many blocks of few keys instead of a few blocks of many
+// (docs/perf.md). The size depends on the sequence's own length alone, never on the batch, so its
+// result does not either; the grid holds enough partitions for both sizes (`partitions` in
+// src/ops/cuda.rs) and those past a context stay empty.
+template <int G>
+__device__ __forceinline__ DecodeBlock decode_block(const uint32_t *__restrict__ block_tables,
+                                                   const uint32_t *__restrict__ cu_query_lens,
+                                                   const uint32_t *__restrict__ context_lens,
+                                                   const uint32_t *__restrict__ decode_seqs, const AttnParams &p) {
+    DecodeBlock b;
+    const uint32_t seq = decode_seqs[blockIdx.x];
+    const uint32_t group = p.num_heads / p.num_kv_heads;
+    const uint32_t hchunks = (group + G - 1) / G;
+    b.kv_head = blockIdx.y / hchunks;
+    const uint32_t hc = blockIdx.y % hchunks;
+    b.head0 = b.kv_head * group + hc * G;
+    b.heads = (int)min((uint32_t)G, group - hc * G);
+    b.row = cu_query_lens[seq];
+    const uint32_t ctx = context_lens[seq], pos = ctx - 1;
+    b.table = block_tables + (size_t)seq * p.max_blocks;
+    const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
+    const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;
+    b.part_lo = blockIdx.z * part_keys;
+    b.lo = max(win_lo, b.part_lo);
+    b.hi = min(ctx, b.part_lo + part_keys);
+    b.n = b.lo < b.hi ? b.hi - b.part_lo : 0;
+    return b;
+}

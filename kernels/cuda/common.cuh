@@ -1,5 +1,6 @@
 // What bodega's CUDA kernels share: conversions between the KV cache's storage types (f32, f16, bf16)
-// and f32, in which every kernel computes, and 16-byte copies into shared memory with cp.async.
+// and f32, in which every kernel computes, 16-byte copies into shared memory with cp.async, and the
+// tensor-core mma.sync of f16/bf16 operands.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -60,3 +61,30 @@ __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_g
 template <int N> __device__ __forceinline__ void wait_async() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
+
+// The mma.sync of a 2-byte type: D += A·B for a 16×16 A (4 registers) and a 16×8 B (2 registers).
+template <typename T> struct Mma;
+template <> struct Mma<__half> {
+    __device__ static uint32_t pack(float a, float b) {
+        __half2 h = __floats2half2_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct Mma<__nv_bfloat16> {
+    __device__ static uint32_t pack(float a, float b) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};

@@ -282,25 +282,11 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     __shared__ float m_s[G], l_s[G];
     __shared__ uint32_t slot_s[PART];
 
-    const uint32_t seq = decode_seqs[blockIdx.x];
-    const uint32_t group = p.num_heads / p.num_kv_heads;
-    const uint32_t hchunks = (group + G - 1) / G;
-    const uint32_t kv_head = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
-    const uint32_t head0 = kv_head * group + hc * G;
-    const int heads = (int)min((uint32_t)G, group - hc * G);
-    const uint32_t row = cu_query_lens[seq];
-    const uint32_t ctx = context_lens[seq], pos = ctx - 1;
-    const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
-    const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
-    // A short context (PART < ctx <= SHORT_CTX) is cut finer, SHORT_PART keys: a single sequence of a
-    // few hundred keys then spreads over many blocks of few rounds instead of a few blocks of many
-    // (docs/perf.md). The size depends on the sequence's own length alone, never on the batch, so its
-    // result does not either; the grid holds enough partitions for both sizes (`partitions` in
-    // src/ops/cuda.rs) and those past a context stay empty.
-    const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;
-    const uint32_t part_lo = blockIdx.z * part_keys;
-    const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + part_keys);
-    const uint32_t n = lo < hi ? hi - part_lo : 0;  // score slots used: [0, n) relative to part_lo
+    const DecodeBlock blk = decode_block<G>(block_tables, cu_query_lens, context_lens, decode_seqs, p);
+    const uint32_t kv_head = blk.kv_head, head0 = blk.head0, row = blk.row, part_lo = blk.part_lo;
+    const uint32_t lo = blk.lo, hi = blk.hi, n = blk.n;  // score slots used: [0, n) relative to part_lo
+    const uint32_t *table = blk.table;
+    const int heads = blk.heads;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int sub = lane % C::LPK, kw = lane / C::LPK;  // lane within its key, key within the warp

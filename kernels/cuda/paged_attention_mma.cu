@@ -33,33 +33,6 @@ template <int D, int W> struct MmaTile {
     static constexpr int LOADS = KT * CH / THREADS;   // 16-byte copies per thread per tile
 };
 
-// The mma.sync of a 2-byte type: D += A·B for a 16×16 A (4 registers) and a 16×8 B (2 registers).
-template <typename T> struct Mma;
-template <> struct Mma<__half> {
-    __device__ static uint32_t pack(float a, float b) {
-        __half2 h = __floats2half2_rn(a, b);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-    __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-template <> struct Mma<__nv_bfloat16> {
-    __device__ static uint32_t pack(float a, float b) {
-        __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-    __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-
 // Four 8×8 matrices of 2-byte elements from shared memory (lane i gives the address of row i % 8 of
 // matrix i / 8); `trans` hands each lane a column pair instead of a row pair.
 template <bool trans> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *row) {
@@ -403,21 +376,11 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
     __shared__ float m_s[WARPS][G], l_s[WARPS][G];
     __shared__ uint32_t slot_s[PART];
 
-    const uint32_t seq = decode_seqs[blockIdx.x];
-    const uint32_t group = p.num_heads / p.num_kv_heads;
-    const uint32_t hchunks = (group + G - 1) / G;
-    const uint32_t kv_head = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
-    const uint32_t head0 = kv_head * group + hc * G;
-    const int heads = (int)min((uint32_t)G, group - hc * G);
-    const uint32_t row = cu_query_lens[seq];
-    const uint32_t ctx = context_lens[seq], pos = ctx - 1;
-    const uint32_t *table = block_tables + (size_t)seq * p.max_blocks;
-    const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
-    // Partition sizes as in `paged_decode`.
-    const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;
-    const uint32_t part_lo = blockIdx.z * part_keys;
-    const uint32_t lo = max(win_lo, part_lo), hi = min(ctx, part_lo + part_keys);
-    const uint32_t n = lo < hi ? hi - part_lo : 0;  // keys [0, n) relative to part_lo may be live
+    const DecodeBlock blk = decode_block<G>(block_tables, cu_query_lens, context_lens, decode_seqs, p);
+    const uint32_t kv_head = blk.kv_head, head0 = blk.head0, row = blk.row, part_lo = blk.part_lo;
+    const uint32_t lo = blk.lo, hi = blk.hi, n = blk.n;  // keys [0, n) relative to part_lo may be live
+    const uint32_t *table = blk.table;
+    const int heads = blk.heads;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // fragment row (key, dim) and column pair (heads 2t, 2t + 1)

@@ -37,21 +37,7 @@ __device__ __forceinline__ uint32_t int8x2_bf16(uint32_t q, int lo) {
     const uint32_t u = q ^ 0x80808080u;
     const float a = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + lo)) - 8388736.0f;
     const float b = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + lo + 1)) - 8388736.0f;
-    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
-
-__device__ __forceinline__ uint32_t bf16x2(float a, float b) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
-
-// c += a · b for a 16×16 A (4 registers) and a 16×8 B (2 registers) of bf16, f32 accumulation.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    return Mma<__nv_bfloat16>::pack(a, b);
 }
 
 // K is a multiple of 256 and rows start 16-byte aligned (the host checks). DEPTH: chunks each warp
@@ -109,10 +95,10 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
             if (x_row) {
                 const float4 x0 = *reinterpret_cast<const float4 *>(xs + c * 32);
                 const float4 x1 = *reinterpret_cast<const float4 *>(xs + c * 32 + 4);
-                b[0] = bf16x2(x0.x, x0.y);
-                b[1] = bf16x2(x0.z, x0.w);
-                b[2] = bf16x2(x1.x, x1.y);
-                b[3] = bf16x2(x1.z, x1.w);
+                b[0] = Mma<__nv_bfloat16>::pack(x0.x, x0.y);
+                b[1] = Mma<__nv_bfloat16>::pack(x0.z, x0.w);
+                b[2] = Mma<__nv_bfloat16>::pack(x1.x, x1.y);
+                b[3] = Mma<__nv_bfloat16>::pack(x1.z, x1.w);
             }
             // Rows g and g + 8: the block's scale and quants [8t, 8t + 8) (2-byte aligned: 16-bit reads).
             uint32_t q[2][2];
@@ -130,7 +116,7 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
             for (int step = 0; step < 2; step++) {
                 const uint32_t a[4] = {int8x2_bf16(q[0][step], 0), int8x2_bf16(q[1][step], 0),
                                        int8x2_bf16(q[0][step], 2), int8x2_bf16(q[1][step], 2)};
-                mma_bf16(part, a, b[2 * step], b[2 * step + 1]);
+                Mma<__nv_bfloat16>::mma(part, a, b[2 * step], b[2 * step + 1]);
             }
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[e] = fmaf(part[e], d[e / 2], acc[e]);
