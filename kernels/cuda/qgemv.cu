@@ -41,7 +41,8 @@ __device__ __forceinline__ uint32_t int8x2_bf16(uint32_t q, int lo) {
 }
 
 // K is a multiple of 256 and rows start 16-byte aligned (the host checks). DEPTH: chunks each warp
-// has in flight (2, or 4 for long rows: `qgemv_depth` in src/ops/cuda.rs); dynamic shared memory:
+// has in flight (2, or 4 for long rows, 1 where shared memory is short: `qgemv_depth` in
+// src/ops/cuda.rs); dynamic shared memory:
 // QMMA_WARPS × DEPTH × (QMMA_STAGE + m × QMMA_X_ROW × 4) bytes.
 template <int DEPTH>
 __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
@@ -140,5 +141,6 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
         const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k) {                  \
         qgemv_q8_0<DEPTH>(w, x, y, m, n, k);                                                               \
     }
+QGEMV(1)
 QGEMV(2)
 QGEMV(4)

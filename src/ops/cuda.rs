@@ -7,7 +7,7 @@
 
 use super::cpu::AttentionParams;
 use super::AttentionMetadata;
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -288,20 +288,40 @@ const QGEMV_THREADS: u32 = 128;
 /// Rows of W per `qgemv` block (`QMMA_ROWS`: the mma's m).
 const QGEMV_WEIGHT_ROWS: usize = 16;
 
-/// Chunks of 256 weights each `qgemv` warp keeps in flight for rows of `k` weights: 4 for the long
-/// rows of a down projection (a warp walks 8 chunks of K = 8192), else 2.
-fn qgemv_depth(k: usize) -> usize {
-    if k >= 4096 {
-        4
-    } else {
-        2
-    }
-}
-
 /// Dynamic shared memory of a `qgemv` block for `m` rows of x: 4 warps × `depth` slots of 16 rows ×
 /// 272 bytes of W and `m` rows × 260 floats of x.
 fn qgemv_shared_bytes(m: usize, depth: usize) -> u32 {
     (4 * depth * (16 * 272 + m * 260 * 4)) as u32
+}
+/// Static shared memory of a `qgemv` block: the warps' sums, 4 × 16 × 8 f32.
+const QGEMV_STATIC_BYTES: u32 = 4 * 16 * 8 * 4;
+
+/// The most shared memory a block may opt in to on `dev` (99 KiB on some GPUs, 227 KiB on an H100).
+fn shared_bytes_limit(dev: &CudaDevice) -> Result<u32> {
+    static LIMITS: OnceLock<Mutex<HashMap<DeviceId, u32>>> = OnceLock::new();
+    let mut limits = LIMITS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&limit) = limits.get(&dev.id()) {
+        return Ok(limit);
+    }
+    let attribute = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+    let limit = dev.cuda_stream().context().attribute(attribute).w()? as u32;
+    limits.insert(dev.id(), limit);
+    Ok(limit)
+}
+
+/// Chunks of 256 weights each `qgemv` warp keeps in flight for `m` rows of x and rows of `k` weights,
+/// and the launch's dynamic shared memory: 4 for rows of 4,096 weights or more (a down projection's:
+/// a warp walks 8 chunks of K = 8192), else 2 (as measured, docs/perf.md); fewer where the device
+/// cannot give a block that much shared memory (8 rows at 2 take 101 KiB).
+fn qgemv_depth(dev: &CudaDevice, m: usize, k: usize) -> Result<(usize, u32)> {
+    let limit = shared_bytes_limit(dev)?;
+    let wanted = if k >= 4096 { 4 } else { 2 };
+    [4, 2, 1]
+        .into_iter()
+        .filter(|&depth| depth <= wanted)
+        .map(|depth| (depth, qgemv_shared_bytes(m, depth)))
+        .find(|&(_, bytes)| bytes + QGEMV_STATIC_BYTES <= limit)
+        .ok_or_else(|| candle_core::Error::Msg(format!("q8-gemv: {limit} bytes of shared memory a block are too few")))
 }
 
 /// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8, 16-byte aligned) and Q8_0 `w`
@@ -322,17 +342,18 @@ pub fn q8_gemv(
     let x = f32_view(x, x_l, "q8-gemv x")?;
     // SAFETY: the kernel writes every (row of x, row of W) sum.
     let out = unsafe { dev.alloc::<f32>(m * n)? };
-    let depth = qgemv_depth(k);
+    let (depth, bytes) = qgemv_depth(&dev, m, k)?;
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(QGEMV_WEIGHT_ROWS) as u32, 1, 1),
         block_dim: (QGEMV_THREADS, 1, 1),
-        shared_mem_bytes: qgemv_shared_bytes(m, depth),
+        shared_mem_bytes: bytes,
     };
     let name = format!("qgemv_q8_0_d{depth}");
     let func = function(&dev, "qgemv", &name)?;
-    // Raised once to what 8 rows of x need, so that no later launch (maybe inside a graph capture)
-    // has to.
-    allow_shared_bytes(&dev, &name, &func, qgemv_shared_bytes(8, depth))?;
+    // Raised once to the most any launch of this kernel takes on the device (8 rows of x, or what
+    // fits), so that no later launch (maybe inside a graph capture) has to.
+    let most = qgemv_shared_bytes(8, depth).min(shared_bytes_limit(&dev)? - QGEMV_STATIC_BYTES);
+    allow_shared_bytes(&dev, &name, &func, most)?;
     let stream = dev.cuda_stream();
     let (weights, _in_use) = w.device_ptr_with_guard(&stream)?;
     let (weights, m, n, k) = (weights as u64, m as u32, n as u32, k as u32);
