@@ -9,7 +9,8 @@
 # test binary tests/gpu.rs (portable x86-64-v3, stripped, xz), a 4-block SmolLM2 for the real-weight
 # tests (scripts/truncate-gguf.py; the demo file does not fit the carry) and, with PACK_LLAMA=1,
 # llama.cpp's source with its build script (../shared/tools/llama-cpp.sh gpu-src).
-# run: PHASES is any of `tests bench eager spec llama` (default: all but eager; `eager` repeats `bench`
+# run: PHASES is any of `tests bench eager spec llama` (default: all but eager; `tests` runs every GPU
+# test, then a few again with BODEGA_CUDA_PDL=0; `eager` repeats `bench`
 # with --eager, every step op by op, for the CUDA graphs' before/after in one call). llama.cpp builds
 # first, alone (~4.5 min; kept in /tmp for the next call on a warm machine, so a first `run llama`
 # builds and a second `run bench llama` fits both engines' benchmarks in one call); then both engines
@@ -90,6 +91,11 @@ PY
   if [[ $phases == *tests* ]]; then
     BODEGA_GPU_MODEL=$bin/smollm2-4l.gguf timeout 300 "$bin/gpu" --test-threads=1 --nocapture 2>&1 \
       | tee "$out/gpu-tests.log" || true
+    # Again with plain launches (what a GPU older than sm_90 gets): the attention kernels against the
+    # CPU, bitwise batch invariance, graphs against eager steps.
+    BODEGA_CUDA_PDL=0 BODEGA_GPU_MODEL=$bin/smollm2-4l.gguf timeout 120 "$bin/gpu" --test-threads=1 \
+      decode_of_many_sequences mixed_batches a_sequence_gets_bitwise decode_graph_replays_match_eager_steps \
+      engine_on_cuda_graph_replays_keep_the_outputs 2>&1 | tee "$out/gpu-tests-plain-launches.log" || true
   fi
   local peak=${PEAK_GBS:-3350}
   # `eager`: the same benchmarks with --eager (every step op by op, no CUDA graphs), files *-eager.*

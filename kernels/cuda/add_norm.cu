@@ -8,6 +8,7 @@
 // one per element and another to read the sums back. Rows wider than NORM_PER · NORM_THREADS (8,192)
 // take their tail in a loop that reads x and y again.
 #include <stdint.h>
+#include "dependent_launch.cuh"
 
 #define NORM_THREADS 256
 #define NORM_PER 32
@@ -15,6 +16,7 @@
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     add_rms_norm_f32(const float *__restrict__ x, const float *__restrict__ y, const float *__restrict__ w,
                      float *__restrict__ out, uint32_t rows, uint32_t dim, float eps) {
+    follow_previous_kernel();
     __shared__ float warp_sums[NORM_THREADS / 32];
     const size_t row = (size_t)blockIdx.x * dim;
     float *sum = out + row, *normed = out + (size_t)rows * dim + row;

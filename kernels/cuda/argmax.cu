@@ -4,6 +4,7 @@
 // reads as -inf, as in the host's `ops::cpu::argmax`, so the result is the same token.
 #include <math.h>
 #include <stdint.h>
+#include "dependent_launch.cuh"
 
 #define ARGMAX_THREADS 1024
 
@@ -26,6 +27,7 @@ __device__ __forceinline__ void warp_best(float &best, uint32_t &best_i) {
 
 extern "C" __global__ void argmax_rows_f32(const float *__restrict__ logits, uint32_t vocab,
                                            uint32_t *__restrict__ out) {
+    follow_previous_kernel();
     const float *row = logits + (size_t)blockIdx.x * vocab;
     float best = -INFINITY;
     uint32_t best_i = UINT32_MAX;

@@ -1,10 +1,12 @@
 // What bodega's CUDA kernels share: conversions between the KV cache's storage types (f32, f16, bf16)
-// and f32, in which every kernel computes, 16-byte copies into shared memory with cp.async, and the
-// tensor-core mma.sync of f16/bf16 operands.
+// and f32, in which every kernel computes, 16-byte copies into shared memory with cp.async, the
+// tensor-core mma.sync of f16/bf16 operands, and (dependent_launch.cuh) the wait every kernel starts
+// with.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include "dependent_launch.cuh"
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

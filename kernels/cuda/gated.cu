@@ -3,6 +3,7 @@
 // halves of one [T, 2N] matmul output (fused gate/up weights), so their row strides are arguments.
 // The activations are the CPU kernels' formulas (bodega-cpu-kernels' `Activation::apply`).
 #include <stdint.h>
+#include "dependent_launch.cuh"
 
 #define GATED_THREADS 256
 
@@ -19,10 +20,12 @@ __device__ void gated(const float *__restrict__ gate, const float *__restrict__ 
 
 extern "C" __global__ void gated_silu_f32(const float *gate, const float *up, float *out, uint32_t n,
                                           uint32_t gate_stride, uint32_t up_stride) {
+    follow_previous_kernel();
     gated<false>(gate, up, out, n, gate_stride, up_stride);
 }
 
 extern "C" __global__ void gated_gelu_f32(const float *gate, const float *up, float *out, uint32_t n,
                                           uint32_t gate_stride, uint32_t up_stride) {
+    follow_previous_kernel();
     gated<true>(gate, up, out, n, gate_stride, up_stride);
 }

@@ -83,7 +83,7 @@ __device__ void gemv(const T *__restrict__ w, const float *__restrict__ x, float
 
 #define GEMV(NAME, T, M)                                                                                    \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                              \
-        NAME(const T *w, const float *x, float *y, uint32_t n, uint32_t k) {                                \
+        NAME(const T *w, const float *x, float *y, uint32_t n, uint32_t k) { follow_previous_kernel();      \
         gemv<T, M>(w, x, y, n, k);                                                                          \
     }
 #define GEMV_ALL_M(T, SUFFIX)                                                                               \

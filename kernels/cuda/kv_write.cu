@@ -19,7 +19,7 @@ __device__ void kv_write(const float *__restrict__ src, const uint32_t *__restri
 
 #define KV_WRITE(NAME, T)                                                                          \
     extern "C" __global__ void NAME(const float *src, const uint32_t *slot_mapping, T *cache,       \
-                                    uint32_t row_len) {                                            \
+                                    uint32_t row_len) { follow_previous_kernel();                  \
         kv_write<T>(src, slot_mapping, cache, row_len);                                             \
     }
 

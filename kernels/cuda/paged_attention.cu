@@ -536,7 +536,7 @@ __device__ void paged_attention_reduce(const float *__restrict__ part_acc, const
 #define PAGED_ATTENTION_REDUCE(CHUNK, MINB)                                                            \
     extern "C" __global__ void __launch_bounds__(RED_THREADS, MINB) paged_attention_reduce_c##CHUNK(   \
         const float *part_acc, const float *part_ml, float *out, uint32_t num_tokens, uint32_t num_heads,  \
-        uint32_t head_dim, uint32_t num_partitions) {                                                  \
+        uint32_t head_dim, uint32_t num_partitions) { follow_previous_kernel();                        \
         paged_attention_reduce<CHUNK>(part_acc, part_ml, out, num_tokens, num_heads, head_dim, num_partitions); \
     }
 PAGED_ATTENTION_REDUCE(2, 8)
@@ -546,7 +546,7 @@ PAGED_ATTENTION_REDUCE(8, 1)
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *work, float *out,  \
-        float *part_acc, float *part_ml, AttnParams p) {                                               \
+        float *part_acc, float *part_ml, AttnParams p) { follow_previous_kernel();                     \
         paged_attention<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, work, out, \
                               part_acc, part_ml, p);                                                   \
     }
@@ -559,7 +559,7 @@ PAGED_ATTENTION_REDUCE(8, 1)
     extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
-        float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
+        float *out, float *part_acc, float *part_ml, AttnParams p) { follow_previous_kernel();         \
         paged_decode<T, D, G>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, \
                               out, part_acc, part_ml, p);                                              \
     }

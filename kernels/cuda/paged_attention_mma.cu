@@ -530,7 +530,7 @@ template <int D> struct MmaShape {
     extern "C" __global__ void __launch_bounds__(32 * MmaShape<D>::W) NAME(                             \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *work, float *out,  \
-        float *part_acc, float *part_ml, AttnParams p) {                                               \
+        float *part_acc, float *part_ml, AttnParams p) { follow_previous_kernel();                     \
         paged_attention_mma<T, D, MmaShape<D>::W, MmaShape<D>::P>(                                     \
             q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, work, out, part_acc, part_ml, p); \
     }
@@ -546,7 +546,7 @@ PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d256, __nv_bfloat16, 256)
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
-        float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
+        float *out, float *part_acc, float *part_ml, AttnParams p) { follow_previous_kernel();         \
         paged_decode_mma<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, out, \
                                part_acc, part_ml, p);                                                  \
     }

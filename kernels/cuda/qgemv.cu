@@ -138,7 +138,7 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
 
 #define QGEMV(DEPTH)                                                                                       \
     extern "C" __global__ void __launch_bounds__(QMMA_THREADS) qgemv_q8_0_d##DEPTH(                        \
-        const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k) {                  \
+        const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k) { follow_previous_kernel(); \
         qgemv_q8_0<DEPTH>(w, x, y, m, n, k);                                                               \
     }
 QGEMV(1)

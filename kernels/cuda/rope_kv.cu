@@ -54,7 +54,7 @@ __device__ void rope_kv_write(const float *__restrict__ q, const float *__restri
     extern "C" __global__ void NAME(const float *q, const float *k, const float *v, uint32_t q_stride,         \
                                     uint32_t k_stride, uint32_t v_stride, const float *cos, const float *sin,  \
                                     const uint32_t *slots, float *q_out, T *k_cache, T *v_cache,               \
-                                    uint32_t heads, uint32_t kv_heads, uint32_t d) {                           \
+                                    uint32_t heads, uint32_t kv_heads, uint32_t d) { follow_previous_kernel(); \
         rope_kv_write<T, INTERLEAVED>(q, k, v, q_stride, k_stride, v_stride, cos, sin, slots, q_out, k_cache,  \
                                       v_cache, heads, kv_heads, d);                                            \
     }

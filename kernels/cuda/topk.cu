@@ -14,6 +14,7 @@
 // (whose concatenation is in index order, so equal values still come out by index), or from the
 // whole row when it is short.
 #include <stdint.h>
+#include "dependent_launch.cuh"
 
 #define TOPK_THREADS 1024
 #define TOPK_WARPS (TOPK_THREADS / 32)  // = 32: lane w of a warp reads warp w's totals
@@ -228,6 +229,7 @@ __device__ void write_selection(TopKShared &sh, const In &in, uint32_t n, uint32
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS) top_k_slices_f32(const float *__restrict__ logits,
                                                                            uint32_t vocab, uint32_t k, uint32_t len,
                                                                            uint32_t *__restrict__ out) {
+    follow_previous_kernel();
     __shared__ TopKShared sh;
     const RowSpan in{logits + (size_t)blockIdx.x * vocab, blockIdx.y * len};
     const uint32_t n = min(len, vocab - in.lo);
@@ -243,6 +245,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) top_k_rows_f32(const 
                                                                          const uint32_t *__restrict__ slices,
                                                                          uint32_t vocab, uint32_t num_slices,
                                                                          uint32_t k, uint32_t *__restrict__ out) {
+    follow_previous_kernel();
     __shared__ TopKShared sh;
     uint32_t *ids = out + (size_t)blockIdx.x * 2 * k, *bits = ids + k;
     uint32_t kth, above, want;

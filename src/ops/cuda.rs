@@ -6,10 +6,11 @@
 //! compiled architecture the GPU supports is loaded once per device (candle caches modules).
 
 use super::cpu::AttentionParams;
+use super::cuda_launch::KernelLaunch;
 use super::AttentionMetadata;
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, DeviceId, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
@@ -164,11 +165,11 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     let func = function(&dev, "argmax", "argmax_rows_f32")?;
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (ARGMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
     let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
+    let mut builder = KernelLaunch::new(&stream, &func);
     let vocab = vocab as u32;
     builder.arg(&logits).arg(&vocab).arg(&out);
     // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows` u32.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
@@ -207,17 +208,17 @@ pub fn top_k_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usi
             // SAFETY: every slice block writes its 2k words (each slice holds at least k).
             let scratch = unsafe { dev.alloc::<u32>(rows * slices * 2 * k)? };
             let func = function(&dev, "topk", "top_k_slices_f32")?;
-            let mut builder = stream.launch_builder(&func);
+            let mut builder = KernelLaunch::new(&stream, &func);
             let len = len as u32;
             builder.arg(&logits).arg(&vocab_u).arg(&k_u).arg(&len).arg(&scratch);
             // SAFETY: reads `rows * vocab` f32 of a contiguous view of that size, writes `rows * slices * 2k` u32.
-            unsafe { builder.launch(block(rows as u32, slices as u32)) }.w()?;
+            unsafe { builder.launch(block(rows as u32, slices as u32)) }?;
             Some((scratch, slices as u32))
         }
         None => None,
     };
     let func = function(&dev, "topk", "top_k_rows_f32")?;
-    let mut builder = stream.launch_builder(&func);
+    let mut builder = KernelLaunch::new(&stream, &func);
     let num_slices = slices.as_ref().map_or(0, |s| s.1);
     builder.arg(&logits);
     // Without slices the kernel never reads its candidates argument: any valid pointer will do.
@@ -227,7 +228,7 @@ pub fn top_k_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usi
     };
     builder.arg(&vocab_u).arg(&num_slices).arg(&k_u).arg(&out);
     // SAFETY: reads the logits (or the slices' candidates written above), writes `rows * 2k` u32.
-    unsafe { builder.launch(block(rows as u32, 1)) }.w()?;
+    unsafe { builder.launch(block(rows as u32, 1)) }?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
@@ -276,10 +277,10 @@ fn launch_gemv<T: DeviceRepr>(
     weights: &CudaView<'_, T>,
     (x, out, n, k, cfg): GemvArgs<'_>,
 ) -> Result<()> {
-    let mut builder = stream.launch_builder(func);
+    let mut builder = KernelLaunch::new(stream, func);
     builder.arg(weights).arg(x).arg(out).arg(&n).arg(&k);
     // SAFETY: reads the `n * k` weights of the view and `m * k` activations, writes `m * n` sums.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(())
 }
 
@@ -357,11 +358,11 @@ pub fn q8_gemv(
     let stream = dev.cuda_stream();
     let (weights, _in_use) = w.device_ptr_with_guard(&stream)?;
     let (weights, m, n, k) = (weights as u64, m as u32, n as u32, k as u32);
-    let mut builder = stream.launch_builder(&func);
+    let mut builder = KernelLaunch::new(&stream, &func);
     builder.arg(&weights).arg(&x).arg(&out).arg(&m).arg(&n).arg(&k);
     // SAFETY: reads the `n` rows of `k / 32` Q8_0 blocks that `w` holds and `m * k` activations,
     // writes `m * n` sums.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
@@ -385,11 +386,11 @@ pub fn add_rms_norm(
     let func = function(&dev, "add_norm", "add_rms_norm_f32")?;
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
     let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
+    let mut builder = KernelLaunch::new(&stream, &func);
     let (rows, dim) = (rows as u32, dim as u32);
     builder.arg(&x).arg(&y).arg(&w).arg(&out).arg(&rows).arg(&dim).arg(&eps);
     // SAFETY: reads `rows * dim` of x and y and `dim` of w (checked shapes), writes `out`.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
@@ -437,11 +438,11 @@ pub fn gated_activation(
         shared_mem_bytes: 0,
     };
     let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
+    let mut builder = KernelLaunch::new(&stream, &func);
     let (n, gate_stride, up_stride) = (n as u32, gate_stride as u32, up_stride as u32);
     builder.arg(&gate).arg(&up).arg(&out).arg(&n).arg(&gate_stride).arg(&up_stride);
     // SAFETY: reads `rows` rows of `n` at the given strides inside the views, writes `out`.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
@@ -488,7 +489,7 @@ pub fn rope_kv_write(
         shared_mem_bytes: 0,
     };
     let stream = dev.cuda_stream();
-    let mut builder = stream.launch_builder(&func);
+    let mut builder = KernelLaunch::new(&stream, &func);
     let strides = [q_stride as u32, k_stride as u32, v_stride as u32];
     builder.arg(&q).arg(&k).arg(&v).arg(&strides[0]).arg(&strides[1]).arg(&strides[2]);
     builder.arg(&cos).arg(&sin).arg(&*slots).arg(&out);
@@ -502,7 +503,7 @@ pub fn rope_kv_write(
     builder.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
     // SAFETY: reads T rows of q, k, v at their strides inside the views and T × D/2 angles; writes
     // `out` and the slots the caller checked are inside the caches.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
@@ -549,12 +550,12 @@ fn launch_kv_write<T: DeviceRepr>(
     cache: &mut CudaSlice<T>,
     (src, slots, offset, row_len, cfg): KvWriteArgs<'_>,
 ) -> Result<()> {
-    let mut cache = cache.slice_mut(offset..);
-    let mut builder = stream.launch_builder(func);
-    builder.arg(src).arg(slots).arg(&mut cache).arg(&row_len);
+    let cache = cache.slice_mut(offset..);
+    let mut builder = KernelLaunch::new(stream, func);
+    builder.arg(src).arg(slots).arg(&cache).arg(&row_len);
     // SAFETY: the kernel reads T rows of `row_len` f32 and writes them to slots that the caller
     // checked are inside the cache.
-    unsafe { builder.launch(cfg) }.w()?;
+    unsafe { builder.launch(cfg) }?;
     Ok(())
 }
 
@@ -592,7 +593,7 @@ pub fn refill_uploads(captured: &mut AttentionMetadata, step: AttentionMetadata)
 /// Launch parameters of the attention kernel (`AttnParams` in `paged_attention.cu`, same layout).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-struct KernelParams {
+pub(super) struct KernelParams {
     num_heads: u32,
     num_kv_heads: u32,
     block_size: u32,
@@ -861,7 +862,7 @@ pub fn paged_attention(
             block_dim: (launch.threads, 1, 1),
             shared_mem_bytes: launch.shared_bytes,
         };
-        let mut builder = stream.launch_builder(&func);
+        let mut builder = KernelLaunch::new(&stream, &func);
         builder.arg(&q);
         match (&k.slice, &v.slice) {
             (CudaStorageSlice::F32(k), CudaStorageSlice::F32(v)) => builder.arg(k).arg(v),
@@ -873,7 +874,7 @@ pub fn paged_attention(
         // SAFETY: the metadata was validated against the cache shape (blocks, slots, lengths), so every
         // read stays inside the caches and the tables; the two kernels write disjoint query rows of
         // `out` or of the partition buffers.
-        unsafe { builder.launch(cfg) }.w()?;
+        unsafe { builder.launch(cfg) }?;
     }
     if partitions > 1 {
         let chunk = if tokens * shape.num_heads <= REDUCE_FEW_ROWS { 8 } else { 2 };
@@ -883,11 +884,11 @@ pub fn paged_attention(
             block_dim: (REDUCE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut builder = stream.launch_builder(&reduce);
+        let mut builder = KernelLaunch::new(&stream, &reduce);
         let dims = [tokens as u32, shape.num_heads as u32, d as u32, partitions as u32];
         builder.arg(&part_acc).arg(&part_ml).arg(&out).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
         // SAFETY: reads the partitions written above, writes `out` of `tokens * heads * d`.
-        unsafe { builder.launch(cfg) }.w()?;
+        unsafe { builder.launch(cfg) }?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }

@@ -17,6 +17,8 @@ pub mod candle_scratch;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_launch;
 mod gated;
 mod gemv;
 mod kv_cache;

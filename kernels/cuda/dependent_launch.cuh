@@ -1,0 +1,16 @@
+// Programmatic dependent launch (sm_90 and newer): src/ops/cuda.rs launches bodega's kernels with
+// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so that a kernel's blocks may be scheduled
+// while the kernel before it in the stream finishes, hiding ~1 µs of launch and ramp-up at each
+// boundary between them (docs/perf.md). The contract: every kernel calls `follow_previous_kernel`
+// first, before it reads or writes any memory.
+#pragma once
+
+// Waits until the previous kernel in the stream has completed and its writes are visible (at once
+// when this kernel was launched without the attribute, or on an older GPU), then lets the next
+// kernel launch: its blocks can become resident while this one runs, and wait in turn.
+__device__ __forceinline__ void follow_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
