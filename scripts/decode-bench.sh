@@ -13,7 +13,8 @@
 # tree), launched with SMEM bytes of dynamic shared memory (default 0). Without specs: the working
 # tree's two kernels, with the shared memory src/ops/cuda.rs gives them. Every version gets the same
 # random inputs, so equal checksums mean equal outputs. Block tables are shuffled; run with
-# DECODE_BENCH_TABLES=ordered for each sequence's blocks in order.
+# DECODE_BENCH_TABLES=ordered for each sequence's blocks in order; with DECODE_BENCH_PDL=1 the kernels
+# launch as programmatic dependents, as in the engine (revisions from 974bf94 on: older kernels race).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.device-decode

@@ -2,7 +2,8 @@
 // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so that a kernel's blocks may be scheduled
 // while the kernel before it in the stream finishes, hiding ~1 µs of launch and ramp-up at each
 // boundary between them (docs/perf.md). The contract: every kernel calls `follow_previous_kernel`
-// first, before it reads or writes any memory.
+// before it reads or writes any memory but the step's attention metadata (block tables, lengths:
+// uploaded before the step's first kernel), which the decode kernels read first.
 #pragma once
 
 // Waits until the previous kernel in the stream has completed and its writes are visible (at once

@@ -295,6 +295,9 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
         const uint32_t kpos = part_lo + j;
         slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
     }
+    // Only the step's metadata was read so far (uploaded before the step's first kernel): this much
+    // overlaps the kernel before, which wrote the queries and the new keys (dependent_launch.cuh).
+    follow_previous_kernel();
     __syncthreads();
     const uint32_t warp_base = (uint32_t)(warp * C::KPW * UK);
     const LaneStream<T, D> ls{k_cache, v_cache, slot_s, stage_s, n, lo < hi ? lo - part_lo : 0, kv_head,
@@ -559,7 +562,7 @@ PAGED_ATTENTION_REDUCE(8, 1)
     extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
         const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
-        float *out, float *part_acc, float *part_ml, AttnParams p) { follow_previous_kernel();         \
+        float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
         paged_decode<T, D, G>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, \
                               out, part_acc, part_ml, p);                                              \
     }

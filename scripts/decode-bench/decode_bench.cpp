@@ -6,6 +6,10 @@
 //   decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN   Llama-3.2-1B's attention (32 query heads, 8 KV heads)
 //   decode_bench --stream CUBIN                       stream_read.cu over 8 MiB .. 512 MiB
 //
+// With DECODE_BENCH_PDL=1 both kernels launch as the engine launches them, as programmatic
+// dependents (src/ops/cuda_launch.rs): only for revisions whose kernels start with
+// `follow_previous_kernel` (kernels/cuda/dependent_launch.cuh; without it they would race).
+//
 // Every timing is the median of 9 replays of a CUDA graph of 20 calls, after 50 warm-up replays;
 // consecutive calls read different copies of the inputs, 256 MiB or more in all, so that nothing is
 // timed from the 50 MB L2. Driver API only: the cubins are loaded at run time.
@@ -44,6 +48,28 @@ struct AttnParams {
 
 static const size_t ROTATION_BYTES = 256u << 20;
 static const int CALLS = 20;
+
+// One launch of `f`; with `dependent`, allowed to start while the kernel before it finishes.
+static void launch_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned smem,
+                          CUstream st, void **args, bool dependent) {
+    CUlaunchAttribute attr;
+    memset(&attr, 0, sizeof attr);
+    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDimX = gx;
+    cfg.gridDimY = gy;
+    cfg.gridDimZ = gz;
+    cfg.blockDimX = threads;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = smem;
+    cfg.hStream = st;
+    cfg.attrs = &attr;
+    cfg.numAttrs = dependent ? 1 : 0;
+    CHECK(cuLaunchKernelEx(&cfg, f, args, nullptr));
+}
 
 // Median µs per call of a graph of CALLS calls of `launch(i)` (call i reads input copy i).
 static double time_calls(CUstream st, const std::function<void(int)> &launch) {
@@ -136,13 +162,14 @@ static void time_decode(CUfunction decode, uint32_t g, CUmodule reduce_mod, int 
     CHECK(cuMemAlloc(&part_ml, (size_t)parts * seqs * heads * 2 * 4));
     AttnParams p{heads, kv_heads, block, blocks_per_seq, 0, 0.125f, 0, 0, parts, seqs};
     uint32_t tokens = seqs, num_heads = heads, head_dim = dim;
+    const char *pdl = getenv("DECODE_BENCH_PDL");
+    const bool dependent = pdl && std::string(pdl) == "1";
     auto launch = [&](int i, bool with_reduce) {
         void *args[] = {&q_d, &k[i % copies], &v[i % copies], &table_d, &cu_d, &lens_d, &dec_d, &out, &part_acc, &part_ml, &p};
-        CHECK(cuLaunchKernel(decode, seqs, kv_heads * ((heads / kv_heads + g - 1) / g), parts, 128, 1, 1, dyn_smem, st, args,
-                             nullptr));
+        launch_kernel(decode, seqs, kv_heads * ((heads / kv_heads + g - 1) / g), parts, 128, dyn_smem, st, args, dependent);
         if (with_reduce && parts > 1) {
             void *rargs[] = {&part_acc, &part_ml, &out, &tokens, &num_heads, &head_dim, &parts};
-            CHECK(cuLaunchKernel(reduce, tokens, num_heads, 1, 256, 1, 1, 0, st, rargs, nullptr));
+            launch_kernel(reduce, tokens, num_heads, 1, 256, 0, st, rargs, dependent);
         }
     };
     const double alone = time_calls(st, [&](int i) { launch(i, false); });

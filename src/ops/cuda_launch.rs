@@ -77,7 +77,8 @@ impl<'a> KernelLaunch<'a> {
     ///
     /// # Safety
     /// The arguments must be the kernel's, in its order, and every memory access the kernel makes
-    /// with them must stay inside the buffers; the kernel must call `follow_previous_kernel` first.
+    /// with them must stay inside the buffers; the kernel must call `follow_previous_kernel` before
+    /// it touches memory that an earlier kernel writes (`kernels/cuda/dependent_launch.cuh`).
     pub(super) unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
         let context = self.stream.context();
         context.bind_to_thread().w()?;
