@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 /// A kernel argument: the bytes the kernel receives for it (a device pointer or a plain value).
 pub(super) trait KernelArg {
+    /// What the driver copies into the kernel's parameter (`stream`: the launch's, for pointers).
     fn bytes(&self, stream: &CudaStream) -> Vec<u8>;
 }
 
@@ -63,6 +64,7 @@ pub(super) struct KernelLaunch<'a> {
 }
 
 impl<'a> KernelLaunch<'a> {
+    /// A launch of `func` on `stream` with no arguments yet.
     pub(super) fn new(stream: &'a CudaStream, func: &'a CudaFunction) -> Self {
         Self { stream, func, args: Vec::new() }
     }
