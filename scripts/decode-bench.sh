@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Decode attention outside the engine, in one device call: f16 decode kernels at head size 64 (+ the
-# reduction) of several versions of kernels/cuda, side by side, and the floor that no kernel beats
-# (one that only reads as many bytes). Llama-3.2-1B's attention shape; docs/perf.md.
+# Decode attention outside the engine, in one device call: f16 decode kernels (+ the reduction) of
+# several versions of kernels/cuda, side by side, and the floor that no kernel beats (one that only
+# reads as many bytes). Llama-3.2-1B's attention shape (head size 64, or that of KERNEL); docs/perf.md.
 #
 #   scripts/decode-bench.sh pack [REV[:SMEM[:KERNEL]] ...]  # here: builds .device-decode/ (~10 MB)
 #   scripts/decode-bench.sh run                             # there, from the repo root: a table each
@@ -26,9 +26,9 @@ pack() {
     scripts/decode-bench/decode_bench.cpp -L"$CUDA_ROOT/lib64/stubs" -lcuda
   nvcc --cubin -arch=sm_90 -O3 -o "$dir/stream_read.cubin" scripts/decode-bench/stream_read.cu
   nvcc --cubin -arch=sm_90 -O3 -std=c++17 -o "$dir/reduce.cubin" kernels/cuda/paged_attention.cu
-  (($#)) || set -- now:8192:paged_decode_f16_d64_g4 now:36864:paged_decode_mma_f16_d64
+  (($#)) || set -- now:8192:paged_decode_f16_d64_g4 now:32768:paged_decode_mma_f16_d64
   : > "$dir/cubins.txt"
-  local spec rev rest smem kernel file src label
+  local spec rev rest smem kernel file src label entry
   for spec in "$@"; do
     rev=${spec%%:*} rest=${spec#"$rev"} rest=${rest#:}
     smem=${rest%%:*} kernel=${rest#"$smem"} kernel=${kernel#:}
@@ -39,8 +39,10 @@ pack() {
     if [[ $rev == now ]]; then cp -r kernels "$src/"; else git archive "$rev" kernels/cuda | tar -x -C "$src"; fi
     label="$rev-$kernel-$smem"
     nvcc --cubin -arch=sm_90 -O3 -std=c++17 -o "$dir/$label.cubin" "$src/kernels/cuda/$file"
+    entry=1  # words per decoding sequence in the decode list: 3 since DECODE_ENTRY
+    grep -q DECODE_ENTRY "$src/kernels/cuda/attention.cuh" && entry=3
     rm -rf "$src"
-    echo "$label $kernel $smem" >> "$dir/cubins.txt"
+    echo "$label $kernel $smem $entry" >> "$dir/cubins.txt"
   done
   du -sh "$dir"
 }
@@ -48,9 +50,9 @@ pack() {
 run() {
   export LD_LIBRARY_PATH=/usr/local/nvidia/lib64
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  local label kernel smem
-  while read -r label kernel smem; do
-    "$dir/decode_bench" "$dir/$label.cubin" "$kernel" "$smem" "$dir/reduce.cubin"
+  local label kernel smem entry
+  while read -r label kernel smem entry; do
+    "$dir/decode_bench" "$dir/$label.cubin" "$kernel" "$smem" "$dir/reduce.cubin" "$entry"
   done < "$dir/cubins.txt"
   "$dir/decode_bench" --stream "$dir/stream_read.cubin"
 }

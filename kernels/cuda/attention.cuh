@@ -101,21 +101,25 @@ struct DecodeBlock {
 // (docs/perf.md). The size depends on the sequence's own length alone, never on the batch, so its
 // result does not either; the grid holds enough partitions for both sizes (`partitions` in
 // src/ops/cuda.rs) and those past a context stay empty.
+//
+// `decodes` holds DECODE_ENTRY words per decoding sequence: the sequence, its context length and its
+// query row, so that a block finds its keys in two dependent loads (entry, then block table) rather
+// than three (docs/perf.md).
+#define DECODE_ENTRY 3
 template <int G>
 __device__ __forceinline__ DecodeBlock decode_block(const uint32_t *__restrict__ block_tables,
-                                                   const uint32_t *__restrict__ cu_query_lens,
-                                                   const uint32_t *__restrict__ context_lens,
-                                                   const uint32_t *__restrict__ decode_seqs, const AttnParams &p) {
+                                                   const uint32_t *__restrict__ decodes, const AttnParams &p) {
     DecodeBlock b;
-    const uint32_t seq = decode_seqs[blockIdx.x];
+    const uint32_t *entry = decodes + DECODE_ENTRY * blockIdx.x;
+    const uint32_t seq = entry[0], ctx = entry[1];
     const uint32_t group = p.num_heads / p.num_kv_heads;
     const uint32_t hchunks = (group + G - 1) / G;
     b.kv_head = blockIdx.y / hchunks;
     const uint32_t hc = blockIdx.y % hchunks;
     b.head0 = b.kv_head * group + hc * G;
     b.heads = (int)min((uint32_t)G, group - hc * G);
-    b.row = cu_query_lens[seq];
-    const uint32_t ctx = context_lens[seq], pos = ctx - 1;
+    b.row = entry[2];
+    const uint32_t pos = ctx - 1;
     b.table = block_tables + (size_t)seq * p.max_blocks;
     const uint32_t win_lo = (p.window == 0 || pos + 1 < p.window) ? 0 : pos + 1 - p.window;
     const uint32_t part_keys = ctx > PART && ctx <= SHORT_CTX ? SHORT_PART : PART;

@@ -273,7 +273,7 @@ template <typename T, int D, int G>
 __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ k_cache,
                              const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
                              const uint32_t *__restrict__ cu_query_lens, const uint32_t *__restrict__ context_lens,
-                             const uint32_t *__restrict__ decode_seqs, float *__restrict__ out,
+                             const uint32_t *__restrict__ decodes, float *__restrict__ out,
                              float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
     using C = Dec<T, D>;
     // The lanes' staging slots (dynamic, C::SLOTS × 16 bytes); once every round is read, the warps' sums.
@@ -282,7 +282,7 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     __shared__ float m_s[G], l_s[G];
     __shared__ uint32_t slot_s[PART];
 
-    const DecodeBlock blk = decode_block<G>(block_tables, cu_query_lens, context_lens, decode_seqs, p);
+    const DecodeBlock blk = decode_block<G>(block_tables, decodes, p);
     const uint32_t kv_head = blk.kv_head, head0 = blk.head0, row = blk.row, part_lo = blk.part_lo;
     const uint32_t lo = blk.lo, hi = blk.hi, n = blk.n;  // score slots used: [0, n) relative to part_lo
     const uint32_t *table = blk.table;
@@ -561,9 +561,9 @@ PAGED_ATTENTION_REDUCE(8, 1)
 #define PAGED_DECODE(NAME, T, D, G, MINB)                                                              \
     extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
-        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decodes,            \
         float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
-        paged_decode<T, D, G>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, \
+        paged_decode<T, D, G>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decodes, \
                               out, part_acc, part_ml, p);                                              \
     }
 #define PAGED_DECODE_G(T, NAME, D)                                                                     \

@@ -302,36 +302,66 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
 // of a value 40 more instructions), and the decode kernel topped out at ~2.7 TB/s on an H200 whose
 // memory streams 4.5 (2.45 on an H100 streaming 3.1: it did not follow the bandwidth); on tensor
 // cores the same calls take 1.3-2.2x less time (docs/perf.md).
-// A warp takes the partition's tiles of 16 keys w, w + WARPS, ...: its own stream of tiles, each
-// tile's keys and values copied together with cp.async into DEPTH staging slots of its own (no block
-// barrier until the end). Per tile: Sᵀ = K·Qᵀ with mma.sync m16n8k16 (16 keys × 8 query heads, the
-// queries pre-scaled by scale·log2 e and rounded to the cache type, as in the chunk kernel above),
-// an online softmax on the accumulator fragments, P rounded to the cache type and turned into the B
-// fragments of Oᵀ += Vᵀ·Pᵀ (16 dims × 8 heads per mma) through a small shared tile; at the end the
-// warps' (max, sum, output) are combined in warp order. Batch invariance: a tile's keys, its warp and
-// every sum's order depend on the sequence and the partition alone.
+// A warp takes the partition's tiles of 16 keys w, w + WARPS, ...: it looks up their cache slots itself
+// and streams them, each tile's keys and values copied together with cp.async into DEPTH staging slots of
+// its own (no block barrier until the warps' results are combined). Per tile: Sᵀ = K·Qᵀ with mma.sync
+// m16n8k16 (16 keys × 8 query heads, the queries pre-scaled by scale·log2 e and rounded to the cache type,
+// as in the chunk kernel above), an online softmax on the accumulator fragments, P rounded to the cache
+// type and turned into the B fragments of Oᵀ += Vᵀ·Pᵀ (16 dims × 8 heads per mma) through a small shared
+// tile; at the end the warps' (max, sum, output) are combined in warp order. Batch invariance: a tile's
+// keys, its warp and every sum's order depend on the sequence and the partition alone.
 template <int D> struct DecMma {
     static constexpr int G = 8;                        // query heads per block: the mma's n
     static constexpr int KEYS = 16;                    // keys per tile: the mma's m
-    static constexpr int S = D + 8;                    // padded tile row, in elements (see MmaTile)
-    static constexpr int PIECES = KEYS * D / 8 / 32;   // 16-byte copies per lane per tile (keys or values)
+    static constexpr int CHUNKS = D / 8;               // 16-byte chunks per key
+    static constexpr int PIECES = KEYS * CHUNKS / 32;  // 16-byte copies per lane per tile (keys or values)
     static constexpr int DEPTH = D == 64 ? 2 : 1;      // tiles each warp has in flight: 8 KiB+ (docs/perf.md)
+    // Staged rows: swizzled at head size 64 (see staged_at), else padded by 8 elements as in MmaTile
+    // (swizzling there cost registers, and blocks per SM, for no shared memory that limits them).
+    static constexpr bool SWIZZLED = D == 64;
+    static constexpr int S = SWIZZLED ? D : D + 8;     // staged row, in elements
     static constexpr int STAGE = 2 * KEYS * S;         // elements of one staging slot: keys, then values
     static constexpr int STAGING = WARPS * DEPTH * STAGE * 2;  // bytes of all warps' staging slots
     static constexpr int SUMS = WARPS * G * D * 4;     // bytes of the warps' outputs (reusing the staging)
     static constexpr int SMEM = STAGING > SUMS ? STAGING : SUMS;  // dynamic shared memory
+    static constexpr int WARP_KEYS = PART / WARPS;     // keys of a partition one warp takes
+    static_assert(WARP_KEYS % 32 == 0, "every lane looks up as many slots");
 };
+
+// Element offset of 16-byte chunk c of row r in a staged tile. Swizzled: the chunks of a row are
+// permuted by the row's low 3 bits, so that the 8 rows an ldmatrix reads at one chunk column fall in
+// 8 different bank groups without padding (at head size 64 the padding cost a block per SM:
+// docs/perf.md).
+template <int D> __device__ __forceinline__ int staged_at(int r, int c) {
+    if constexpr (DecMma<D>::SWIZZLED) return r * D + ((c ^ (r & 7)) << 3);
+    else return r * DecMma<D>::S + c * 8;
+}
 
 // A warp's stream of tiles: stage s is its tile s (partition-relative keys key0(s) ..+ 16).
 template <typename T, int D> struct WarpTiles {
     using C = DecMma<D>;
     const T *k_cache, *v_cache;
-    const uint32_t *slots;  // the partition's cache slots
+    uint32_t *slots;        // the cache slots of this warp's keys: tile s's at [16 s, 16 s + 16)
     T *stage;               // this warp's DEPTH staging slots
     uint32_t n, first, kv_head, num_kv_heads;
     int tiles, warp, lane;
 
     __device__ __forceinline__ uint32_t key0(int s) const { return (uint32_t)(warp + WARPS * s) * C::KEYS; }
+    // Looks up the cache slots of the warp's keys (step metadata only): no block barrier, so that
+    // each warp starts copying as soon as its own slots are known.
+    __device__ __forceinline__ void look_up(const DecodeBlock &b, uint32_t block_size) const {
+        constexpr int PER_LANE = C::WARP_KEYS / 32;
+        uint32_t found[PER_LANE];  // all loads first: the compiler cannot tell the table from `slots`
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) {
+            const int j = lane + 32 * k;
+            const uint32_t key = key0(j / C::KEYS) + j % C::KEYS, pos = b.part_lo + key;
+            found[k] = key < n ? b.table[pos / block_size] * block_size + pos % block_size : 0;
+        }
+#pragma unroll
+        for (int k = 0; k < PER_LANE; k++) slots[lane + 32 * k] = found[k];
+        __syncwarp();
+    }
     // Starts tile s's copies, keys and values (keys outside [first, n) become zeros; nothing past the
     // stream's end), and commits them as one group.
     __device__ __forceinline__ void issue(int s) const {
@@ -339,12 +369,12 @@ template <typename T, int D> struct WarpTiles {
             T *slot = stage + (s % C::DEPTH) * C::STAGE;
 #pragma unroll
             for (int k = 0; k < C::PIECES; k++) {
-                const int i = lane + 32 * k, r = i / (D / 8), c = i % (D / 8);
+                const int i = lane + 32 * k, r = i / C::CHUNKS, c = i % C::CHUNKS;
                 const uint32_t j = key0(s) + r;
                 const bool live = j >= first && j < n;
-                const size_t at = live ? ((size_t)slots[j] * num_kv_heads + kv_head) * D + c * 8 : 0;
-                copy16_async(slot + r * C::S + c * 8, k_cache + at, live);
-                copy16_async(slot + (C::KEYS + r) * C::S + c * 8, v_cache + at, live);
+                const size_t at = live ? ((size_t)slots[s * C::KEYS + r] * num_kv_heads + kv_head) * D + c * 8 : 0;
+                copy16_async(slot + staged_at<D>(r, c), k_cache + at, live);
+                copy16_async(slot + C::KEYS * C::S + staged_at<D>(r, c), v_cache + at, live);
             }
         }
         commit_async();
@@ -366,7 +396,7 @@ template <typename T, int D>
 __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restrict__ k_cache,
                                  const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
                                  const uint32_t *__restrict__ cu_query_lens, const uint32_t *__restrict__ context_lens,
-                                 const uint32_t *__restrict__ decode_seqs, float *__restrict__ out,
+                                 const uint32_t *__restrict__ decodes, float *__restrict__ out,
                                  float *__restrict__ part_acc, float *__restrict__ part_ml, AttnParams p) {
     using C = DecMma<D>;
     constexpr int G = C::G;
@@ -374,28 +404,23 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
     extern __shared__ uint4 smem[];
     __shared__ uint32_t p_s[WARPS][G][C::KEYS / 2 + 1];  // a tile's P as pairs of keys, per head
     __shared__ float m_s[WARPS][G], l_s[WARPS][G];
-    __shared__ uint32_t slot_s[PART];
+    __shared__ uint32_t slot_s[WARPS][C::WARP_KEYS];
 
-    const DecodeBlock blk = decode_block<G>(block_tables, cu_query_lens, context_lens, decode_seqs, p);
+    const DecodeBlock blk = decode_block<G>(block_tables, decodes, p);
     const uint32_t kv_head = blk.kv_head, head0 = blk.head0, row = blk.row, part_lo = blk.part_lo;
     const uint32_t lo = blk.lo, hi = blk.hi, n = blk.n;  // keys [0, n) relative to part_lo may be live
-    const uint32_t *table = blk.table;
     const int heads = blk.heads;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // fragment row (key, dim) and column pair (heads 2t, 2t + 1)
-    for (uint32_t j = threadIdx.x; j < n; j += NT) {
-        const uint32_t kpos = part_lo + j;
-        slot_s[j] = table[kpos / p.block_size] * p.block_size + kpos % p.block_size;
-    }
+    const int tiles = (int)((n + C::KEYS - 1) / C::KEYS);
+    const WarpTiles<T, D> wt{k_cache, v_cache, slot_s[warp], reinterpret_cast<T *>(smem) + warp * C::DEPTH * C::STAGE,
+                             n, lo < hi ? lo - part_lo : 0, kv_head, p.num_kv_heads,
+                             tiles > warp ? (tiles - warp + WARPS - 1) / WARPS : 0, warp, lane};
+    wt.look_up(blk, p.block_size);
     // Only the step's metadata was read so far (uploaded before the step's first kernel): this much
     // overlaps the kernel before, which wrote the queries and the new keys (dependent_launch.cuh).
     follow_previous_kernel();
-    __syncthreads();
-    const int tiles = (int)((n + C::KEYS - 1) / C::KEYS);
-    const WarpTiles<T, D> wt{k_cache, v_cache, slot_s, reinterpret_cast<T *>(smem) + warp * C::DEPTH * C::STAGE,
-                             n, lo < hi ? lo - part_lo : 0, kv_head, p.num_kv_heads,
-                             tiles > warp ? (tiles - warp + WARPS - 1) / WARPS : 0, warp, lane};
 #pragma unroll
     for (int s = 0; s < C::DEPTH; s++) wt.issue(s);
 
@@ -426,7 +451,7 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
             uint32_t a[4];
-            ldmatrix_x4<false>(a, kt + (lane % 8 + (lane / 8 % 2) * 8) * C::S + kk * 16 + lane / 16 * 8);
+            ldmatrix_x4<false>(a, kt + staged_at<D>(lane % 8 + (lane / 8 % 2) * 8, kk * 2 + lane / 16));
             Mma<T>::mma(sc, a, qb[kk][0], qb[kk][1]);
         }
         float mx[2];
@@ -468,7 +493,7 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
 #pragma unroll
         for (int i = 0; i < D / 16; i++) {
             uint32_t a[4];
-            ldmatrix_x4<true>(a, vt + (lane / 16 * 8 + lane % 8) * C::S + i * 16 + (lane / 8 % 2) * 8);
+            ldmatrix_x4<true>(a, vt + staged_at<D>(lane / 16 * 8 + lane % 8, 2 * i + lane / 8 % 2));
             Mma<T>::mma(o[i], a, b0, b1);
         }
         wt.refill(s);
@@ -548,9 +573,9 @@ PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d256, __nv_bfloat16, 256)
 #define PAGED_DECODE_MMA(NAME, T, D)                                                                   \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
-        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decode_seqs,      \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decodes,            \
         float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
-        paged_decode_mma<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decode_seqs, out, \
+        paged_decode_mma<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decodes, out, \
                                part_acc, part_ml, p);                                                  \
     }
 

@@ -1,9 +1,12 @@
-// Times one of bodega's f16 decode attention kernels at head size 64 (KERNEL from CUBIN, then
-// `paged_attention_reduce` from REDUCE_CUBIN) outside the engine, so that several kernels and versions
+// Times one of bodega's f16 decode attention kernels (KERNEL from CUBIN, at the head size its name
+// gives, then `paged_attention_reduce` from REDUCE_CUBIN) outside the engine, so that several kernels and versions
 // can be compared in one device call (scripts/decode-bench.sh); or, with --stream, the floor that no
 // kernel beats: one that only reads as many bytes.
 //
-//   decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN   Llama-3.2-1B's attention (32 query heads, 8 KV heads)
+//   decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN [ENTRY]
+//                  Llama-3.2-1B's attention (32 query heads, 8 KV heads); ENTRY: words per decoding
+//                  sequence in the kernel's decode list (3: sequence, context length, query row, as
+//                  `DECODE_ENTRY` in kernels/cuda/attention.cuh; 1: the sequence, before 2026-11-28)
 //   decode_bench --stream CUBIN                       stream_read.cu over 8 MiB .. 512 MiB
 //
 // With DECODE_BENCH_PDL=1 both kernels launch as the engine launches them, as programmatic
@@ -123,9 +126,9 @@ static uint16_t to_f16(float f) {
 
 // The decode kernel and its reduction over `seqs` sequences of `ctx` keys each.
 // `g`: query heads per block (`_g4`: 4; `_g8` and the tensor-core kernel: 8).
-static void time_decode(CUfunction decode, uint32_t g, CUmodule reduce_mod, int dyn_smem, CUstream st, uint32_t seqs,
-                        uint32_t ctx, std::mt19937 &rng) {
-    const uint32_t heads = 32, kv_heads = 8, dim = 64, block = 16;
+static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule reduce_mod, int dyn_smem, uint32_t entry,
+                        CUstream st, uint32_t seqs, uint32_t ctx, std::mt19937 &rng) {
+    const uint32_t heads = 32, kv_heads = 8, block = 16;
     CUfunction reduce;
     CHECK(cuModuleGetFunction(&reduce, reduce_mod,
                               seqs * heads <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
@@ -140,14 +143,17 @@ static void time_decode(CUfunction decode, uint32_t g, CUmodule reduce_mod, int 
         k[c] = upload(cache.data(), cache_elems * 2);
         v[c] = upload(cache.data(), cache_elems * 2);
     }
-    std::vector<uint32_t> table(seqs * blocks_per_seq), cu(seqs + 1), lens(seqs, ctx), decodes(seqs);
+    std::vector<uint32_t> table(seqs * blocks_per_seq), cu(seqs + 1), lens(seqs, ctx), decodes;
     for (uint32_t i = 0; i < table.size(); i++) table[i] = i;
     // Shuffled (a long-running server's scattered blocks) unless DECODE_BENCH_TABLES=ordered (each
     // sequence's blocks consecutive, as a fresh engine allocates them).
     const char *tables = getenv("DECODE_BENCH_TABLES");
     if (!tables || std::string(tables) != "ordered") std::shuffle(table.begin(), table.end(), rng);
     for (uint32_t s = 0; s <= seqs; s++) cu[s] = s;
-    for (uint32_t s = 0; s < seqs; s++) decodes[s] = s;
+    for (uint32_t s = 0; s < seqs; s++) {
+        const uint32_t words[] = {s, ctx, s};  // sequence, context length, query row
+        decodes.insert(decodes.end(), words, words + entry);
+    }
     std::vector<float> q(seqs * heads * dim);
     for (auto &x : q) x = uniform(rng);
     CUdeviceptr table_d = upload(table.data(), table.size() * 4), cu_d = upload(cu.data(), cu.size() * 4),
@@ -229,8 +235,8 @@ static CUmodule load_module(const char *path) {
 
 int main(int argc, char **argv) {
     const bool stream = argc == 3 && std::string(argv[1]) == "--stream";
-    if (!stream && argc != 5) {
-        fprintf(stderr, "usage: decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN | decode_bench --stream CUBIN\n");
+    if (!stream && argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN [ENTRY] | decode_bench --stream CUBIN\n");
         return 2;
     }
     CHECK(cuInit(0));
@@ -250,11 +256,13 @@ int main(int argc, char **argv) {
     }
     const std::string kernel = argv[2];
     const int dyn_smem = atoi(argv[3]);
+    const uint32_t entry = argc == 6 ? (uint32_t)atoi(argv[5]) : 3;
     const CUmodule reduce_mod = load_module(argv[4]);
     CUfunction decode;
     CHECK(cuModuleGetFunction(&decode, mod, kernel.c_str()));
     CHECK(cuFuncSetAttribute(decode, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dyn_smem));
     const uint32_t g = kernel.find("_g4") != std::string::npos ? 4 : 8;
+    const uint32_t dim = (uint32_t)atoi(kernel.c_str() + kernel.rfind("_d") + 2);  // `…_d64`, `…_d128_g8`
     int regs, per_sm;
     CHECK(cuFuncGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, decode));
     CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode, 128, dyn_smem));
@@ -262,7 +270,7 @@ int main(int argc, char **argv) {
            dyn_smem, per_sm);
     std::mt19937 rng(7);  // the same inputs for every cubin: equal checksums mean equal outputs
     const uint32_t shapes[][2] = {{1, 256},  {1, 1024}, {1, 4096},  {1, 16384}, {1, 32768},
-                                  {16, 4096}, {64, 4096}, {64, 1024}, {4, 32768}};
-    for (const auto &shape : shapes) time_decode(decode, g, reduce_mod, dyn_smem, st, shape[0], shape[1], rng);
+                                  {4, 4096}, {16, 4096}, {64, 4096}, {64, 1024}, {16, 8192}, {4, 32768}};
+    for (const auto &shape : shapes) time_decode(decode, g, dim, reduce_mod, dyn_smem, entry, st, shape[0], shape[1], rng);
     return 0;
 }

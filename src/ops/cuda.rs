@@ -69,15 +69,19 @@ fn decode_shared_bytes(head_dim: usize, elem_bytes: usize, g: usize) -> u32 {
 }
 
 /// Dynamic shared memory of a tensor-core decode block (`DecMma::SMEM` in `paged_attention_mma.cu`):
-/// each warp's staging slots (2 at head size 64, else 1) of 16 keys and their values, rows padded by
-/// 8 two-byte elements, which the warps' outputs (`WARPS × 8 × head_dim` f32) reuse at the end.
+/// each warp's staging slots (2 at head size 64, else 1) of 16 keys and their values (rows swizzled
+/// at head size 64, else padded by 8 two-byte elements), which the warps' outputs
+/// (`WARPS × 8 × head_dim` f32) reuse at the end.
 fn decode_mma_shared_bytes(head_dim: usize) -> u32 {
     let warps = ATTENTION_THREADS as usize / 32;
-    let depth = if head_dim == 64 { 2 } else { 1 };
-    let staging = warps * depth * 2 * 16 * (head_dim + 8) * 2;
+    let (depth, row) = if head_dim == 64 { (2, head_dim) } else { (1, head_dim + 8) };
+    let staging = warps * depth * 2 * 16 * row * 2;
     let sums = warps * DECODE_MMA_HEADS * head_dim * 4;
     staging.max(sums) as u32
 }
+
+/// Words per decoding sequence in the decode kernels' list (`DECODE_ENTRY` in `attention.cuh`).
+const DECODE_ENTRY: usize = 3;
 
 /// Keys per context partition (`PART` in `attention.cuh`).
 const PARTITION_KEYS: usize = 256;
@@ -747,10 +751,11 @@ impl Tiling {
 
 /// Device-side metadata of one call, packed into one upload: block tables, query offsets, context
 /// lengths, the work items of the sequences with several queries (sequence, first query row, query
-/// count), then the sequences that decode (one query each).
+/// count), then the sequences that decode, one query each ([`DECODE_ENTRY`] words: sequence, context
+/// length, query row).
 fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>, [usize; 4]) {
     let b = meta.num_seqs();
-    let mut packed = Vec::with_capacity(meta.block_tables.len().max(1) + 3 * b + 1 + 3 * meta.num_tokens());
+    let mut packed = Vec::with_capacity(meta.block_tables.len().max(1) + 5 * b + 1 + 3 * meta.num_tokens());
     packed.extend_from_slice(&meta.block_tables);
     if packed.is_empty() {
         packed.push(0); // a zero-width table still needs a valid pointer
@@ -768,7 +773,9 @@ fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>,
         }
     }
     let decode_at = packed.len();
-    packed.extend((0..b).filter(|&s| query_rows(s).len() == 1).map(|s| s as u32));
+    for s in (0..b).filter(|&s| query_rows(s).len() == 1) {
+        packed.extend([s as u32, meta.context_lens[s], meta.cu_query_lens[s]]);
+    }
     (packed, [cu_at, ctx_at, work_at, decode_at])
 }
 
@@ -810,7 +817,7 @@ pub fn paged_attention(
         Ok(PackedMetadata { slice: dev.cuda_stream().clone_htod(&values).w()?, len: values.len(), at })
     })?;
     let [cu_at, ctx_at, work_at, decode_at] = packed.at;
-    let (items, decodes) = ((decode_at - work_at) / 3, packed.len - decode_at);
+    let (items, decodes) = ((decode_at - work_at) / 3, (packed.len - decode_at) / DECODE_ENTRY);
     // The partitions cover the block tables' width, not the longest context: a replayed graph's grid
     // is fixed while its sequences grow within their padded tables (later partitions are empty).
     let partitions = partitions(meta.max_blocks * shape.block_size, decodes > 0);
