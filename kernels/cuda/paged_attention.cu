@@ -561,7 +561,7 @@ PAGED_ATTENTION_REDUCE(8, 1)
 #define PAGED_DECODE(NAME, T, D, G, MINB)                                                              \
     extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
-        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decodes,            \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decodes,          \
         float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
         paged_decode<T, D, G>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decodes, \
                               out, part_acc, part_ml, p);                                              \

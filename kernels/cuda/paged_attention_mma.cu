@@ -573,7 +573,7 @@ PAGED_ATTENTION_MMA(paged_attention_mma_bf16_d256, __nv_bfloat16, 256)
 #define PAGED_DECODE_MMA(NAME, T, D)                                                                   \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \
         const float *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,              \
-        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decodes,            \
+        const uint32_t *cu_query_lens, const uint32_t *context_lens, const uint32_t *decodes,          \
         float *out, float *part_acc, float *part_ml, AttnParams p) {                                   \
         paged_decode_mma<T, D>(q, k_cache, v_cache, block_tables, cu_query_lens, context_lens, decodes, out, \
                                part_acc, part_ml, p);                                                  \
