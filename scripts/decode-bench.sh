@@ -11,8 +11,9 @@
 # the working tree, and one sm_90 cubin per spec: KERNEL (default `paged_decode_f16_d64_g4`;
 # `paged_decode_mma_*` come from paged_attention_mma.cu) of git revision REV (`now`: the working
 # tree), launched with SMEM bytes of dynamic shared memory (default 0). Without specs: the working
-# tree's two kernels, with the shared memory src/ops/cuda.rs gives them. Every version gets the same
-# random inputs, so equal checksums mean equal outputs. Block tables are shuffled; run with
+# tree's two kernels, with the shared memory src/ops/cuda.rs gives them. Each version gets its
+# decode list as its kernels read it (`DECODE_ENTRY` words a sequence, or one before it) and the
+# same random inputs, so equal checksums mean equal outputs. Block tables are shuffled; run with
 # DECODE_BENCH_TABLES=ordered for each sequence's blocks in order; with DECODE_BENCH_PDL=1 the kernels
 # launch as programmatic dependents, as in the engine (revisions from 974bf94 on: older kernels race).
 set -euo pipefail
@@ -40,7 +41,7 @@ pack() {
     label="$rev-$kernel-$smem"
     nvcc --cubin -arch=sm_90 -O3 -std=c++17 -o "$dir/$label.cubin" "$src/kernels/cuda/$file"
     entry=1  # words per decoding sequence in the decode list: 3 since DECODE_ENTRY
-    grep -q DECODE_ENTRY "$src/kernels/cuda/attention.cuh" && entry=3
+    grep -qs DECODE_ENTRY "$src/kernels/cuda/attention.cuh" && entry=3
     rm -rf "$src"
     echo "$label $kernel $smem $entry" >> "$dir/cubins.txt"
   done
