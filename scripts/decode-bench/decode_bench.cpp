@@ -1,7 +1,7 @@
 // Times one of bodega's f16 decode attention kernels (KERNEL from CUBIN, at the head size its name
-// gives, then `paged_attention_reduce` from REDUCE_CUBIN) outside the engine, so that several kernels and versions
-// can be compared in one device call (scripts/decode-bench.sh); or, with --stream, the floor that no
-// kernel beats: one that only reads as many bytes.
+// gives, then `paged_attention_reduce` from REDUCE_CUBIN) outside the engine, so that several kernels
+// and versions can be compared in one device call (scripts/decode-bench.sh); or, with --stream, the
+// floor that no kernel beats: one that only reads as many bytes.
 //
 //   decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN [ENTRY]
 //                  Llama-3.2-1B's attention (32 query heads, 8 KV heads); ENTRY: words per decoding
