@@ -1,146 +1,214 @@
 // qgemv: y = x · Wᵀ for the few rows of a decode step, with GGUF Q8_0 weights read where candle's
-// QTensor keeps them, on tensor cores. x is [M, K] f32 (M ≤ 8), W is [N, K] in Q8_0 (each row K / 32
-// blocks of 34 bytes: an f16 scale d, then 32 int8 q; a weight is d · q), y is [M, N] f32.
+// QTensor keeps them, on integer tensor cores. x is [M, K] f32 (M ≤ 8), W is [N, K] in Q8_0 (each row
+// K / 32 blocks of 34 bytes: an f16 scale d, then 32 int8 q; a weight is d · q), y is [M, N] f32.
 //
-// One block of 4 warps takes 16 rows of W (the mma's m) and all M rows of x (its n, padded to 8).
-// The rows' bytes are staged in chunks of 8 Q8_0 blocks (256 weights, 272 bytes a row: 17 aligned
-// 16-byte pieces, as every row is when K is a multiple of 256) with cp.async, together with the same
-// 256 columns of x, each warp streaming its own chunks (w, w + 4, ...) DEPTH ahead: no registers held
-// by loads in flight, and nothing read from global memory inside the products. Per Q8_0 block and warp: the 32 quants of each
-// row, exact in bf16, times x rounded to bf16 with two mma.sync m16n8k16 (f32 accumulation), then
-// scaled by the rows' d into the warp's sums; the 4 warps' sums are added in warp order at the end.
-// The CUDA-core kernel this replaced dequantized every weight into f32 and spent ~9 instructions a
-// weight at 4 rows of x: it read 1.4 TB/s on an H200 (docs/perf.md).
+// The activations are quantized the same way, in the kernel, 32 at a time: d_x = max |x| / 127, then
+// q_x = round(x / d_x) (as candle's and llama.cpp's CPU Q8_0 dot products do). A Q8_0 block of a row
+// of W against one of x is then an exact integer dot product, scaled by d_w · d_x in f32: one
+// mma.sync m16n8k32 (s8 × s8 → s32) takes 16 rows of W and up to 8 rows of x one block at a time.
+// An earlier version rounded x to bf16 and converted every weight into bf16 for two f16-shaped mmas
+// a block: ~70 instructions per block and warp against ~30 here, which made it slower than candle's
+// MMVQ at 1 and 2 rows (docs/perf.md).
+//
+// A group of 16 rows of W (the mma's m) is split between the WARPS warps of a block, against all M
+// rows of x (the mma's n, padded to 8). The rows' bytes are staged in chunks of 8 Q8_0 blocks (256
+// weights, 272 bytes a row: 17 aligned 16-byte pieces, as every row is when K is a multiple of 256)
+// with cp.async, each warp streaming its own chunks (w, w + WARPS, ...) DEPTH ahead, across the
+// groups its block takes: the grid is only as large as what is resident at once, so that the copies
+// of a block's next group are in flight while it finishes one (a block per group, each loading then
+// computing, left the memory idle between waves: the large matrices took 1.2–1.3× as long on an H200,
+// docs/perf.md).
+// The weights do not depend on the previous kernel: each warp starts copying them before it waits.
 //
 // Within a Q8_0 block the mma's k positions may take the quants in any order as long as x takes the
-// same: lane (g, t) holds bytes [8t, 8t + 8) of rows g and g + 8 and x[g][8t .. 8t + 8), so that
-// k slots 2t, 2t + 1 (step s) are quants 8t + 4s, + 1 and slots 2t + 8, + 9 are 8t + 4s + 2, + 3.
-// A row's arithmetic depends neither on M nor on the other rows, so a sequence gets the same result
-// whatever its batch. Rounding x to bf16 (8 significant bits, the range of f32) is the price: about
-// what candle's QMatMul pays by quantizing x to 8 bits (q8_1).
+// same: lane (g, t) holds bytes [8t, 8t + 8) of rows g and g + 8 of W and of row g of x, so that k
+// slots 4t .. 4t + 3 are quants 8t .. 8t + 3 and slots 16 + 4t .. 16 + 4t + 3 are quants 8t + 4 ..
+// 8t + 7. A row's arithmetic depends neither on M nor on the other rows, so a sequence gets the same
+// result whatever its batch; the WARPS warps' sums are added in warp order at the end.
 #include "common.cuh"
 
-#define QMMA_WARPS 4
-#define QMMA_THREADS (32 * QMMA_WARPS)
-#define QMMA_ROWS 16                                // rows of W per block: the mma's m
-#define QMMA_COLS 8                                 // rows of x: the mma's n
-#define Q8_0_BYTES 34                               // bytes of one Q8_0 block of 32 weights
-#define QMMA_CHUNK 8                                // Q8_0 blocks per staged chunk of a row
-#define QMMA_CHUNK_BYTES (QMMA_CHUNK * Q8_0_BYTES)  // 272: 17 pieces of 16 bytes
-#define QMMA_PIECES (QMMA_ROWS * QMMA_CHUNK_BYTES / 16)
-#define QMMA_STAGE (QMMA_ROWS * QMMA_CHUNK_BYTES)   // bytes of one staged chunk of 16 rows
-#define QMMA_X_ROW (QMMA_CHUNK * 32 + 4)            // floats of one staged row of x (padded)
+#define QG_ROWS 16                                // rows of W per block: the mma's m
+#define QG_COLS 8                                 // rows of x: the mma's n
+#define Q8_0_BYTES 34                             // bytes of one Q8_0 block of 32 weights
+#define QG_CHUNK 8                                // Q8_0 blocks per staged chunk of a row
+#define QG_CHUNK_BYTES (QG_CHUNK * Q8_0_BYTES)    // 272: 17 pieces of 16 bytes
+#define QG_W_PIECES (QG_ROWS * QG_CHUNK_BYTES / 16)
+#define QG_W_STAGE (QG_ROWS * QG_CHUNK_BYTES)     // bytes of one staged chunk of W, rows unpadded
+#define QG_X_FLOATS (QG_CHUNK * 32)               // floats of a chunk of a row of x
+#define QG_XQ_STRIDE 288                          // bytes a row of a quantized chunk of x: 256 + 32 (banks)
+#define QG_XQ_SCALES (QG_CHUNK * QG_COLS * 4)     // its scales, [block][row of x]
 
-// Two int8 (bytes `lo`, `lo + 1` of q) as a bf16 pair, exactly: each byte, made unsigned by flipping
-// its sign bit, becomes the low mantissa byte of 2^23, so the float is 2^23 + 128 + q.
-__device__ __forceinline__ uint32_t int8x2_bf16(uint32_t q, int lo) {
-    const uint32_t u = q ^ 0x80808080u;
-    const float a = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + lo)) - 8388736.0f;
-    const float b = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + lo + 1)) - 8388736.0f;
-    return Mma<__nv_bfloat16>::pack(a, b);
+// Bytes of one quantized chunk of the m rows of x: m rows of int8, then the scales.
+__device__ __forceinline__ int xq_chunk_bytes(uint32_t m) { return (int)m * QG_XQ_STRIDE + QG_XQ_SCALES; }
+
+// Bytes [off, off + 8) of a staged row as two words, where `off` (known once the caller's loop is
+// unrolled) is only 2-byte aligned half the time: a Q8_0 block's quants start 2 bytes after its
+// 34-byte-aligned start.
+__device__ __forceinline__ uint2 load8(const uint8_t *row, int off) {
+    const uint32_t *words = reinterpret_cast<const uint32_t *>(row + (off & ~3));
+    if (off % 4 == 0) return make_uint2(words[0], words[1]);
+    return make_uint2(__funnelshift_r(words[0], words[1], 16), __funnelshift_r(words[1], words[2], 16));
 }
 
-// K is a multiple of 256 and rows start 16-byte aligned (the host checks). DEPTH: chunks each warp
-// has in flight (2, or 4 for long rows, 1 where shared memory is short: `qgemv_depth` in
-// src/ops/cuda.rs); dynamic shared memory:
-// QMMA_WARPS × DEPTH × (QMMA_STAGE + m × QMMA_X_ROW × 4) bytes.
-template <int DEPTH>
+// D = A·B for A 16×32 int8 (4 registers), B 32×8 int8 (2 registers), D 16×8 int32.
+__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint2 b) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y), "r"(0));
+}
+
+// Four int8 (bytes of a word, first in the low byte).
+__device__ __forceinline__ uint32_t pack_s8(int a, int b, int c, int d) {
+    return (uint32_t)(a & 0xff) | ((uint32_t)(b & 0xff) << 8) | ((uint32_t)(c & 0xff) << 16) | ((uint32_t)d << 24);
+}
+
+// Quantizes chunk `chunk` (256 columns) of the m rows of x into `xq`: lane l takes floats
+// [8l, 8l + 8), a quarter of Q8_0 block l / 4, and the four lanes of a block agree on its maximum.
+// Scales of rows m .. 7 are zero, so that those columns of the products are too.
+__device__ __forceinline__ void quantize_chunk(const float *__restrict__ x, uint32_t m, uint32_t k, int chunk,
+                                               uint8_t *xq, int lane) {
+    float *scales = reinterpret_cast<float *>(xq + m * QG_XQ_STRIDE);
+    if (lane < QG_CHUNK) {
+#pragma unroll
+        for (uint32_t r = 0; r < QG_COLS; r++)
+            if (r >= m) scales[lane * QG_COLS + r] = 0.f;
+    }
+    for (uint32_t r = 0; r < m; r++) {
+        const float4 *src = reinterpret_cast<const float4 *>(x + (size_t)r * k + chunk * QG_X_FLOATS) + 2 * lane;
+        const float4 lo = src[0], hi = src[1];
+        const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        float most = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) most = fmaxf(most, fabsf(v[i]));
+        most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, 1));
+        most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, 2));
+        const float d = most / 127.f, inv = d != 0.f ? 1.f / d : 0.f;
+        int q[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) q[i] = (int)roundf(v[i] * inv);
+        *reinterpret_cast<uint2 *>(xq + r * QG_XQ_STRIDE + 8 * lane) =
+            make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
+        if (lane % 4 == 0) scales[(lane / 4) * QG_COLS + r] = d;
+    }
+}
+
+// K is a multiple of 256 and rows start 16-byte aligned (the host checks). The grid may be smaller
+// than the ceil(N / 16) groups of 16 rows: block b takes groups b, b + gridDim.x, ..., and each warp
+// streams its chunks of all of them through one pipeline, DEPTH ahead, so that the copies of the
+// next group are in flight while this one finishes. Warp w takes chunks w, w + WARPS, ... of every
+// group (`per_group` of them, the last maybe past K and skipped): the same columns of x each time, so
+// it quantizes them once, first. Dynamic shared memory (`QgemvShape::shared_bytes` in
+// src/ops/cuda.rs): WARPS × (DEPTH × QG_W_STAGE + per_group × xq_chunk_bytes(m)) + sum_buffers ×
+// WARPS × 16 × 8 × 4, the warps' sums of `sum_buffers` groups: 2 let the warps start on the next
+// group while the last one is added up, 1 (one more barrier a group) is for where 2 do not fit; the
+// sums are the same either way.
+template <int WARPS, int DEPTH>
 __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
-                           uint32_t m, uint32_t n, uint32_t k) {
+                           uint32_t m, uint32_t n, uint32_t k, uint32_t sum_buffers) {
     extern __shared__ uint4 smem[];
-    __shared__ float sums[QMMA_WARPS][QMMA_ROWS][QMMA_COLS];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane / 4, t = lane % 4;  // fragment row (of W; of x for B) and column pair
-    const uint32_t row0 = blockIdx.x * QMMA_ROWS;
-    const size_t row_bytes = (size_t)(k / 32) * Q8_0_BYTES;
-    const int chunks = (int)(k / (32 * QMMA_CHUNK));
-    const int mine = chunks > warp ? (chunks - warp + QMMA_WARPS - 1) / QMMA_WARPS : 0;
-    // This warp's DEPTH slots: a chunk of the 16 rows of W, then its 256 columns of the m rows of x
-    // (rows padded to QMMA_X_ROW floats: a quarter-warp's 16-byte reads fall in distinct banks).
-    const int slot_bytes = QMMA_STAGE + (int)m * QMMA_X_ROW * 4;
-    uint8_t *slots = reinterpret_cast<uint8_t *>(smem) + warp * DEPTH * slot_bytes;
-    // Starts copying this warp's chunk s (chunk warp + 4s of the row); rows of W past the last read
-    // the last again (their sums are never written).
-    auto issue = [&](int s) {
-        if (s < mine) {
-            const uint32_t chunk = warp + QMMA_WARPS * s;
-            uint8_t *dst = slots + (s % DEPTH) * slot_bytes;
-            for (int i = lane; i < QMMA_PIECES; i += 32) {
-                const int r = i / (QMMA_CHUNK_BYTES / 16), piece = i % (QMMA_CHUNK_BYTES / 16);
-                const uint8_t *src = w + (size_t)min(row0 + r, n - 1) * row_bytes + (size_t)chunk * QMMA_CHUNK_BYTES;
-                copy16_async(dst + r * QMMA_CHUNK_BYTES + piece * 16, src + piece * 16, true);
-            }
-            float *xs = reinterpret_cast<float *>(dst + QMMA_STAGE);
-            for (int i = lane; i < (int)m * (QMMA_CHUNK * 32 / 4); i += 32) {
-                const int r = i / (QMMA_CHUNK * 32 / 4), piece = i % (QMMA_CHUNK * 32 / 4);
-                copy16_async(xs + r * QMMA_X_ROW + piece * 4, x + (size_t)r * k + chunk * QMMA_CHUNK * 32 + piece * 4, true);
-            }
+    const int g = lane / 4, t = lane % 4;  // fragment row (of W; of x for B) and column quad
+    const uint32_t row_bytes = (k / 32) * Q8_0_BYTES;
+    const int chunks = (int)(k / (32 * QG_CHUNK)), per_group = (chunks + WARPS - 1) / WARPS;
+    const uint32_t groups = (n + QG_ROWS - 1) / QG_ROWS;
+    const int items = blockIdx.x < groups ? (int)((groups - blockIdx.x + gridDim.x - 1) / gridDim.x) * per_group : 0;
+    float *sums = reinterpret_cast<float *>(smem);  // [sum_buffers][WARPS][16][8]
+    uint8_t *slots = reinterpret_cast<uint8_t *>(sums + sum_buffers * WARPS * QG_ROWS * QG_COLS) +
+                     warp * (DEPTH * QG_W_STAGE + per_group * xq_chunk_bytes(m));
+    uint8_t *xq = slots + DEPTH * QG_W_STAGE;
+    // Lane l copies pieces l + 32j of a chunk of W: piece (l + 32j) % 17 of row (l + 32j) / 17 of
+    // the group (rows past the last read the last again: their sums are never written).
+    int w_row[(QG_W_PIECES + 31) / 32];
+    uint32_t w_piece[(QG_W_PIECES + 31) / 32];
+#pragma unroll
+    for (int j = 0; j < (QG_W_PIECES + 31) / 32; j++) {
+        const int i = lane + 32 * j;
+        w_row[j] = i / (QG_CHUNK_BYTES / 16);
+        w_piece[j] = (i % (QG_CHUNK_BYTES / 16)) * 16;
+    }
+    // Starts copying item i (chunk warp + WARPS (i % per_group) of group blockIdx.x + gridDim.x
+    // (i / per_group)) into slot i % DEPTH; one commit group per item, empty past the end.
+    auto issue = [&](int i) {
+        const int chunk = warp + WARPS * (i % per_group);
+        if (i < items && chunk < chunks) {
+            const uint32_t row0 = (blockIdx.x + gridDim.x * (i / per_group)) * QG_ROWS;
+            const uint8_t *src = w + (size_t)chunk * QG_CHUNK_BYTES;
+            uint8_t *dst = slots + (i % DEPTH) * QG_W_STAGE;
+#pragma unroll
+            for (int j = 0; j < (QG_W_PIECES + 31) / 32; j++)
+                if (lane + 32 * j < QG_W_PIECES)
+                    copy16_async(dst + 16 * (lane + 32 * j),
+                                 src + (size_t)min(row0 + w_row[j], n - 1) * row_bytes + w_piece[j], true);
         }
         commit_async();
     };
 #pragma unroll
-    for (int s = 0; s < DEPTH; s++) issue(s);
+    for (int i = 0; i < DEPTH; i++) issue(i);
+    follow_previous_kernel();
+    for (int j = 0; j < per_group; j++)
+        if (warp + WARPS * j < chunks) quantize_chunk(x, m, k, warp + WARPS * j, xq + j * xq_chunk_bytes(m), lane);
+    __syncwarp();
 
-    const bool x_row = (uint32_t)g < m;
-    // acc[e]: row g + 8 (e / 2) of the block's W, row 2t + e % 2 of x.
+    const int x_row = min(g, (int)m - 1);  // columns past m repeat row m - 1; never written
+    // acc[e]: row g + 8 (e / 2) of the group, row 2t + e % 2 of x.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s = 0; s < mine; s++) {
+    for (int i = 0; i < items; i++) {
         wait_async<DEPTH - 1>();
         __syncwarp();
-        const uint8_t *st = slots + (s % DEPTH) * slot_bytes;
-        const float *xs = reinterpret_cast<const float *>(st + QMMA_STAGE) + (x_row ? g : 0) * QMMA_X_ROW + 8 * t;
-#pragma unroll 2
-        for (int c = 0; c < QMMA_CHUNK; c++) {
-            // x[g][8t .. 8t + 8) of Q8_0 block c as bf16 pairs: b[0], b[1] for step 0, b[2], b[3] for step 1.
-            uint32_t b[4] = {0u, 0u, 0u, 0u};
-            if (x_row) {
-                const float4 x0 = *reinterpret_cast<const float4 *>(xs + c * 32);
-                const float4 x1 = *reinterpret_cast<const float4 *>(xs + c * 32 + 4);
-                b[0] = Mma<__nv_bfloat16>::pack(x0.x, x0.y);
-                b[1] = Mma<__nv_bfloat16>::pack(x0.z, x0.w);
-                b[2] = Mma<__nv_bfloat16>::pack(x1.x, x1.y);
-                b[3] = Mma<__nv_bfloat16>::pack(x1.z, x1.w);
-            }
-            // Rows g and g + 8: the block's scale and quants [8t, 8t + 8) (2-byte aligned: 16-bit reads).
-            uint32_t q[2][2];
-            float d[2];
+        const int j = i % per_group;
+        if (warp + WARPS * j < chunks) {
+            const uint8_t *st = slots + (i % DEPTH) * QG_W_STAGE;
+            const uint8_t *w_rows[2] = {st + g * QG_CHUNK_BYTES, st + (g + 8) * QG_CHUNK_BYTES};
+            const uint8_t *xc = xq + j * xq_chunk_bytes(m);
+            const uint8_t *x_quants = xc + x_row * QG_XQ_STRIDE + 8 * t;
+            const float *x_scales = reinterpret_cast<const float *>(xc + m * QG_XQ_STRIDE) + 2 * t;
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const uint8_t *blk = st + (g + 8 * h) * QMMA_CHUNK_BYTES + c * Q8_0_BYTES;
-                const unsigned short *qs = reinterpret_cast<const unsigned short *>(blk + 2 + 8 * t);
-                q[h][0] = qs[0] | ((uint32_t)qs[1] << 16);
-                q[h][1] = qs[2] | ((uint32_t)qs[3] << 16);
-                d[h] = __half2float(*reinterpret_cast<const __half *>(blk));
-            }
-            float part[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int c = 0; c < QG_CHUNK; c++) {
+                const uint2 lo = load8(w_rows[0] + 8 * t, c * Q8_0_BYTES + 2);
+                const uint2 hi = load8(w_rows[1] + 8 * t, c * Q8_0_BYTES + 2);
+                const uint32_t a[4] = {lo.x, hi.x, lo.y, hi.y};
+                int dot[4];
+                mma_s8(dot, a, *reinterpret_cast<const uint2 *>(x_quants + c * 32));
+                const float2 dx = *reinterpret_cast<const float2 *>(x_scales + c * QG_COLS);
+                const float dw[2] = {__half2float(*reinterpret_cast<const __half *>(w_rows[0] + c * Q8_0_BYTES)),
+                                     __half2float(*reinterpret_cast<const __half *>(w_rows[1] + c * Q8_0_BYTES))};
 #pragma unroll
-            for (int step = 0; step < 2; step++) {
-                const uint32_t a[4] = {int8x2_bf16(q[0][step], 0), int8x2_bf16(q[1][step], 0),
-                                       int8x2_bf16(q[0][step], 2), int8x2_bf16(q[1][step], 2)};
-                Mma<__nv_bfloat16>::mma(part, a, b[2 * step], b[2 * step + 1]);
+                for (int e = 0; e < 4; e++) acc[e] = fmaf((float)dot[e], dw[e / 2] * (e % 2 ? dx.y : dx.x), acc[e]);
             }
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[e] = fmaf(part[e], d[e / 2], acc[e]);
         }
         __syncwarp();
-        issue(s + DEPTH);
+        issue(i + DEPTH);
+        if (j == per_group - 1) {
+            // The group's last item: its warps' sums, added in warp order by 128 threads. With two
+            // buffers the next group's writes into this one come after the next barrier; with one,
+            // after a second barrier here.
+            const int group = i / per_group;
+            float *buffer = sums + (group % sum_buffers) * WARPS * QG_ROWS * QG_COLS;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                buffer[(warp * QG_ROWS + g + 8 * (e / 2)) * QG_COLS + 2 * t + e % 2] = acc[e];
+                acc[e] = 0.f;
+            }
+            __syncthreads();
+            if (threadIdx.x < QG_ROWS * QG_COLS) {
+                const int r = threadIdx.x / QG_COLS, col = threadIdx.x % QG_COLS;
+                const uint32_t row = (blockIdx.x + gridDim.x * group) * QG_ROWS + r;
+                float v = buffer[r * QG_COLS + col];
+#pragma unroll
+                for (int wi = 1; wi < WARPS; wi++) v += buffer[(wi * QG_ROWS + r) * QG_COLS + col];
+                if ((uint32_t)col < m && row < n) y[(size_t)col * n + row] = v;
+            }
+            if (sum_buffers == 1) __syncthreads();
+        }
     }
-#pragma unroll
-    for (int e = 0; e < 4; e++) sums[warp][g + 8 * (e / 2)][2 * t + e % 2] = acc[e];
-    __syncthreads();
-    // Thread i: row i / 8 of the block's W, row i % 8 of x; the warps' sums in warp order.
-    const int r = threadIdx.x / QMMA_COLS, col = threadIdx.x % QMMA_COLS;
-    float v = sums[0][r][col];
-#pragma unroll
-    for (int wi = 1; wi < QMMA_WARPS; wi++) v += sums[wi][r][col];
-    if ((uint32_t)col < m && row0 + r < n) y[(size_t)col * n + row0 + r] = v;
 }
 
-#define QGEMV(DEPTH)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(QMMA_THREADS) qgemv_q8_0_d##DEPTH(                        \
-        const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k) { follow_previous_kernel(); \
-        qgemv_q8_0<DEPTH>(w, x, y, m, n, k);                                                               \
+#define QGEMV(WARPS, DEPTH)                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) qgemv_q8_0_w##WARPS##_d##DEPTH(         \
+        const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k, uint32_t sums) { \
+        qgemv_q8_0<WARPS, DEPTH>(w, x, y, m, n, k, sums);                                             \
     }
-QGEMV(1)
-QGEMV(2)
-QGEMV(4)
+QGEMV(4, 2)
+QGEMV(8, 2)
+QGEMV(16, 2)

@@ -288,18 +288,73 @@ fn launch_gemv<T: DeviceRepr>(
     Ok(())
 }
 
-/// Threads per block of `qgemv` (`QMMA_THREADS` in `qgemv.cu`).
-const QGEMV_THREADS: u32 = 128;
-/// Rows of W per `qgemv` block (`QMMA_ROWS`: the mma's m).
+/// Rows of W per `qgemv` group (`QG_ROWS` in `qgemv.cu`: the mma's m).
 const QGEMV_WEIGHT_ROWS: usize = 16;
+/// Weights of a row per staged `qgemv` chunk (`QG_CHUNK` Q8_0 blocks of 32).
+const QGEMV_CHUNK_WEIGHTS: usize = 256;
 
-/// Dynamic shared memory of a `qgemv` block for `m` rows of x: 4 warps × `depth` slots of 16 rows ×
-/// 272 bytes of W and `m` rows × 260 floats of x.
-fn qgemv_shared_bytes(m: usize, depth: usize) -> u32 {
-    (4 * depth * (16 * 272 + m * 260 * 4)) as u32
+/// A `qgemv` launch shape: warps per block (a group of 16 rows of W is split between them, a chunk
+/// of 256 columns at a time) and chunks each warp keeps in flight (the kernel's `WARPS`, `DEPTH`).
+#[derive(Clone, Copy)]
+struct QgemvShape {
+    warps: usize,
+    depth: usize,
 }
-/// Static shared memory of a `qgemv` block: the warps' sums, 4 × 16 × 8 f32.
-const QGEMV_STATIC_BYTES: u32 = 4 * 16 * 8 * 4;
+
+impl QgemvShape {
+    /// The compiled kernel of this shape.
+    fn name(self) -> String {
+        format!("qgemv_q8_0_w{}_d{}", self.warps, self.depth)
+    }
+
+    /// Threads per block.
+    fn threads(self) -> u32 {
+        32 * self.warps as u32
+    }
+
+    /// Dynamic shared memory for `m` rows of x, rows of `k` weights and the warps' sums of
+    /// `sum_buffers` groups (`qgemv_q8_0`): each warp's staged chunks of 16 rows of W (272 bytes a
+    /// row), its quantized chunks of x (`m` rows of 288 bytes and 256 bytes of scales each), and the
+    /// sums (16 × 8 f32 a warp and group).
+    fn shared_bytes(self, m: usize, k: usize, sum_buffers: usize) -> u32 {
+        let chunks_per_group = (k / QGEMV_CHUNK_WEIGHTS).div_ceil(self.warps);
+        let per_warp = self.depth * QGEMV_WEIGHT_ROWS * 272 + chunks_per_group * (m * 288 + 256);
+        (self.warps * (per_warp + sum_buffers * QGEMV_WEIGHT_ROWS * 8 * 4)) as u32
+    }
+}
+
+/// The `qgemv` launch for `m` rows of x and rows of `k` weights: its shape, sum buffers and dynamic
+/// shared memory. As measured on an H200 (docs/perf.md): 8 warps with 2 chunks in flight each, or
+/// 16 for rows of 8,192 weights and more (a down projection's: 10–17% faster there, slower on the
+/// shorter rows); the first smaller shape that fits where the device cannot give a block that much
+/// shared memory. The shape depends on K and the device only, never on M, because the warps' sums are
+/// added in warp order: a sequence's products stay bitwise the same in any batch. Two sum buffers
+/// where they fit, else one (the sums are the same).
+fn qgemv_launch(dev: &CudaDevice, m: usize, k: usize) -> Result<(QgemvShape, usize, u32)> {
+    let limit = shared_bytes_limit(dev)?;
+    let shapes = [16, 8, 4].map(|warps| QgemvShape { warps, depth: 2 });
+    let shape = shapes
+        .into_iter()
+        .skip(usize::from(k < 8192))
+        .find(|shape| shape.shared_bytes(*super::QGEMV_ROWS.end(), k, 1) <= limit)
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!("q8-gemv: {limit} bytes of shared memory a block are too few"))
+        })?;
+    let sum_buffers = if shape.shared_bytes(m, k, 2) <= limit { 2 } else { 1 };
+    Ok((shape, sum_buffers, shape.shared_bytes(m, k, sum_buffers)))
+}
+
+/// Whether `qgemv` has a launch for rows of `k` weights on `dev` (it keeps each warp's chunks of x in
+/// shared memory: very long rows, or a device with little shared memory, leave it to candle).
+pub fn qgemv_fits(dev: &CudaDevice, k: usize) -> bool {
+    qgemv_launch(dev, *super::QGEMV_ROWS.end(), k).is_ok()
+}
+
+/// Streaming multiprocessors of `dev`.
+fn multiprocessors(dev: &CudaDevice) -> Result<u32> {
+    let attribute = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    Ok(dev.cuda_stream().context().attribute(attribute).w()? as u32)
+}
 
 /// The most shared memory a block may opt in to on `dev` (99 KiB on some GPUs, 227 KiB on an H100).
 fn shared_bytes_limit(dev: &CudaDevice) -> Result<u32> {
@@ -312,21 +367,6 @@ fn shared_bytes_limit(dev: &CudaDevice) -> Result<u32> {
     let limit = dev.cuda_stream().context().attribute(attribute).w()? as u32;
     limits.insert(dev.id(), limit);
     Ok(limit)
-}
-
-/// Chunks of 256 weights each `qgemv` warp keeps in flight for `m` rows of x and rows of `k` weights,
-/// and the launch's dynamic shared memory: 4 for rows of 4,096 weights or more (a down projection's:
-/// a warp walks 8 chunks of K = 8192), else 2 (as measured, docs/perf.md); fewer where the device
-/// cannot give a block that much shared memory (8 rows at 2 take 101 KiB).
-fn qgemv_depth(dev: &CudaDevice, m: usize, k: usize) -> Result<(usize, u32)> {
-    let limit = shared_bytes_limit(dev)?;
-    let wanted = if k >= 4096 { 4 } else { 2 };
-    [4, 2, 1]
-        .into_iter()
-        .filter(|&depth| depth <= wanted)
-        .map(|depth| (depth, qgemv_shared_bytes(m, depth)))
-        .find(|&(_, bytes)| bytes + QGEMV_STATIC_BYTES <= limit)
-        .ok_or_else(|| candle_core::Error::Msg(format!("q8-gemv: {limit} bytes of shared memory a block are too few")))
 }
 
 /// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8, 16-byte aligned) and Q8_0 `w`
@@ -347,23 +387,26 @@ pub fn q8_gemv(
     let x = f32_view(x, x_l, "q8-gemv x")?;
     // SAFETY: the kernel writes every (row of x, row of W) sum.
     let out = unsafe { dev.alloc::<f32>(m * n)? };
-    let (depth, bytes) = qgemv_depth(&dev, m, k)?;
+    let (shape, sum_buffers, bytes) = qgemv_launch(&dev, m, k)?;
+    let name = shape.name();
+    let func = function(&dev, "qgemv", &name)?;
+    // Raised once to all the device allows, so that no later launch (maybe inside a graph capture)
+    // has to.
+    allow_shared_bytes(&dev, &name, &func, shared_bytes_limit(&dev)?)?;
+    // As many blocks as fit on the device at once (each takes every gridDim-th group of 16 rows), or
+    // one per group when there are fewer.
+    let resident = func.occupancy_max_active_blocks_per_multiprocessor(shape.threads(), bytes as usize, None).w()?;
+    let groups = n.div_ceil(QGEMV_WEIGHT_ROWS) as u32;
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(QGEMV_WEIGHT_ROWS) as u32, 1, 1),
-        block_dim: (QGEMV_THREADS, 1, 1),
+        grid_dim: (groups.min(resident.max(1) * multiprocessors(&dev)?), 1, 1),
+        block_dim: (shape.threads(), 1, 1),
         shared_mem_bytes: bytes,
     };
-    let name = format!("qgemv_q8_0_d{depth}");
-    let func = function(&dev, "qgemv", &name)?;
-    // Raised once to the most any launch of this kernel takes on the device (8 rows of x, or what
-    // fits), so that no later launch (maybe inside a graph capture) has to.
-    let most = qgemv_shared_bytes(8, depth).min(shared_bytes_limit(&dev)? - QGEMV_STATIC_BYTES);
-    allow_shared_bytes(&dev, &name, &func, most)?;
     let stream = dev.cuda_stream();
     let (weights, _in_use) = w.device_ptr_with_guard(&stream)?;
-    let (weights, m, n, k) = (weights as u64, m as u32, n as u32, k as u32);
+    let (weights, m, n, k, sum_buffers) = (weights as u64, m as u32, n as u32, k as u32, sum_buffers as u32);
     let mut builder = KernelLaunch::new(&stream, &func);
-    builder.arg(&weights).arg(&x).arg(&out).arg(&m).arg(&n).arg(&k);
+    builder.arg(&weights).arg(&x).arg(&out).arg(&m).arg(&n).arg(&k).arg(&sum_buffers);
     // SAFETY: reads the `n` rows of `k / 32` Q8_0 blocks that `w` holds and `m * k` activations,
     // writes `m * n` sums.
     unsafe { builder.launch(cfg) }?;

@@ -1,21 +1,19 @@
 //! `q8_gemv`: `x · Wᵀ` for the few rows of a decode step against GGUF Q8_0 weights, f32 activations in
 //! and out, reading the weights where candle's `QTensor` keeps them (no second copy). candle's CUDA
-//! `QMatMul` first quantizes the activations to q8_1 in a kernel of its own and then runs its matmul
-//! kernel: two launches per matmul, and activations rounded to 8 bits. bodega's kernel
-//! (`kernels/cuda/qgemv.cu`) runs on tensor cores with the activations rounded to bf16, in one
-//! launch. On the CPU the op is the readable reference (dequantize, then multiply) that the kernel is
-//! tested against.
+//! `QMatMul` first quantizes the activations to q8_1 in a kernel of its own, zeroes its output and
+//! then runs its matmul kernel. bodega's kernel (`kernels/cuda/qgemv.cu`) quantizes the activations
+//! itself, 32 at a time as Q8_0 does the weights, and multiplies the int8 blocks exactly on integer
+//! tensor cores, in one launch. On the CPU the op is the readable reference (the same quantization of
+//! x, then integer dot products scaled block by block) that the kernel is tested against.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::f16;
 
-/// Rows of `x` the kernel takes in production; elsewhere candle's `QMatMul` runs. Measured on an
-/// H200 against `QMatMul` (`q8_gemv_throughput`, same call, docs/perf.md): at 4 and 8 rows the kernel
-/// was 1.08–1.47× faster on Llama-3.2-1B's Q/K/V, O, gate/up and output matrices and on down at 8
-/// rows (0.69× on down at 4); at 1 and 2 rows candle's MMVQ was faster everywhere (0.56–0.96×), so a
-/// single sequence keeps it. Decode graphs pad 3 rows to 4 and 5–7 to 8.
-pub const QGEMV_ROWS: std::ops::RangeInclusive<usize> = 4..=8;
+/// Rows of `x` the kernel takes in production (all it can); elsewhere candle's `QMatMul` runs.
+/// Measured on an H200 against `QMatMul` (same call, docs/perf.md): faster on every Llama-3.2-1B
+/// decode matrix at 1, 2, 4 and 8 rows.
+pub const QGEMV_ROWS: std::ops::RangeInclusive<usize> = 1..=KERNEL_MAX_ROWS;
 /// The CUDA kernel stages rows in 16-byte-aligned chunks of 8 Q8_0 blocks: K must be a multiple of
 /// this (every Llama-shaped hidden and feed-forward size is).
 pub const QGEMV_K_MULTIPLE: usize = 256;
@@ -29,10 +27,13 @@ const Q8_0_BYTES: usize = 2 + Q8_0_WEIGHTS;
 
 /// Whether [`q8_gemv`] runs `x` (`[M, K]`) times `w` (`[N, K]`) on the GPU: a CUDA device holding
 /// both, f32 `x` of [`QGEMV_ROWS`] rows starting 16-byte aligned (the kernel reads it as float4),
-/// Q8_0 `w` with K a multiple of [`QGEMV_K_MULTIPLE`].
+/// Q8_0 `w` with K a multiple of [`QGEMV_K_MULTIPLE`], and a launch of the kernel for such rows that
+/// fits the device's shared memory.
 pub fn qgemv_takes(x: &Tensor, w: &QTensor) -> bool {
     let fits = match (x.dims2(), w.shape().dims2()) {
-        (Ok((m, k)), Ok((_, wk))) => QGEMV_ROWS.contains(&m) && k == wk && k.is_multiple_of(QGEMV_K_MULTIPLE),
+        (Ok((m, k)), Ok((_, wk))) => {
+            QGEMV_ROWS.contains(&m) && k == wk && k.is_multiple_of(QGEMV_K_MULTIPLE) && launch_fits(x.device(), k)
+        }
         _ => false,
     };
     let aligned = x.is_contiguous() && x.layout().start_offset().is_multiple_of(4);
@@ -42,6 +43,18 @@ pub fn qgemv_takes(x: &Tensor, w: &QTensor) -> bool {
         && w.dtype() == GgmlDType::Q8_0
         && fits
         && aligned
+}
+
+/// Whether the CUDA kernel has a launch for rows of `k` weights on `device`.
+#[cfg(feature = "cuda")]
+fn launch_fits(device: &candle_core::Device, k: usize) -> bool {
+    matches!(device, candle_core::Device::Cuda(dev) if super::cuda::qgemv_fits(dev, k))
+}
+
+/// Without the `cuda` feature there is no kernel to launch.
+#[cfg(not(feature = "cuda"))]
+fn launch_fits(_: &candle_core::Device, _: usize) -> bool {
+    false
 }
 
 /// `x · Wᵀ` as `[M, N]` f32, for f32 `x` `[M, K]` (1 ≤ M ≤ 8) and Q8_0 `w` `[N, K]` on the same device.
@@ -72,21 +85,36 @@ impl Q8Gemv<'_> {
     }
 }
 
-/// A Q8_0 block's 32 weights: its scale times each int8.
-fn dequantize_block(block: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
-    block[2..Q8_0_BYTES].iter().map(move |&q| scale * f32::from(q as i8))
+/// 32 activations quantized as the kernel quantizes them (and as candle's and llama.cpp's CPU Q8_0
+/// dot products do, there with an f16 scale): the scale `max |x| / 127` and each `round(x / scale)`,
+/// halves away from zero.
+fn quantize_block(xs: &[f32]) -> (f32, Vec<i8>) {
+    let most = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = most / 127.0;
+    let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+    (scale, xs.iter().map(|x| (x * inverse).round() as i8).collect())
 }
 
-/// `y[m, n] = Σ_k x[m, k] · w[n, k]` for Q8_0 `w` (`n` rows of `k / 32` blocks), each row dequantized
-/// then multiplied, summed in order in f32.
+/// `y[m, n] = Σ_blocks d_w · d_x · Σ q_w q_x` for Q8_0 `w` (`n` rows of `k / 32` blocks) and `x`
+/// quantized by [`quantize_block`]: each block's dot product exact in integers, scaled in f32, summed
+/// in order.
 fn reference(x: &[f32], w: &[u8], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
     let row_bytes = k / Q8_0_WEIGHTS * Q8_0_BYTES;
+    let x: Vec<Vec<(f32, Vec<i8>)>> =
+        x.chunks_exact(k).take(m).map(|row| row.chunks_exact(Q8_0_WEIGHTS).map(quantize_block).collect()).collect();
     let mut y = vec![0f32; m * n];
     for (r, blocks) in w.chunks_exact(row_bytes).take(n).enumerate() {
-        let row: Vec<f32> = blocks.chunks_exact(Q8_0_BYTES).flat_map(dequantize_block).collect();
-        for (i, xs) in x.chunks_exact(k).take(m).enumerate() {
-            y[i * n + r] = xs.iter().zip(&row).map(|(a, b)| a * b).sum();
+        for (i, x_blocks) in x.iter().enumerate() {
+            y[i * n + r] = blocks
+                .chunks_exact(Q8_0_BYTES)
+                .zip(x_blocks)
+                .map(|(block, (x_scale, x_quants))| {
+                    let w_scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    let dot: i32 =
+                        block[2..].iter().zip(x_quants).map(|(&q, &p)| i32::from(q as i8) * i32::from(p)).sum();
+                    dot as f32 * (w_scale * x_scale)
+                })
+                .sum();
         }
     }
     y
@@ -116,20 +144,37 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// The largest difference between `a` and `b` relative to the largest |b|.
+    fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        diff / scale
+    }
+
     /// The reference against candle's own dequantization of the same blocks times candle's f32 matmul,
-    /// with K over several blocks and scales far from 1.
+    /// with K over several blocks and scales far from 1: exactly (to f32 rounding) where every block
+    /// of x is exact in 8 bits (its largest |x| 127 and integers), within x's rounding elsewhere; and
+    /// against candle's CPU `QMatMul`, which quantizes x the same way but keeps its scale in f16.
     #[test]
-    fn the_cpu_reference_is_x_times_the_dequantized_w_transposed() {
+    fn the_cpu_reference_is_x_quantized_times_w_transposed() {
         let (m, n, k) = (3, 5, 96);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
         let w: Vec<f32> = (0..n * k).map(|i| (((i * 5) % 13) as f32 - 6.5) * (1 + i / 40) as f32).collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let w = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
+        let dense = w.dequantize(&Device::Cpu).unwrap().t().unwrap();
+        let exact: Vec<f32> =
+            (0..m * k).map(|i| if i % 32 == 5 { -127.0 } else { ((i * 7) % 11) as f32 - 5.0 }).collect();
+        let exact = Tensor::from_vec(exact, (m, k), &Device::Cpu).unwrap();
+        let error = relative_error(&q8_gemv(&exact, &w).unwrap(), &exact.matmul(&dense).unwrap());
+        assert!(error <= 1e-6, "exact blocks of x: off by {error}");
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 300.0 - 1.6).collect();
         let x = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
-        let w = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
-        let expected = x.matmul(&w.dequantize(&Device::Cpu).unwrap().t().unwrap()).unwrap();
         let got = q8_gemv(&x, &w).unwrap();
-        let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let diff = (got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff <= 1e-6 * scale, "off by {diff} of {scale}");
+        let error = relative_error(&got, &x.matmul(&dense).unwrap());
+        assert!(error > 1e-6 && error <= 1e-2, "x rounded to 8 bits: off by {error}");
+        let candle = candle_core::quantized::QMatMul::from_arc(w.clone()).unwrap();
+        let error = relative_error(&got, &candle_core::Module::forward(&candle, &x).unwrap());
+        assert!(error <= 1e-3, "against candle's QMatMul: off by {error}");
         let q4 = QTensor::quantize(&w.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q4_0).unwrap();
         assert!(q8_gemv(&x, &q4).is_err(), "Q4_0 weights are not the op's");
         assert!(!qgemv_takes(&x, &w), "the op runs on CUDA only in production");
