@@ -117,3 +117,18 @@ inline CUmodule load_module(const char *path) {
     return mod;
 }
 
+// Device 0 with its primary context current, and a stream of its own to time on.
+struct Gpu {
+    CUdevice dev;
+    CUstream stream;
+};
+inline Gpu open_gpu() {
+    Gpu gpu;
+    CHECK(cuInit(0));
+    CHECK(cuDeviceGet(&gpu.dev, 0));
+    CUcontext ctx;
+    CHECK(cuDevicePrimaryCtxRetain(&ctx, gpu.dev));
+    CHECK(cuCtxSetCurrent(ctx));
+    CHECK(cuStreamCreate(&gpu.stream, CU_STREAM_NON_BLOCKING));
+    return gpu;
+}

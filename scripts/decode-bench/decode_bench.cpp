@@ -129,15 +129,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: decode_bench CUBIN KERNEL DYN_SMEM REDUCE_CUBIN [ENTRY] | decode_bench --stream CUBIN\n");
         return 2;
     }
-    CHECK(cuInit(0));
-    CUdevice dev;
-    CHECK(cuDeviceGet(&dev, 0));
-    CUcontext ctx;
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    const Gpu gpu = open_gpu();
+    const CUdevice dev = gpu.dev;
+    const CUstream st = gpu.stream;
     const CUmodule mod = load_module(stream ? argv[2] : argv[1]);
-    CUstream st;
-    CHECK(cuStreamCreate(&st, CU_STREAM_NON_BLOCKING));
     int sms;
     CHECK(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
     if (stream) {

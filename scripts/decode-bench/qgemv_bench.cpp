@@ -63,15 +63,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: qgemv_bench CUBIN\n");
         return 2;
     }
-    CHECK(cuInit(0));
-    CUdevice dev;
-    CHECK(cuDeviceGet(&dev, 0));
-    CUcontext ctx;
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    const Gpu gpu = open_gpu();
+    const CUdevice dev = gpu.dev;
+    const CUstream st = gpu.stream;
     const CUmodule mod = load_module(argv[1]);
-    CUstream st;
-    CHECK(cuStreamCreate(&st, CU_STREAM_NON_BLOCKING));
     int sms, limit;
     CHECK(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
     CHECK(cuDeviceGetAttribute(&limit, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev));
