@@ -350,10 +350,23 @@ pub fn qgemv_fits(dev: &CudaDevice, k: usize) -> bool {
     qgemv_launch(dev, *super::QGEMV_ROWS.end(), k).is_ok()
 }
 
-/// Streaming multiprocessors of `dev`.
-fn multiprocessors(dev: &CudaDevice) -> Result<u32> {
+/// Blocks of kernel `name` (`func`) that `dev` holds at once with `threads` a block and `bytes` of
+/// dynamic shared memory (at least one a multiprocessor): asked of the driver once per device, kernel
+/// and size, not at every eager launch.
+fn resident_blocks(dev: &CudaDevice, name: &str, func: &CudaFunction, threads: u32, bytes: u32) -> Result<u32> {
+    /// A launch size: device, kernel and dynamic shared memory.
+    type Launch = (DeviceId, String, u32);
+    static RESIDENT: OnceLock<Mutex<HashMap<Launch, u32>>> = OnceLock::new();
+    let mut resident = RESIDENT.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&blocks) = resident.get(&(dev.id(), name.to_string(), bytes)) {
+        return Ok(blocks);
+    }
     let attribute = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-    Ok(dev.cuda_stream().context().attribute(attribute).w()? as u32)
+    let multiprocessors = dev.cuda_stream().context().attribute(attribute).w()? as u32;
+    let per_multiprocessor = func.occupancy_max_active_blocks_per_multiprocessor(threads, bytes as usize, None).w()?;
+    let blocks = per_multiprocessor.max(1) * multiprocessors;
+    resident.insert((dev.id(), name.to_string(), bytes), blocks);
+    Ok(blocks)
 }
 
 /// The most shared memory a block may opt in to on `dev` (99 KiB on some GPUs, 227 KiB on an H100).
@@ -395,10 +408,10 @@ pub fn q8_gemv(
     allow_shared_bytes(&dev, &name, &func, shared_bytes_limit(&dev)?)?;
     // As many blocks as fit on the device at once (each takes every gridDim-th group of 16 rows), or
     // one per group when there are fewer.
-    let resident = func.occupancy_max_active_blocks_per_multiprocessor(shape.threads(), bytes as usize, None).w()?;
+    let resident = resident_blocks(&dev, &name, &func, shape.threads(), bytes)?;
     let groups = n.div_ceil(QGEMV_WEIGHT_ROWS) as u32;
     let cfg = LaunchConfig {
-        grid_dim: (groups.min(resident.max(1) * multiprocessors(&dev)?), 1, 1),
+        grid_dim: (groups.min(resident), 1, 1),
         block_dim: (shape.threads(), 1, 1),
         shared_mem_bytes: bytes,
     };
