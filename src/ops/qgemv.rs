@@ -1,7 +1,7 @@
 //! `q8_gemv`: `x · Wᵀ` for the few rows of a decode step against GGUF Q8_0 weights, f32 activations in
 //! and out, reading the weights where candle's `QTensor` keeps them (no second copy). candle's CUDA
-//! `QMatMul` first quantizes the activations to q8_1 in a kernel of its own, zeroes its output and
-//! then runs its matmul kernel. bodega's kernel (`kernels/cuda/qgemv.cu`) quantizes the activations
+//! `QMatMul` first quantizes the activations to q8_1 into a workspace in a kernel of its own, then
+//! runs its matmul kernel. bodega's kernel (`kernels/cuda/qgemv.cu`) quantizes the activations
 //! itself, 32 at a time as Q8_0 does the weights, and multiplies the int8 blocks exactly on integer
 //! tensor cores, in one launch. On the CPU the op is the readable reference (the same quantization of
 //! x, then integer dot products scaled block by block) that the kernel is tested against.
