@@ -86,6 +86,41 @@ fn in_process_and_serve_lite_agree_on_token_counts() {
     assert!(report["runs"][1]["engine"].is_null(), "a server's step timings are not ours to see");
 }
 
+/// `--temperature`: the plan records it, both targets sample with the same settings (serve-lite gets
+/// top-k, top-p and seed in the request) and complete every request, and with one seed a sampled
+/// reply under load equals the same prompt's reply alone (`--check`).
+#[test]
+fn sampled_requests_run_in_process_and_over_http() {
+    let server = common::serve_lite(&[]);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let report = report(&[
+        "--vs",
+        &url,
+        "--temperature",
+        "0.8",
+        "--concurrency",
+        "2",
+        "--num-prompts",
+        "4",
+        "--input-len",
+        "24",
+        "--output-len",
+        "6",
+        "--check",
+    ]);
+    let row = &report["plan"]["rows"][0]["classes"][0];
+    assert_eq!(row["workload"]["temperature"].as_f64(), Some(0.8), "{row}");
+    for target in ["A", "B"] {
+        let side = class(&report, target);
+        assert_eq!((&side["completed"], &side["failed"]), (&Value::from(4), &Value::from(0)), "{side}");
+        assert_eq!(side["total_output_tokens"], 24, "{side}");
+    }
+    for run in report["runs"].as_array().unwrap() {
+        assert_eq!(run["check"]["compared"], 4, "{run}");
+        assert_eq!(run["check"]["mismatches"].as_array().unwrap().len(), 0, "{run}");
+    }
+}
+
 #[test]
 fn single_stream_depths_prefill_only_new_tokens() {
     let report = report(&["--depth", "0,48", "--input-len", "32", "--output-len", "4"]);
@@ -131,8 +166,9 @@ fn scenario_classes_and_datasets_run_together() {
 
 #[test]
 fn bad_settings_fail_with_one_clear_line() {
-    let cases: [(&[&str], i32, &str); 5] = [
+    let cases: [(&[&str], i32, &str); 6] = [
         (&["--concurrency", "0"], 2, "--concurrency must be at least 1"),
+        (&["--temperature=-1"], 2, "--temperature must be 0 (greedy) or more"),
         (&["--config", "no-such-scenario"], 2, "no scenario 'no-such-scenario'"),
         (&["--depth", "0", "--concurrency", "2"], 2, "--depth measures one stream"),
         (&["--slo", "ttfb=3"], 2, "unknown objective 'ttfb'"),

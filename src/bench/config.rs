@@ -42,6 +42,8 @@ pub struct Settings {
     pub prefix_len: Option<usize>,
     /// A JSONL file of prompts instead of random ones.
     pub dataset: Option<PathBuf>,
+    /// Sampling temperature of every request (0: greedy, the default).
+    pub temperature: Option<f32>,
     /// Closed loop: requests kept in flight; a list sweeps, one table row each.
     pub concurrency: Option<OneOrMany<usize>>,
     /// Open loop: requests per second; a list sweeps.
@@ -82,6 +84,8 @@ pub struct ClassSettings {
     pub prefix_len: Option<usize>,
     /// A JSONL file of prompts instead of random ones.
     pub dataset: Option<PathBuf>,
+    /// Sampling temperature of the class's requests (0: greedy).
+    pub temperature: Option<f32>,
     /// Mix only: requests kept in flight for this class.
     pub concurrency: Option<usize>,
     /// Mix only: requests per second for this class.
@@ -116,6 +120,7 @@ impl Settings {
             range_ratio: over.range_ratio.or(self.range_ratio),
             prefix_len: over.prefix_len.or(self.prefix_len),
             dataset: over.dataset.or(self.dataset),
+            temperature: over.temperature.or(self.temperature),
             concurrency: over.concurrency.or(self.concurrency),
             request_rate: over.request_rate.or(self.request_rate),
             burstiness: over.burstiness.or(self.burstiness),
@@ -140,6 +145,7 @@ impl Settings {
             range_ratio: self.range_ratio,
             prefix_len: self.prefix_len,
             dataset: self.dataset.clone(),
+            temperature: self.temperature,
             ..ClassSettings::default()
         }
     }
@@ -155,6 +161,7 @@ impl ClassSettings {
             range_ratio: over.range_ratio.or(self.range_ratio),
             prefix_len: over.prefix_len.or(self.prefix_len),
             dataset: over.dataset.or(self.dataset),
+            temperature: over.temperature.or(self.temperature),
             concurrency: over.concurrency.or(self.concurrency),
             request_rate: over.request_rate.or(self.request_rate),
             num_prompts: over.num_prompts.or(self.num_prompts),

@@ -129,12 +129,19 @@ impl Bench {
             return Ok(());
         }
         target.prepare()?;
-        let input_len = match &self.plan.mode {
-            Mode::Load { rows } => rows[0].classes[0].workload.input_len,
-            Mode::SingleStream { workload, .. } => workload.input_len,
+        // The first workload's prompt length and sampling: the warm-up runs the same kernels.
+        let first = match &self.plan.mode {
+            Mode::Load { rows } => &rows[0].classes[0].workload,
+            Mode::SingleStream { workload, .. } => workload,
         };
-        let spec =
-            WorkloadSpec { input_len, output_len: WARMUP_OUTPUT_LEN, range_ratio: 0.0, prefix_len: 0, dataset: None };
+        let spec = WorkloadSpec {
+            input_len: first.input_len,
+            output_len: WARMUP_OUTPUT_LEN,
+            range_ratio: 0.0,
+            prefix_len: 0,
+            dataset: None,
+            temperature: first.temperature,
+        };
         let prompts =
             Arc::new(workload::build(&spec, self.plan.warmup, &self.tokenizer, self.plan.seed ^ WARMUP_SALT)?);
         let classes = vec![ClassLoad { prompts, load: Load::Closed { concurrency: self.plan.warmup } }];
@@ -242,8 +249,7 @@ impl Bench {
     ) -> Result<DepthRun> {
         target.prepare()?;
         let depth_seed = seed_of(self.plan.seed ^ DEPTH_SALT, depth, usize::MAX);
-        let prompts =
-            workload::depth_prompts(&self.tokenizer, depth, spec.input_len, spec.output_len, depth_seed, seed)?;
+        let prompts = workload::depth_prompts(&self.tokenizer, depth, spec, depth_seed, seed)?;
         let one =
             |p: &Prompt| vec![ClassLoad { prompts: Arc::new(vec![p.clone()]), load: Load::Closed { concurrency: 1 } }];
         let context_tokens = match &prompts.warm {

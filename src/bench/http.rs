@@ -6,6 +6,7 @@
 use super::metrics::RequestRecord;
 use super::target::{failed, CANCELLED, STOP_POLL};
 use super::workload::{Prompt, PromptBody};
+use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -95,25 +96,7 @@ impl HttpTarget {
         stop: &AtomicBool,
         started: Instant,
     ) -> std::result::Result<RequestRecord, String> {
-        let mut body = json!({
-            "model": self.model,
-            "max_tokens": prompt.output_len,
-            "temperature": 0.0,
-            "ignore_eos": true,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        let path = match &prompt.body {
-            PromptBody::Text(text) => {
-                body["prompt"] = json!(text);
-                "/v1/completions"
-            }
-            PromptBody::Chat(messages) => {
-                body["messages"] =
-                    messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Value>();
-                "/v1/chat/completions"
-            }
-        };
+        let (path, body) = request_body(&self.model, prompt);
         let response = self
             .client
             .post(format!("{}{path}", self.base))
@@ -208,6 +191,39 @@ impl SseLines {
     }
 }
 
+/// The endpoint and streamed request body for `prompt` (raw text to `/v1/completions`, a
+/// conversation to `/v1/chat/completions`): exactly `output_len` tokens, EOS ignored, greedy or
+/// sampled at the prompt's temperature with the in-process engine's sampler settings, so that every
+/// target samples alike (`top_k` is an extension that llama-server, vLLM and serve-lite take).
+fn request_body(model: &str, prompt: &Prompt) -> (&'static str, Value) {
+    let mut body = json!({
+        "model": model,
+        "max_tokens": prompt.output_len,
+        "temperature": prompt.temperature,
+        "ignore_eos": true,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if prompt.temperature > 0.0 {
+        let sampler = SamplingParams::default();
+        body["top_k"] = json!(sampler.top_k);
+        body["top_p"] = json!(sampler.top_p);
+        body["seed"] = json!(sampler.seed);
+    }
+    let path = match &prompt.body {
+        PromptBody::Text(text) => {
+            body["prompt"] = json!(text);
+            "/v1/completions"
+        }
+        PromptBody::Chat(messages) => {
+            body["messages"] =
+                messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Value>();
+            "/v1/chat/completions"
+        }
+    };
+    (path, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +242,27 @@ mod tests {
         let usage = json!({"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}});
         let r = finish(record, Some(usage)).unwrap();
         assert_eq!((r.prompt_tokens, r.completion_tokens, r.cached_tokens), (7, 3, Some(4)));
+    }
+
+    #[test]
+    fn request_bodies_are_greedy_or_sample_as_the_engine_does() {
+        let prompt =
+            |temperature| Prompt { body: PromptBody::Text("Hi".into()), ids: vec![1], output_len: 5, temperature };
+        let (path, greedy) = request_body("m", &prompt(0.0));
+        assert_eq!(path, "/v1/completions");
+        assert_eq!(
+            (&greedy["prompt"], &greedy["max_tokens"], &greedy["ignore_eos"]),
+            (&json!("Hi"), &json!(5), &json!(true))
+        );
+        assert_eq!(greedy["temperature"], json!(0.0));
+        assert!(greedy.get("top_k").is_none() && greedy.get("seed").is_none(), "greedy needs no sampler settings");
+        let (_, sampled) = request_body("m", &prompt(0.5));
+        let engine = SamplingParams::default();
+        assert_eq!(sampled["temperature"], json!(0.5));
+        assert_eq!((&sampled["top_k"], &sampled["seed"]), (&json!(engine.top_k), &json!(engine.seed)));
+        assert_eq!(sampled["top_p"].as_f64().unwrap() as f32, engine.top_p);
+        let chat = Prompt { body: PromptBody::Chat(vec![crate::tokenizer::Message::new("user", "Hi")]), ..prompt(0.0) };
+        let (path, body) = request_body("m", &chat);
+        assert_eq!((path, &body["messages"][0]["content"]), ("/v1/chat/completions", &json!("Hi")));
     }
 }

@@ -22,6 +22,9 @@ pub struct WorkloadSpec {
     pub range_ratio: f64,
     pub prefix_len: usize,
     pub dataset: Option<PathBuf>,
+    /// Sampling temperature of the requests: 0 is greedy; above, the engine's sampler with
+    /// llama.cpp's top-k 40 and top-p 0.95 (sent to servers too).
+    pub temperature: f32,
 }
 
 /// How requests are offered.
@@ -197,12 +200,17 @@ fn workload(c: &ClassSettings) -> Result<WorkloadSpec> {
     if c.dataset.is_some() && (c.input_len.is_some() || c.prefix_len.is_some()) {
         return Err(bad("--dataset brings its own prompts: leave out --input-len and --prefix-len"));
     }
+    let temperature = c.temperature.unwrap_or(0.0);
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(bad(format!("--temperature must be 0 (greedy) or more, not {temperature}")));
+    }
     let spec = WorkloadSpec {
         input_len: c.input_len.unwrap_or(DEFAULT_INPUT_LEN),
         output_len: c.output_len.unwrap_or(DEFAULT_OUTPUT_LEN),
         range_ratio,
         prefix_len: c.prefix_len.unwrap_or(0),
         dataset: c.dataset.clone(),
+        temperature,
     };
     if spec.input_len == 0 || spec.output_len == 0 {
         return Err(bad("--input-len and --output-len must be at least 1"));
@@ -278,18 +286,24 @@ mod tests {
         assert!(Plan::resolve(zero).is_err());
         let ratio = Settings { range_ratio: Some(1.5), ..Default::default() };
         assert!(Plan::resolve(ratio).is_err());
+        for temperature in [-0.5, f32::NAN, f32::INFINITY] {
+            let bad = Settings { temperature: Some(temperature), ..Default::default() };
+            assert!(Plan::resolve(bad).unwrap_err().to_string().contains("--temperature must be 0"), "{temperature}");
+        }
     }
 
     #[test]
     fn mixes_take_defaults_from_the_top_level() {
         let s: Settings = toml::from_str(
-            "output-len = 64\n[[class]]\nname = \"chat\"\nconcurrency = 2\n[[class]]\ninput-len = 900\nrequest-rate = 0.5\n",
+            "output-len = 64\ntemperature = 0.7\n[[class]]\nname = \"chat\"\nconcurrency = 2\n\
+             [[class]]\ninput-len = 900\nrequest-rate = 0.5\ntemperature = 0\n",
         )
         .unwrap();
         let Mode::Load { rows } = Plan::resolve(s).unwrap().mode else { panic!("load mode") };
         let c = &rows[0].classes;
         assert_eq!((c[0].name.as_str(), c[0].workload.output_len, c[0].num_prompts), ("chat", 64, 20));
         assert_eq!((c[1].name.as_str(), c[1].workload.input_len, c[1].num_prompts), ("class 2", 900, 10));
+        assert_eq!((c[0].workload.temperature, c[1].workload.temperature), (0.7, 0.0), "a class may sample or not");
         assert!(matches!(c[1].load, Load::Open { rate, .. } if rate == 0.5));
     }
 

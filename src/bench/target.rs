@@ -1,7 +1,8 @@
 //! What a benchmark sends requests to: the engine in this process, or any OpenAI-compatible server.
 //! Both answer a [`Prompt`] with a [`RequestRecord`]: chunk arrival times, the text, and the token
-//! counts the target itself reports. Requests are greedy with EOS ignored, so every target does the
-//! same amount of work.
+//! counts the target itself reports. Requests are greedy (or sampled at the workload's temperature,
+//! with llama.cpp's top-k and top-p and a fixed seed) with EOS ignored, so every target does the same
+//! amount of work.
 
 use super::http::HttpTarget;
 use super::metrics::RequestRecord;
@@ -68,19 +69,21 @@ pub fn failed(requested_tokens: usize, error: String) -> RequestRecord {
     RequestRecord { requested_tokens, error: Some(error), ..Default::default() }
 }
 
-/// The request every target gets for a prompt: greedy, EOS ignored, exactly `output_len` tokens.
-pub fn greedy_request(ids: Vec<u32>, output_len: usize) -> Request {
+/// The request the engine gets for a prompt: at the prompt's temperature (0: greedy) with the
+/// sampler's defaults otherwise (top-k 40, top-p 0.95, seed 0), EOS ignored, exactly `output_len`
+/// tokens.
+fn engine_request(prompt: &Prompt) -> Request {
     Request {
-        prompt_ids: ids,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-        stop: StopConditions { max_tokens: Some(output_len), stop_strings: Vec::new(), ignore_eos: true },
+        prompt_ids: prompt.ids.clone(),
+        sampling: SamplingParams { temperature: prompt.temperature, ..SamplingParams::default() },
+        stop: StopConditions { max_tokens: Some(prompt.output_len), stop_strings: Vec::new(), ignore_eos: true },
     }
 }
 
 fn in_process(engine: &Engine, prompt: &Prompt, stop: &AtomicBool) -> RequestRecord {
     let started = Instant::now();
     let mut record = RequestRecord { requested_tokens: prompt.output_len, ..Default::default() };
-    let handle = match engine.submit(greedy_request(prompt.ids.clone(), prompt.output_len)) {
+    let handle = match engine.submit(engine_request(prompt)) {
         Ok(handle) => handle,
         Err(e) => return failed(prompt.output_len, e.to_string()),
     };
@@ -118,4 +121,26 @@ fn in_process(engine: &Engine, prompt: &Prompt, stop: &AtomicBool) -> RequestRec
     }
     record.e2e = started.elapsed().as_secs_f64();
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::workload::PromptBody;
+
+    /// The engine gets the prompt's ids and length, EOS ignored, greedy at temperature 0 and else the
+    /// sampler's defaults at the prompt's temperature (what the HTTP body asks of servers).
+    #[test]
+    fn engine_requests_sample_at_the_prompts_temperature() {
+        let prompt =
+            |temperature| Prompt { body: PromptBody::Text("Hi".into()), ids: vec![3, 4], output_len: 7, temperature };
+        let greedy = engine_request(&prompt(0.0));
+        assert_eq!(
+            (greedy.prompt_ids.as_slice(), greedy.stop.max_tokens, greedy.stop.ignore_eos),
+            (&[3, 4][..], Some(7), true)
+        );
+        assert_eq!(greedy.sampling.temperature, 0.0);
+        let sampled = engine_request(&prompt(0.9));
+        assert_eq!(sampled.sampling, SamplingParams { temperature: 0.9, ..SamplingParams::default() });
+    }
 }

@@ -25,6 +25,8 @@ pub struct Prompt {
     pub ids: Vec<u32>,
     /// Tokens to generate.
     pub output_len: usize,
+    /// Sampling temperature (0: greedy).
+    pub temperature: f32,
 }
 
 /// Rounds of decode → re-encode before a random prompt's length is accepted as it is.
@@ -34,7 +36,7 @@ const STABILISE_ROUNDS: usize = 8;
 /// with `--vs` get identical work.
 pub fn build(spec: &WorkloadSpec, n: usize, tokenizer: &Tokenizer, seed: u64) -> Result<Vec<Prompt>> {
     match &spec.dataset {
-        Some(path) => from_dataset(path, n, spec.output_len, tokenizer),
+        Some(path) => from_dataset(path, n, spec, tokenizer),
         None => random(spec, n, tokenizer, seed),
     }
 }
@@ -55,7 +57,7 @@ fn random(spec: &WorkloadSpec, n: usize, tokenizer: &Tokenizer, seed: u64) -> Re
             let output_len = vary(spec.output_len, spec.range_ratio, &mut rng);
             let text = prefix.clone() + &random_text(tokenizer, &vocab, input_len, &mut rng)?;
             let ids = tokenizer.encode_raw(&text)?;
-            Ok(Prompt { body: PromptBody::Text(text), ids, output_len })
+            Ok(Prompt { body: PromptBody::Text(text), ids, output_len, temperature: spec.temperature })
         })
         .collect()
 }
@@ -106,8 +108,8 @@ struct DatasetMessage {
 }
 
 /// Reads up to `n` prompts from a JSONL file: `{"prompt": "..."}` or `{"messages": [{"role",
-/// "content"}, ...]}` per line, each optionally with `output_len` (or `max_tokens`).
-fn from_dataset(path: &std::path::Path, n: usize, output_len: usize, tokenizer: &Tokenizer) -> Result<Vec<Prompt>> {
+/// "content"}, ...]}` per line, each optionally with `output_len` (or `max_tokens`; else the spec's).
+fn from_dataset(path: &std::path::Path, n: usize, spec: &WorkloadSpec, tokenizer: &Tokenizer) -> Result<Vec<Prompt>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Bench(format!("cannot read dataset {}: {e}", path.display())))?;
     let mut prompts = Vec::new();
@@ -117,7 +119,7 @@ fn from_dataset(path: &std::path::Path, n: usize, output_len: usize, tokenizer: 
         }
         let at = || format!("dataset {} line {}", path.display(), number + 1);
         let parsed: DatasetLine = serde_json::from_str(line).map_err(|e| Error::Bench(format!("{}: {e}", at())))?;
-        let output_len = parsed.output_len.unwrap_or(output_len);
+        let output_len = parsed.output_len.unwrap_or(spec.output_len);
         if output_len == 0 {
             return Err(Error::Bench(format!("{}: output_len must be at least 1", at())));
         }
@@ -138,7 +140,7 @@ fn from_dataset(path: &std::path::Path, n: usize, output_len: usize, tokenizer: 
                 )))
             }
         };
-        prompts.push(Prompt { body, ids, output_len });
+        prompts.push(Prompt { body, ids, output_len, temperature: spec.temperature });
     }
     if prompts.is_empty() {
         return Err(Error::Bench(format!("dataset {} has no prompts", path.display())));
@@ -153,19 +155,21 @@ fn from_dataset(path: &std::path::Path, n: usize, output_len: usize, tokenizer: 
 pub struct DepthPrompts {
     /// Puts the depth's tokens in the prefix cache (None at depth 0).
     pub warm: Option<Prompt>,
-    /// The depth's tokens then `pp` new ones, one token generated: its TTFT is the prefill time.
+    /// The depth's tokens then the spec's `input_len` new ones, one token generated: its TTFT is the
+    /// prefill time.
     pub prefill: Prompt,
-    /// The depth's tokens then one new one, `tg` tokens generated: decode at that depth.
+    /// The depth's tokens then one new one, the spec's `output_len` tokens generated: decode at that
+    /// depth.
     pub decode: Prompt,
 }
 
-/// Builds the prompts for one measurement at `depth`. The depth's text comes from `depth_seed` (the
-/// same for every repetition, so it stays cached); the new tokens from `seed` (fresh each time).
+/// Builds the prompts for one measurement at `depth`, sampled at the spec's temperature. The depth's
+/// text comes from `depth_seed` (the same for every repetition, so it stays cached); the new tokens
+/// from `seed` (fresh each time).
 pub fn depth_prompts(
     tokenizer: &Tokenizer,
     depth: usize,
-    pp: usize,
-    tg: usize,
+    spec: &WorkloadSpec,
     depth_seed: u64,
     seed: u64,
 ) -> Result<DepthPrompts> {
@@ -177,11 +181,11 @@ pub fn depth_prompts(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let prompt = |text: String, output_len: usize| -> Result<Prompt> {
         let ids = tokenizer.encode_raw(&text)?;
-        Ok(Prompt { body: PromptBody::Text(text), ids, output_len })
+        Ok(Prompt { body: PromptBody::Text(text), ids, output_len, temperature: spec.temperature })
     };
     Ok(DepthPrompts {
         warm: (depth > 0).then(|| prompt(context.clone(), 1)).transpose()?,
-        prefill: prompt(context.clone() + &random_text(tokenizer, &vocab, pp, &mut rng)?, 1)?,
-        decode: prompt(context + &random_text(tokenizer, &vocab, 1, &mut rng)?, tg)?,
+        prefill: prompt(context.clone() + &random_text(tokenizer, &vocab, spec.input_len, &mut rng)?, 1)?,
+        decode: prompt(context + &random_text(tokenizer, &vocab, 1, &mut rng)?, spec.output_len)?,
     })
 }

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// "output_len". Example: --dataset prompts.jsonl
     #[arg(long, value_name = "FILE")]
     dataset: Option<PathBuf>,
+    /// Sampling temperature of every request (default 0: greedy). Above 0 requests sample with
+    /// top-k 40, top-p 0.95 and seed 0, in process and sent to servers alike. Example: --temperature 0.8
+    #[arg(long, value_name = "T")]
+    temperature: Option<f32>,
     /// Requests kept in flight (closed loop); a list sweeps. Example: --concurrency 1,2,4,8
     #[arg(long, value_name = "N[,N...]", value_delimiter = ',')]
     concurrency: Option<Vec<usize>>,
@@ -125,8 +129,8 @@ pub struct BenchArgs {
     /// B/A ratios. Example: --speculative ngram --spec-compare
     #[arg(long, requires = "speculative", conflicts_with_all = ["url", "vs"])]
     spec_compare: bool,
-    /// Also run every prompt alone and check that greedy outputs under load are the same; exit 1 on
-    /// a mismatch. Example: --check
+    /// Also run every prompt alone and check that outputs under load are the same (greedy, or sampled
+    /// with the same seed); exit 1 on a mismatch. Example: --check
     #[arg(long)]
     check: bool,
     /// Peak memory bandwidth of the device in GB/s (default: Apple's published figure on a Mac's GPU,
@@ -153,6 +157,7 @@ impl BenchArgs {
             range_ratio: self.range_ratio,
             prefix_len: self.prefix_len,
             dataset: self.dataset.clone(),
+            temperature: self.temperature,
             concurrency: self.concurrency.clone().map(OneOrMany::Many),
             request_rate: self.request_rate.clone().map(OneOrMany::Many),
             burstiness: self.burstiness,
