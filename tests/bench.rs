@@ -46,79 +46,56 @@ fn class<'a>(report: &'a Value, target: &str) -> &'a Value {
     &run["classes"][0]
 }
 
-#[test]
-fn in_process_and_serve_lite_agree_on_token_counts() {
+/// Four random 24-token prompts, 6 tokens each, two at a time, in process (A) and against a
+/// serve-lite (B), with `--check` and `extra` flags: the report, after asserting that both targets
+/// completed every request with all its tokens (EOS is ignored) and that `--check` found every reply
+/// under load equal to the same prompt's reply alone.
+fn against_serve_lite(extra: &[&str]) -> Value {
     let server = common::serve_lite(&[]);
     let url = format!("http://127.0.0.1:{}", server.port);
-    let report = report(&[
-        "--vs",
-        &url,
-        "--concurrency",
-        "2",
-        "--num-prompts",
-        "4",
-        "--input-len",
-        "24",
-        "--output-len",
-        "6",
-        "--check",
-    ]);
+    let args = ["--vs", &url, "--concurrency", "2", "--num-prompts", "4", "--input-len", "24", "--output-len", "6"];
+    let report = report(&[&args[..], &["--check"], extra].concat());
+    for target in ["A", "B"] {
+        let side = class(&report, target);
+        assert_eq!((&side["completed"], &side["failed"]), (&Value::from(4), &Value::from(0)), "{side}");
+        assert_eq!(side["total_output_tokens"], 24, "EOS is ignored: every request makes 6 tokens");
+    }
+    for run in report["runs"].as_array().unwrap() {
+        assert_eq!(run["check"]["compared"], 4, "{run}");
+        assert_eq!(run["check"]["mismatches"].as_array().unwrap().len(), 0, "{run}");
+    }
+    report
+}
+
+#[test]
+fn in_process_and_serve_lite_agree_on_token_counts() {
+    let report = against_serve_lite(&[]);
     let (a, b) = (class(&report, "A"), class(&report, "B"));
     for side in [a, b] {
-        assert_eq!(side["completed"], 4, "{side}");
-        assert_eq!(side["failed"], 0);
-        assert_eq!(side["total_output_tokens"], 24, "EOS is ignored: every request makes 6 tokens");
         assert!(side["mean_ttft_ms"].as_f64().unwrap() > 0.0);
         assert!(side["mean_tpot_ms"].as_f64().unwrap() > 0.0);
     }
     assert_eq!(a["total_input_tokens"], b["total_input_tokens"], "same prompts, same tokenizer, same counts");
     let input = a["total_input_tokens"].as_u64().unwrap();
     assert!((4 * 20..=4 * 28).contains(&input), "random prompts are about 24 tokens each: {input}");
-    for run in report["runs"].as_array().unwrap() {
-        assert_eq!(run["check"]["compared"], 4, "{run}");
-        assert_eq!(run["check"]["mismatches"].as_array().unwrap().len(), 0, "{run}");
-    }
     assert_eq!(report["targets"][1]["kind"], "http");
     assert!(report["ratios"][0]["b_over_a"]["output_throughput"].as_f64().unwrap() > 0.0);
     let engine = &report["runs"][0]["engine"];
     assert!(engine["decode_tok_s"].as_f64().unwrap() > 0.0, "{engine}");
     assert!(engine["decode_bandwidth_pct"].as_f64().unwrap() > 0.0, "{engine}");
     assert!(report["runs"][1]["engine"].is_null(), "a server's step timings are not ours to see");
+    let workload = &report["plan"]["rows"][0]["classes"][0]["workload"];
+    assert_eq!(workload["temperature"].as_f64(), Some(0.0), "greedy by default: {workload}");
 }
 
-/// `--temperature`: the plan records it, both targets sample with the same settings (serve-lite gets
-/// top-k, top-p and seed in the request) and complete every request, and with one seed a sampled
-/// reply under load equals the same prompt's reply alone (`--check`).
+/// `--temperature`: the plan records it, and both targets sample with the same settings (serve-lite
+/// gets top-k, top-p and seed in the request), complete every request, and with one seed give a
+/// sampled reply under load equal to the same prompt's reply alone (`--check`).
 #[test]
 fn sampled_requests_run_in_process_and_over_http() {
-    let server = common::serve_lite(&[]);
-    let url = format!("http://127.0.0.1:{}", server.port);
-    let report = report(&[
-        "--vs",
-        &url,
-        "--temperature",
-        "0.8",
-        "--concurrency",
-        "2",
-        "--num-prompts",
-        "4",
-        "--input-len",
-        "24",
-        "--output-len",
-        "6",
-        "--check",
-    ]);
-    let row = &report["plan"]["rows"][0]["classes"][0];
-    assert_eq!(row["workload"]["temperature"].as_f64(), Some(0.8), "{row}");
-    for target in ["A", "B"] {
-        let side = class(&report, target);
-        assert_eq!((&side["completed"], &side["failed"]), (&Value::from(4), &Value::from(0)), "{side}");
-        assert_eq!(side["total_output_tokens"], 24, "{side}");
-    }
-    for run in report["runs"].as_array().unwrap() {
-        assert_eq!(run["check"]["compared"], 4, "{run}");
-        assert_eq!(run["check"]["mismatches"].as_array().unwrap().len(), 0, "{run}");
-    }
+    let report = against_serve_lite(&["--temperature", "0.8"]);
+    let workload = &report["plan"]["rows"][0]["classes"][0]["workload"];
+    assert_eq!(workload["temperature"].as_f64(), Some(0.8), "{workload}");
 }
 
 #[test]
