@@ -9,9 +9,13 @@
 # test binary tests/gpu.rs (portable x86-64-v3, stripped, xz), a 4-block SmolLM2 for the real-weight
 # tests (scripts/truncate-gguf.py; the demo file does not fit the carry) and, with PACK_LLAMA=1,
 # llama.cpp's source with its build script (../shared/tools/llama-cpp.sh gpu-src).
-# run: PHASES is any of `tests bench eager spec llama` (default: all but eager; `tests` runs every GPU
-# test, then a few again with BODEGA_CUDA_PDL=0; `eager` repeats `bench`
-# with --eager, every step op by op, for the CUDA graphs' before/after in one call). llama.cpp builds
+# run: PHASES is any of `tests bench eager sampled spec llama` (default: all but eager and sampled;
+# `tests` runs every GPU test, then a few again with BODEGA_CUDA_PDL=0; `eager` repeats `bench`
+# with --eager, every step op by op, for the CUDA graphs' before/after in one call; `sampled` repeats
+# it with --temperature 0.8, every token drawn by the device's top-k/top-p sampler instead of its
+# argmax, for what sampling costs a step; `depth` measures both engines' single stream with 4,096 and
+# 16,384 tokens already in context, llama-bench's -d: decode attention over a long cache and prompt
+# chunks after a cached prefix). llama.cpp builds
 # first, alone (~4.5 min; kept in /tmp for the next call on a warm machine, so a first `run llama`
 # builds and a second `run bench llama` fits both engines' benchmarks in one call); then both engines
 # are benchmarked on a synthetic Llama-3.2-1B in F16 and Q8_0:
@@ -77,7 +81,7 @@ for name in os.listdir(src):
         os.chmod(target, 0o755)
 PY
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
-  if [[ $phases == *llama* ]]; then
+  if [[ $phases == *llama* || $phases == *depth* ]]; then
     # First and alone: the build takes every core, and bodega's single-stream decode is sensitive to
     # the host's speed.
     # A warm machine keeps /tmp between calls: build once, then `run bench llama` measures both
@@ -98,12 +102,14 @@ PY
       engine_on_cuda_graph_replays_keep_the_outputs 2>&1 | tee "$out/gpu-tests-plain-launches.log" || true
   fi
   local peak=${PEAK_GBS:-3350}
-  # `eager`: the same benchmarks with --eager (every step op by op, no CUDA graphs), files *-eager.*
+  # `eager`: the same benchmarks with --eager (every step op by op, no CUDA graphs), files *-eager.*;
+  # `sampled`: with --temperature 0.8 (bench's top-k 40, top-p 0.95), files *-sampled.*
   local mode
-  for mode in bench eager; do
+  for mode in bench eager sampled; do
     [[ $phases == *$mode* ]] || continue
     local flag=() tag=""
     [ "$mode" = eager ] && flag=(--eager) tag=-eager
+    [ "$mode" = sampled ] && flag=(--temperature 0.8) tag=-sampled
     for type in f16 q8_0; do
       timeout 120 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --depth 0 --input-len 512 \
         --output-len 128 --repeat 3 --warmup 1 --peak-bandwidth "$peak" --ctx-size 4096 --kv-memory 4G "${flag[@]}" \
@@ -124,16 +130,26 @@ PY
     timeout 150 "$bin/bodega" --device cuda -q bench --synthetic llama-3.2-1b:f16 "${spec[@]}" --concurrency 16,64 \
       --num-prompts 64 --json "$out/spec-1b.json" 2>&1 | tee "$out/spec-1b.log" || true
   fi
-  if [[ $phases == *llama* ]]; then
-    local lbin=/tmp/llama.cpp/build/bin
-    for type in f16 q8_0; do
-      PYTHONPATH=/tmp/llama.cpp/gguf-py python3 scripts/synthetic-gguf.py "/tmp/llama-1b-$type.gguf" "$type" >/dev/null
+  local lbin=/tmp/llama.cpp/build/bin type
+  for type in f16 q8_0; do
+    [[ $phases == *llama* || $phases == *depth* ]] || break
+    [ -f "/tmp/llama-1b-$type.gguf" ] \
+      || PYTHONPATH=/tmp/llama.cpp/gguf-py python3 scripts/synthetic-gguf.py "/tmp/llama-1b-$type.gguf" "$type" >/dev/null
+    if [[ $phases == *llama* ]]; then
       "$lbin/llama-bench" -m "/tmp/llama-1b-$type.gguf" -p 512 -n 128 -fa 1 -ngl 99 -r 3 2>&1 \
         | tee "$out/llama-$type-bench.log" || true
       "$lbin/llama-batched-bench" -m "/tmp/llama-1b-$type.gguf" -c 20000 -b 2048 -ub 512 -npp 128 -ntg 128 \
         -npl 1,4,16,64 -fa on -ngl 99 2>&1 | tee "$out/llama-$type-batched.log" || true
-    done
-  fi
+    fi
+    if [[ $phases == *depth* ]]; then
+      # The same lengths after 4,096 and 16,384 tokens of context, bodega first (its cache sized to fit).
+      timeout 150 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --depth 4096,16384 \
+        --input-len 512 --output-len 128 --repeat 2 --warmup 1 --ctx-size 17024 --kv-memory 8G \
+        --json "$out/bodega-$type-depth.json" 2>&1 | tee "$out/bodega-$type-depth.log" || true
+      "$lbin/llama-bench" -m "/tmp/llama-1b-$type.gguf" -p 512 -n 128 -d 4096,16384 -fa 1 -ngl 99 -r 2 2>&1 \
+        | tee "$out/llama-$type-depth.log" || true
+    fi
+  done
   python3 scripts/gpu-table.py "$out" | tee "$out/table.md"
   if [ -n "${OUT:-}" ]; then
     tar czf "$OUT/gpu-check.tgz" -C "$(dirname "$out")" "$(basename "$out")"

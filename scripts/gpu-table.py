@@ -58,6 +58,24 @@ def llama_single(d, t):
     return (float(pp.group(1)) if pp else None), (float(tg.group(1)) if tg else None)
 
 
+def bodega_depth(d, t, depth):
+    """Mean prompt and decode tok/s of the --depth run's repeats at `depth` tokens of context."""
+    rep = read(os.path.join(d, f"bodega-{t}-depth.json"))
+    runs = [r for r in json.loads(rep)["single_stream"] if r["depth"] == depth] if rep else []
+    if not runs:
+        return None, None
+    mean = lambda k: sum(r[k] for r in runs) / len(runs)
+    return mean("prefill_tok_s"), mean("decode_tok_s")
+
+
+def llama_depth(d, t, depth):
+    """llama-bench's pp512 and tg128 at `depth` tokens of context (its -d)."""
+    log = read(os.path.join(d, f"llama-{t}-depth.log"))
+    pp = re.search(rf"\|\s*pp512 @ d{depth}\s*\|\s*([\d.]+)", log)
+    tg = re.search(rf"\|\s*tg128 @ d{depth}\s*\|\s*([\d.]+)", log)
+    return (float(pp.group(1)) if pp else None), (float(tg.group(1)) if tg else None)
+
+
 def llama_batch(d, t, n):
     log = read(os.path.join(d, f"llama-{t}-batched.log"))
     for line in log.splitlines():
@@ -75,6 +93,42 @@ def ratio(a, b):
     return "—" if a is None or b is None else f"{a / b:.2f}"
 
 
+def has_any(d, patterns):
+    """Whether DIR holds a file of any of `patterns` (for either weight type, any tag)."""
+    return any(os.path.exists(os.path.join(d, p.format(t=t, tag=tag)))
+               for p in patterns for t in ["f16", "q8_0"] for tag in ["", "-eager", "-sampled"])
+
+
+def engines_table(d):
+    """bodega (with graphs, --eager, sampled) against llama.cpp at depth 0 and 1–64 sequences."""
+    print("| synthetic Llama-3.2-1B | bodega | bodega --eager | bodega T 0.8 | llama.cpp | bodega / eager "
+          "| T 0.8 / greedy | bodega / llama.cpp | bodega failed / graph captures |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for t in ["f16", "q8_0"]:
+        (bp, bt), (ep, et), (sp, st) = (bodega_single(d, t, tag) for tag in ["", "-eager", "-sampled"])
+        lp, lt = llama_single(d, t)
+        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(et)} | {fmt(st)} | {fmt(lt)} | {ratio(bt, et)} "
+              f"| {ratio(st, bt)} | {ratio(bt, lt)} | |")
+        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(ep)} | {fmt(sp)} | {fmt(lp)} | {ratio(bp, ep)} "
+              f"| {ratio(sp, bp)} | {ratio(bp, lp)} | |")
+        for n in [1, 4, 16, 64]:
+            b, e, s = (bodega_batch(d, t, n, tag) for tag in ["", "-eager", "-sampled"])
+            l = llama_batch(d, t, n)
+            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(e)} | {fmt(s)} | {fmt(l)} | {ratio(b, e)} "
+                  f"| {ratio(s, b)} | {ratio(b, l)} | {bodega_health(d, t, n)} |")
+
+
+def depth_table(d):
+    """Both engines' single stream after 4,096 and 16,384 tokens of context."""
+    print("| single stream after a long context | bodega | llama.cpp | bodega / llama.cpp |")
+    print("|---|---|---|---|")
+    for t in ["f16", "q8_0"]:
+        for depth in [4096, 16384]:
+            (bp, bt), (lp, lt) = bodega_depth(d, t, depth), llama_depth(d, t, depth)
+            print(f"| {t} decode tg128 @ d{depth} (tok/s) | {fmt(bt)} | {fmt(lt)} | {ratio(bt, lt)} |")
+            print(f"| {t} prompt pp512 @ d{depth} (tok/s) | {fmt(bp)} | {fmt(lp)} | {ratio(bp, lp)} |")
+
+
 def main():
     d = sys.argv[1]
     print(f"device: {read(os.path.join(d, 'device.txt')).strip()}")
@@ -82,19 +136,12 @@ def main():
     for line in tests.splitlines():
         if line.startswith("test result:") or re.match(r"(decode|prefill) attention|decode step|measured peak|teacher-forced|.*requests identical|graphs vs eager|gemv ", line):
             print(line)
-    print()
-    print("| synthetic Llama-3.2-1B | bodega | bodega --eager | llama.cpp | bodega / eager | bodega / llama.cpp | bodega failed / graph captures |")
-    print("|---|---|---|---|---|---|---|")
-    for t in ["f16", "q8_0"]:
-        bp, bt = bodega_single(d, t)
-        ep, et = bodega_single(d, t, "-eager")
-        lp, lt = llama_single(d, t)
-        print(f"| {t} decode tg128 (tok/s) | {fmt(bt)} | {fmt(et)} | {fmt(lt)} | {ratio(bt, et)} | {ratio(bt, lt)} | |")
-        print(f"| {t} prompt pp512 (tok/s) | {fmt(bp)} | {fmt(ep)} | {fmt(lp)} | {ratio(bp, ep)} | {ratio(bp, lp)} | |")
-        for n in [1, 4, 16, 64]:
-            b, e, l = bodega_batch(d, t, n), bodega_batch(d, t, n, "-eager"), llama_batch(d, t, n)
-            print(f"| {t} aggregate decode, {n} seqs (tok/s) | {fmt(b)} | {fmt(e)} | {fmt(l)} | {ratio(b, e)} | {ratio(b, l)} "
-                  f"| {bodega_health(d, t, n)} |")
+    if has_any(d, ["bodega-{t}-single{tag}.json", "bodega-{t}-sweep{tag}.json", "llama-{t}-bench.log"]):
+        print()
+        engines_table(d)
+    if has_any(d, ["bodega-{t}-depth.json", "llama-{t}-depth.log"]):
+        print()
+        depth_table(d)
 
 
 if __name__ == "__main__":
