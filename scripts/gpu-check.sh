@@ -9,8 +9,8 @@
 # test binary tests/gpu.rs (portable x86-64-v3, stripped, xz), a 4-block SmolLM2 for the real-weight
 # tests (scripts/truncate-gguf.py; the demo file does not fit the carry) and, with PACK_LLAMA=1,
 # llama.cpp's source with its build script (../shared/tools/llama-cpp.sh gpu-src).
-# run: PHASES is any of `tests bench eager sampled spec llama` (default: all but eager and sampled;
-# `tests` runs every GPU test, then a few again with BODEGA_CUDA_PDL=0; `eager` repeats `bench`
+# run: PHASES is any of `tests bench eager sampled spec llama depth` (default: `tests bench spec
+# llama`; `tests` runs every GPU test, then a few again with BODEGA_CUDA_PDL=0; `eager` repeats `bench`
 # with --eager, every step op by op, for the CUDA graphs' before/after in one call; `sampled` repeats
 # it with --temperature 0.8, every token drawn by the device's top-k/top-p sampler instead of its
 # argmax, for what sampling costs a step; `depth` measures both engines' single stream with 4,096 and
@@ -160,5 +160,5 @@ PY
 case "${1:-}" in
   pack) pack ;;
   run) shift; run "$@" ;;
-  *) sed -n 2,21p "$0"; exit 2 ;;
+  *) sed -n 2,26p "$0"; exit 2 ;;
 esac
