@@ -1236,7 +1236,8 @@ fn q8_gemv_throughput() {
 /// Achieved throughput of the attention kernels on Llama-3.2-1B's attention shape (32 query heads
 /// over 8 KV heads of 64, f16 cache; also at Llama-3.1-8B's head size 128), printed for
 /// docs/perf.md: decode as GB/s of cache read against the measured device-to-device copy bandwidth,
-/// prefill as TFLOP/s. Consecutive calls read different copies of the caches, at least 256 MiB in
+/// prefill as TFLOP/s, also for a 512-token prompt chunk after 4,096 and 16,384 cached tokens (`bench
+/// --depth`'s prompt). Consecutive calls read different copies of the caches, at least 256 MiB in
 /// all (the H100's L2 holds 50 MB: a small cache read over and over would be timed from L2, which
 /// no decode step sees). Asserts only that they ran.
 #[test]
@@ -1264,6 +1265,8 @@ fn attention_kernel_throughput() {
         (64, 64, 1024, 1),
         (64, 4, 32768, 1),
         (64, 4, 2048, 512),
+        (64, 1, 4096 + 512, 512),
+        (64, 1, 16384 + 512, 512),
     ];
     let head_128 = [(128, 1, 16384, 1), (128, 16, 4096, 1), (128, 4, 2048, 512)];
     for (d, seqs, ctx, q_len) in shapes.into_iter().chain(head_128) {
