@@ -15,13 +15,19 @@ def read(path):
         return ""
 
 
-def bodega_single(d, t, tag=""):
-    rep = read(os.path.join(d, f"bodega-{t}-single{tag}.json"))
-    if not rep:
+def single_stream_rates(path, depth=None):
+    """Mean prompt and decode tok/s of a bodega report's single-stream runs (those at `depth`, if given)."""
+    rep = read(path)
+    runs = [r for r in json.loads(rep)["single_stream"] if depth is None or r["depth"] == depth] if rep else []
+    if not runs:
         return None, None
-    runs = json.loads(rep)["single_stream"]
     mean = lambda k: sum(r[k] for r in runs) / len(runs)
     return mean("prefill_tok_s"), mean("decode_tok_s")
+
+
+def bodega_single(d, t, tag=""):
+    """bodega's single stream from an empty context (tag: "-eager", "-sampled" runs)."""
+    return single_stream_rates(os.path.join(d, f"bodega-{t}-single{tag}.json"))
 
 
 def bodega_row(d, t, n, tag=""):
@@ -51,29 +57,26 @@ def bodega_health(d, t, n):
     return f"{fmt(failed)} / {fmt(captures)}"
 
 
-def llama_single(d, t):
-    log = read(os.path.join(d, f"llama-{t}-bench.log"))
-    pp = re.search(r"\|\s*pp512\s*\|\s*([\d.]+)", log)
-    tg = re.search(r"\|\s*tg128\s*\|\s*([\d.]+)", log)
+def llama_bench_rates(log, suffix=""):
+    """llama-bench's pp512 and tg128 tok/s from its table (`suffix`: " @ dN" for a -d run)."""
+    pp = re.search(rf"\|\s*pp512{suffix}\s*\|\s*([\d.]+)", log)
+    tg = re.search(rf"\|\s*tg128{suffix}\s*\|\s*([\d.]+)", log)
     return (float(pp.group(1)) if pp else None), (float(tg.group(1)) if tg else None)
+
+
+def llama_single(d, t):
+    """llama-bench's single stream from an empty context."""
+    return llama_bench_rates(read(os.path.join(d, f"llama-{t}-bench.log")))
 
 
 def bodega_depth(d, t, depth):
-    """Mean prompt and decode tok/s of the --depth run's repeats at `depth` tokens of context."""
-    rep = read(os.path.join(d, f"bodega-{t}-depth.json"))
-    runs = [r for r in json.loads(rep)["single_stream"] if r["depth"] == depth] if rep else []
-    if not runs:
-        return None, None
-    mean = lambda k: sum(r[k] for r in runs) / len(runs)
-    return mean("prefill_tok_s"), mean("decode_tok_s")
+    """bodega's single stream after `depth` tokens of context (`bench --depth`)."""
+    return single_stream_rates(os.path.join(d, f"bodega-{t}-depth.json"), depth)
 
 
 def llama_depth(d, t, depth):
-    """llama-bench's pp512 and tg128 at `depth` tokens of context (its -d)."""
-    log = read(os.path.join(d, f"llama-{t}-depth.log"))
-    pp = re.search(rf"\|\s*pp512 @ d{depth}\s*\|\s*([\d.]+)", log)
-    tg = re.search(rf"\|\s*tg128 @ d{depth}\s*\|\s*([\d.]+)", log)
-    return (float(pp.group(1)) if pp else None), (float(tg.group(1)) if tg else None)
+    """llama-bench's pp512 and tg128 after `depth` tokens of context (its -d)."""
+    return llama_bench_rates(read(os.path.join(d, f"llama-{t}-depth.log")), f" @ d{depth}")
 
 
 def llama_batch(d, t, n):
