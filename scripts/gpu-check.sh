@@ -133,8 +133,11 @@ PY
   local lbin=/tmp/llama.cpp/build/bin type
   for type in f16 q8_0; do
     [[ $phases == *llama* || $phases == *depth* ]] || break
-    [ -f "/tmp/llama-1b-$type.gguf" ] \
-      || PYTHONPATH=/tmp/llama.cpp/gguf-py python3 scripts/synthetic-gguf.py "/tmp/llama-1b-$type.gguf" "$type" >/dev/null
+    # Kept for a later call on a warm machine; written aside first, so an interrupted call leaves none.
+    if [ ! -f "/tmp/llama-1b-$type.gguf" ]; then
+      PYTHONPATH=/tmp/llama.cpp/gguf-py python3 scripts/synthetic-gguf.py "/tmp/llama-1b-$type.part.gguf" "$type" >/dev/null
+      mv "/tmp/llama-1b-$type.part.gguf" "/tmp/llama-1b-$type.gguf"
+    fi
     if [[ $phases == *llama* ]]; then
       "$lbin/llama-bench" -m "/tmp/llama-1b-$type.gguf" -p 512 -n 128 -fa 1 -ngl 99 -r 3 2>&1 \
         | tee "$out/llama-$type-bench.log" || true
@@ -160,5 +163,5 @@ PY
 case "${1:-}" in
   pack) pack ;;
   run) shift; run "$@" ;;
-  *) sed -n 2,26p "$0"; exit 2 ;;
+  *) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 2 ;;
 esac
