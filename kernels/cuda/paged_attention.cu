@@ -438,8 +438,10 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
     }
 }
 
-// Combines the partitions of row (token blockIdx.x, head blockIdx.y): out = Σ e^(m_z - M) acc_z /
-// Σ e^(m_z - M) l_z. A long context has hundreds of partitions, so no thread walks them all: the
+// Combines the partial results of row (token blockIdx.x, head blockIdx.y), z < row_partials[token]:
+// out = Σ e^(m_z - M) acc_z / Σ e^(m_z - M) l_z. A decoding row's are its partitions, a chunk row's
+// its partitions (CUDA cores) or its blocks' groups of consecutive partitions (tensor cores); a row
+// with none was written by its kernel and is skipped. A long context has hundreds of partitions, so no thread walks them all: the
 // RED_THREADS threads are RED_THREADS / (D / 4) groups of D / 4 threads, each thread 4 columns (one
 // 16-byte load per partition), and group k sums partitions k, k + groups, ... in order before the
 // groups' sums are added in group order. A group loads CHUNK partitions at a time, the first chunk
@@ -536,11 +538,17 @@ __device__ void paged_attention_reduce(const float *__restrict__ part_acc, const
 }
 
 // MINB: blocks per SM the registers must allow (8 at CHUNK = 2: 32 registers, no spills).
+// The token's count of partial results is step metadata, read before the wait (dependent_launch.cuh);
+// a token with none was written by its kernel. A launch always has a token with some, so the grid
+// still completes only after the kernels before it.
 #define PAGED_ATTENTION_REDUCE(CHUNK, MINB)                                                            \
     extern "C" __global__ void __launch_bounds__(RED_THREADS, MINB) paged_attention_reduce_c##CHUNK(   \
-        const float *part_acc, const float *part_ml, float *out, uint32_t num_tokens, uint32_t num_heads,  \
-        uint32_t head_dim, uint32_t num_partitions) { follow_previous_kernel();                        \
-        paged_attention_reduce<CHUNK>(part_acc, part_ml, out, num_tokens, num_heads, head_dim, num_partitions); \
+        const float *part_acc, const float *part_ml, const uint32_t *row_partials, float *out,          \
+        uint32_t num_tokens, uint32_t num_heads, uint32_t head_dim) {                                  \
+        const uint32_t partials = row_partials[blockIdx.x];                                            \
+        follow_previous_kernel();                                                                      \
+        if (partials > 0)                                                                              \
+            paged_attention_reduce<CHUNK>(part_acc, part_ml, out, num_tokens, num_heads, head_dim, partials); \
     }
 PAGED_ATTENTION_REDUCE(2, 8)
 PAGED_ATTENTION_REDUCE(8, 1)

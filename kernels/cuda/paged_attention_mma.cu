@@ -5,7 +5,10 @@
 //
 // One thread block (W warps, MmaShape below) = one work item (up to R = 16·W query rows: consecutive
 // tokens of one sequence × the query heads of one KV head's group) × one KV head × P consecutive
-// partitions of PART keys, taken one after another, each written as its own partition. Each warp
+// partitions of PART keys, taken one after another into one online softmax and written as one
+// partial result (slot blockIdx.z; the output itself when the grid has one block along the context):
+// a long prompt chunk's partial results were a quarter of its attention's time when each partition
+// was written and read back by the reduction (docs/perf.md). Each warp
 // owns 16 rows (a warp with only padding rows computes nothing). The queries are staged once in
 // shared memory as the cache's type (pre-scaled by scale·log2 e, so the softmax is exp2), the SMEM
 // bytes below being launched as dynamic shared memory; keys and values are walked in tiles of KT
@@ -18,7 +21,9 @@
 // output element from its own row and column; tiles sit at absolute positions; each lane keeps the
 // same keys of every tile, and the four lanes of a row combine their partial sums in a fixed order.
 // A tile in which a row sees no key leaves its state exactly unchanged (α = 1, P = 0), so tiles that
-// one work item visits and another does not (chunking) change nothing.
+// one work item visits and another does not (chunking) change nothing; a block's partitions are
+// grouped at absolute positions (partitions z·P .. z·P + P - 1), so a row's groups do not depend on
+// its chunk either.
 #include "attention.cuh"
 
 // Tile shape per head size and warp count W. KT divides PART. Rows are padded by 8 elements (16
@@ -103,9 +108,9 @@ __device__ __forceinline__ void stage_queries(T *q_s, const float *__restrict__ 
     }
 }
 
-// One partition of the block's rows: the unnormalised output o, the max m (log2 units) and each
-// lane's part of the denominator l, over keys [w.lo, w.hi). The queries are staged on the first call
-// that has keys (`staged`); shared tiles are free again when it returns.
+// One partition of the block's rows added to the online softmax state: the unnormalised output o, the
+// max m (log2 units) and each lane's part of the denominator l, over keys [w.lo, w.hi). The queries
+// are staged on the first call that has keys (`staged`); shared tiles are free again when it returns.
 template <typename T, int D, int W>
 __device__ __forceinline__ void attend_partition(float (&o)[D / 8][4], float (&m)[2], float (&l)[2], T *q_s, T *k_s,
                                                  T *v_s, bool &staged, const float *__restrict__ q,
@@ -119,12 +124,6 @@ __device__ __forceinline__ void attend_partition(float (&o)[D / 8][4], float (&m
     uint32_t first[2], last[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) row_range(w, p, warp * 16 + lane / 4 + 8 * h, first[h], last[h]);
-#pragma unroll
-    for (int n = 0; n < D / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
-    m[0] = m[1] = -INFINITY;
-    l[0] = l[1] = 0.f;
     if (w.lo >= w.hi) return;
 
     uint32_t tile_start = w.lo / C::KT * C::KT;
@@ -231,8 +230,9 @@ __device__ __forceinline__ void attend_partition(float (&o)[D / 8][4], float (&m
     }
 }
 
-// Writes partition `part` of the lane's rows: the output itself when the call has one partition,
-// else the unnormalised sum, max (natural-log units) and denominator for `paged_attention_reduce`.
+// Writes partial result `part` of the lane's rows: the output itself when the grid has one block
+// along the context, else the unnormalised sum, max (natural-log units) and denominator for
+// `paged_attention_reduce`.
 template <int D>
 __device__ __forceinline__ void write_partition(const float (&o)[D / 8][4], const float (&m)[2], float (&l)[2],
                                                 const WorkItem &w, const AttnParams &p, uint32_t part,
@@ -251,7 +251,7 @@ __device__ __forceinline__ void write_partition(const float (&o)[D / 8][4], cons
         const uint32_t tok = r / p.heads_per_chunk, hc = r % p.heads_per_chunk;
         if (r >= w.rows || hc >= w.heads_here) continue;
         const size_t row = (size_t)(w.row0 + tok) * p.num_heads + w.head0 + hc;
-        if (p.num_partitions == 1) {
+        if (gridDim.z == 1) {
             // acc / l, as the reduction computes it for a single live partition.
 #pragma unroll
             for (int n = 0; n < D / 8; n++)
@@ -270,8 +270,9 @@ __device__ __forceinline__ void write_partition(const float (&o)[D / 8][4], cons
     }
 }
 
-// Partitions blockIdx.z · P .. + P - 1 of one work item, one after another (the queries staged
-// once); each partition's arithmetic is the same whichever block takes it.
+// Partitions blockIdx.z · P .. + P - 1 of one work item, one after another into one online softmax
+// (the queries staged once), written as partial result blockIdx.z; its arithmetic is the same
+// whichever work item takes those rows.
 template <typename T, int D, int W, int P>
 __device__ void paged_attention_mma(const float *__restrict__ q, const T *__restrict__ k_cache,
                                     const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
@@ -285,13 +286,19 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
     T *k_s = q_s + C::R * C::S;
     T *v_s = k_s + C::KT * C::S;
     bool staged = false;
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
     const uint32_t end = min((blockIdx.z + 1) * P, p.num_partitions);
     for (uint32_t part = blockIdx.z * P; part < end; part++) {
         const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, part);
-        float o[D / 8][4], m[2], l[2];
         attend_partition<T, D, W>(o, m, l, q_s, k_s, v_s, staged, q, k_cache, v_cache, w, p);
-        write_partition<D>(o, m, l, w, p, part, out, part_acc, part_ml);
     }
+    // The rows and heads of a work item do not depend on the partition.
+    const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, blockIdx.z * P);
+    write_partition<D>(o, m, l, w, p, blockIdx.z, out, part_acc, part_ml);
 }
 
 // Decode (one query per sequence) on tensor cores, for f16/bf16 caches at head sizes 64, 128 and 256:

@@ -66,7 +66,9 @@ static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule re
     // Partitions as `partitions` in src/ops/cuda.rs computes them for a table this wide.
     const uint32_t keys = blocks_per_seq * block;
     uint32_t parts = std::max({(keys + 255) / 256, keys > 256 ? (std::min(keys, 1024u) + 63) / 64 : 0u, 1u});
-    CUdeviceptr out, part_acc, part_ml;
+    // Every row's partial results for the reduction: its partitions.
+    std::vector<uint32_t> row_partials(seqs, parts);
+    CUdeviceptr out, part_acc, part_ml, partials_d = upload(row_partials.data(), row_partials.size() * 4);
     CHECK(cuMemAlloc(&out, q.size() * 4));
     CHECK(cuMemAlloc(&part_acc, (size_t)parts * q.size() * 4));
     CHECK(cuMemAlloc(&part_ml, (size_t)parts * seqs * heads * 2 * 4));
@@ -78,7 +80,7 @@ static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule re
         void *args[] = {&q_d, &k[i % copies], &v[i % copies], &table_d, &cu_d, &lens_d, &dec_d, &out, &part_acc, &part_ml, &p};
         launch_kernel(decode, seqs, kv_heads * ((heads / kv_heads + g - 1) / g), parts, 128, dyn_smem, st, args, dependent);
         if (with_reduce && parts > 1) {
-            void *rargs[] = {&part_acc, &part_ml, &out, &tokens, &num_heads, &head_dim, &parts};
+            void *rargs[] = {&part_acc, &part_ml, &partials_d, &out, &tokens, &num_heads, &head_dim};
             launch_kernel(reduce, tokens, num_heads, 1, 256, 0, st, rargs, dependent);
         }
     };
@@ -94,7 +96,7 @@ static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule re
         CHECK(cuMemFree(k[c]));
         CHECK(cuMemFree(v[c]));
     }
-    for (CUdeviceptr d : {table_d, cu_d, lens_d, dec_d, q_d, out, part_acc, part_ml}) CHECK(cuMemFree(d));
+    for (CUdeviceptr d : {table_d, cu_d, lens_d, dec_d, q_d, out, part_acc, part_ml, partials_d}) CHECK(cuMemFree(d));
 }
 
 // stream_read over n bytes for n from 8 MiB to 512 MiB, at 4 and 16 blocks of 256 threads per SM.

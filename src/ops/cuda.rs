@@ -639,7 +639,7 @@ pub fn refill_uploads(captured: &mut AttentionMetadata, step: AttentionMetadata)
         let Some(packed) = copy.downcast_mut::<PackedMetadata>() else {
             candle_core::bail!("unknown device metadata under key {key}");
         };
-        let (values, at) = pack_metadata(meta, (key - ATTENTION_UPLOAD) as usize);
+        let (values, at) = pack_metadata(meta, (key - ATTENTION_UPLOAD) as usize, packed.partials);
         if values.len() != packed.len || at != packed.at {
             candle_core::bail!("a replayed step's attention metadata changed its layout");
         }
@@ -696,6 +696,17 @@ impl ChunkKernel {
             // partitions (docs/perf.md).
             true => Self::TensorCores { warps: if head_dim == 64 { 8 } else { 4 }, parts: 4 },
             false => Self::CudaCores,
+        }
+    }
+
+    /// Partial results each of this kernel's query rows writes for the reduction when the context is
+    /// cut into `partitions`: on tensor cores a block merges its consecutive partitions before writing
+    /// (one per block along the context), on CUDA cores each partition is written. One means the
+    /// kernel writes the row's output itself.
+    fn partials(self, partitions: usize) -> usize {
+        match self {
+            Self::TensorCores { parts, .. } => partitions.div_ceil(parts),
+            Self::CudaCores => partitions,
         }
     }
 
@@ -805,13 +816,17 @@ impl Tiling {
     }
 }
 
+/// Partial results the reduction combines for a query row: `[decoding rows, rows with several
+/// queries]`, 0 where the kernel wrote the row's output itself.
+type RowPartials = [u32; 2];
+
 /// Device-side metadata of one call, packed into one upload: block tables, query offsets, context
 /// lengths, the work items of the sequences with several queries (sequence, first query row, query
-/// count), then the sequences that decode, one query each ([`DECODE_ENTRY`] words: sequence, context
-/// length, query row).
-fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>, [usize; 4]) {
+/// count), the sequences that decode, one query each ([`DECODE_ENTRY`] words: sequence, context
+/// length, query row), then each query row's partial results to reduce (`partials`).
+fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize, partials: RowPartials) -> (Vec<u32>, [usize; 5]) {
     let b = meta.num_seqs();
-    let mut packed = Vec::with_capacity(meta.block_tables.len().max(1) + 5 * b + 1 + 3 * meta.num_tokens());
+    let mut packed = Vec::with_capacity(meta.block_tables.len().max(1) + 5 * b + 1 + 4 * meta.num_tokens());
     packed.extend_from_slice(&meta.block_tables);
     if packed.is_empty() {
         packed.push(0); // a zero-width table still needs a valid pointer
@@ -832,14 +847,22 @@ fn pack_metadata(meta: &AttentionMetadata, tokens_per_item: usize) -> (Vec<u32>,
     for s in (0..b).filter(|&s| query_rows(s).len() == 1) {
         packed.extend([s as u32, meta.context_lens[s], meta.cu_query_lens[s]]);
     }
-    (packed, [cu_at, ctx_at, work_at, decode_at])
+    let partials_at = packed.len();
+    for s in 0..b {
+        let rows = query_rows(s);
+        let n = partials[usize::from(rows.len() > 1)];
+        packed.extend(std::iter::repeat_n(n, rows.len()));
+    }
+    (packed, [cu_at, ctx_at, work_at, decode_at, partials_at])
 }
 
-/// One call's uploaded metadata ([`pack_metadata`]) and where its parts start.
+/// One call's uploaded metadata ([`pack_metadata`]), where its parts start and the row partials it
+/// was packed with (a replayed graph's refill packs the same).
 struct PackedMetadata {
     slice: CudaSlice<u32>,
     len: usize,
-    at: [usize; 4],
+    at: [usize; 5],
+    partials: RowPartials,
 }
 
 /// Paged attention on the GPU: `q` `[T, heads, head_dim]` f32, caches of f32/f16/bf16; returns the
@@ -868,23 +891,29 @@ pub fn paged_attention(
     let out = unsafe { dev.alloc::<f32>(out_len)? };
     let chunk_kernel = ChunkKernel::new(&k.slice, d);
     let tiling = Tiling::new(&shape, chunk_kernel.rows(d));
-    let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
-        let (values, at) = pack_metadata(meta, tiling.tokens_per_item);
-        Ok(PackedMetadata { slice: dev.cuda_stream().clone_htod(&values).w()?, len: values.len(), at })
-    })?;
-    let [cu_at, ctx_at, work_at, decode_at] = packed.at;
-    let (items, decodes) = ((decode_at - work_at) / 3, (packed.len - decode_at) / DECODE_ENTRY);
     // The partitions cover the block tables' width, not the longest context: a replayed graph's grid
     // is fixed while its sequences grow within their padded tables (later partitions are empty).
-    let partitions = partitions(meta.max_blocks * shape.block_size, decodes > 0);
-    let (acc_len, ml_len) = match partitions {
-        1 => (1, 1),
-        p => (p * out_len, p * tokens * shape.num_heads * 2),
+    let decoding = (0..meta.num_seqs()).any(|s| meta.cu_query_lens[s + 1] - meta.cu_query_lens[s] == 1);
+    let partitions = partitions(meta.max_blocks * shape.block_size, decoding);
+    // A kernel that writes one partial result per row writes the output itself: nothing to reduce.
+    let reduced = |n: usize| if n > 1 { n as u32 } else { 0 };
+    let row_partials = [reduced(partitions), reduced(chunk_kernel.partials(partitions))];
+    let packed = meta.uploads.get_or_upload(ATTENTION_UPLOAD + tiling.tokens_per_item as u32, || {
+        let (values, at) = pack_metadata(meta, tiling.tokens_per_item, row_partials);
+        let slice = dev.cuda_stream().clone_htod(&values).w()?;
+        Ok(PackedMetadata { slice, len: values.len(), at, partials: row_partials })
+    })?;
+    let [cu_at, ctx_at, work_at, decode_at, partials_at] = packed.at;
+    let (items, decodes) = ((decode_at - work_at) / 3, (partials_at - decode_at) / DECODE_ENTRY);
+    let reduce = (decodes > 0 && row_partials[0] > 0) || (items > 0 && row_partials[1] > 0);
+    let (acc_len, ml_len) = match reduce {
+        false => (1, 1),
+        true => (partitions * out_len, partitions * tokens * shape.num_heads * 2),
     };
-    // The partitions' sums, then their maxima and denominators, in one allocation (one node fewer in a
-    // captured graph). SAFETY: with several partitions every entry is written by the attention kernel
-    // before the reduction reads it; with one, the kernel writes `out` directly and never touches them
-    // (so no memset launches for placeholders either).
+    // The partial results' sums, then their maxima and denominators, in one allocation (one node fewer
+    // in a captured graph; a row writes at most `partitions`). SAFETY: every entry the reduction reads
+    // (a row's first `row_partials`) is written by the attention kernels before it; a row with none
+    // is written to `out` directly (so no memset launches for placeholders either).
     let partials = unsafe { dev.alloc::<f32>(acc_len + ml_len)? };
     let (part_acc, part_ml) = (partials.slice(..acc_len), partials.slice(acc_len..));
     let params = KernelParams {
@@ -914,7 +943,7 @@ pub fn paged_attention(
             chunk_kernel.launch(&suffix, d, items, shape.num_kv_heads * tiling.num_chunks),
             slice.slice(work_at..decode_at),
         ),
-        (decode_launch(&k.slice, elem_bytes, &suffix, &shape, decodes), slice.slice(decode_at..packed.len)),
+        (decode_launch(&k.slice, elem_bytes, &suffix, &shape, decodes), slice.slice(decode_at..partials_at)),
     ];
     for (launch, list) in launches.iter().filter(|(l, _)| l.blocks.0 > 0) {
         let func = function(&dev, launch.family, &launch.name)?;
@@ -939,7 +968,7 @@ pub fn paged_attention(
         // `out` or of the partition buffers.
         unsafe { builder.launch(cfg) }?;
     }
-    if partitions > 1 {
+    if reduce {
         let chunk = if tokens * shape.num_heads <= REDUCE_FEW_ROWS { 8 } else { 2 };
         let reduce = function(&dev, "paged_attention", &format!("paged_attention_reduce_c{chunk}"))?;
         let cfg = LaunchConfig {
@@ -948,9 +977,11 @@ pub fn paged_attention(
             shared_mem_bytes: 0,
         };
         let mut builder = KernelLaunch::new(&stream, &reduce);
-        let dims = [tokens as u32, shape.num_heads as u32, d as u32, partitions as u32];
-        builder.arg(&part_acc).arg(&part_ml).arg(&out).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
-        // SAFETY: reads the partitions written above, writes `out` of `tokens * heads * d`.
+        let dims = [tokens as u32, shape.num_heads as u32, d as u32];
+        let row_partials = slice.slice(partials_at..packed.len);
+        builder.arg(&part_acc).arg(&part_ml).arg(&row_partials).arg(&out).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
+        // SAFETY: reads, for each row, the partials written above (`row_partials` of them; rows with
+        // none were written by the kernels), writes `out` of `tokens * heads * d`.
         unsafe { builder.launch(cfg) }?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
