@@ -63,33 +63,73 @@ __device__ __forceinline__ uint32_t pack_s8(int a, int b, int c, int d) {
     return (uint32_t)(a & 0xff) | ((uint32_t)(b & 0xff) << 8) | ((uint32_t)(c & 0xff) << 16) | ((uint32_t)d << 24);
 }
 
-// Quantizes chunk `chunk` (256 columns) of the m rows of x into `xq`: lane l takes floats
-// [8l, 8l + 8), a quarter of Q8_0 block l / 4, and the four lanes of a block agree on its maximum.
-// Scales of rows m .. 7 are zero, so that those columns of the products are too.
-__device__ __forceinline__ void quantize_chunk(const float *__restrict__ x, uint32_t m, uint32_t k, int chunk,
-                                               uint8_t *xq, int lane) {
+// Quantizes 8 floats of a row of x (`v`), a quarter of Q8_0 block lane / 4, into the row's quants
+// (`quants`, 8 bytes from byte 8 · lane) and, from the quarter's first lane, the block's scale at
+// `scales[(lane / 4) * QG_COLS]`: the four lanes of a block agree on its maximum.
+__device__ __forceinline__ void quantize_quarter(const float (&v)[8], uint8_t *quants, float *scales, int lane) {
+    float most = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) most = fmaxf(most, fabsf(v[i]));
+    most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, 1));
+    most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, 2));
+    const float d = most / 127.f, inv = d != 0.f ? 1.f / d : 0.f;
+    int q[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) q[i] = (int)roundf(v[i] * inv);
+    *reinterpret_cast<uint2 *>(quants + 8 * lane) =
+        make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
+    if (lane % 4 == 0) scales[(lane / 4) * QG_COLS] = d;
+}
+
+// Lane `lane`'s 8 floats of chunk `chunk` (256 columns) of row r of x: floats [8 lane, 8 lane + 8).
+__device__ __forceinline__ void load_quarter(const float *__restrict__ x, uint32_t r, uint32_t k, int chunk, int lane,
+                                             float (&v)[8]) {
+    const float4 *src = reinterpret_cast<const float4 *>(x + (size_t)r * k + chunk * QG_X_FLOATS) + 2 * lane;
+    const float4 lo = src[0], hi = src[1];
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+}
+
+// Zeroes the scales of rows m .. 7 of a quantized chunk, so that those columns of the products are too.
+__device__ __forceinline__ void zero_padding_scales(uint8_t *xq, uint32_t m, int lane) {
     float *scales = reinterpret_cast<float *>(xq + m * QG_XQ_STRIDE);
     if (lane < QG_CHUNK) {
 #pragma unroll
         for (uint32_t r = 0; r < QG_COLS; r++)
             if (r >= m) scales[lane * QG_COLS + r] = 0.f;
     }
-    for (uint32_t r = 0; r < m; r++) {
-        const float4 *src = reinterpret_cast<const float4 *>(x + (size_t)r * k + chunk * QG_X_FLOATS) + 2 * lane;
-        const float4 lo = src[0], hi = src[1];
-        const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-        float most = 0.f;
+}
+
+// Quantizes the warp's chunks of x (chunks warp, warp + WARPS, ..., `per_group` of them, those past
+// `chunks` skipped) into `xq`, one xq_chunk_bytes(m) each. With one row of x, every chunk's floats
+// are loaded before any is quantized, QG_X_BATCH chunks at a time, so that the loads share one round
+// trip (the down projection's warps take two chunks each: one after the other, the second waited
+// for the first's shuffles, docs/perf.md).
+#define QG_X_BATCH 4
+template <int WARPS, bool ONE>
+__device__ __forceinline__ void quantize_x(const float *__restrict__ x, uint32_t m, uint32_t k, int chunks,
+                                           int per_group, uint8_t *xq, int warp, int lane) {
+    for (int j0 = 0; j0 < per_group; j0 += ONE ? QG_X_BATCH : 1) {
+        constexpr int BATCH = ONE ? QG_X_BATCH : 1;
+        float v[BATCH][8];
 #pragma unroll
-        for (int i = 0; i < 8; i++) most = fmaxf(most, fabsf(v[i]));
-        most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, 1));
-        most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, 2));
-        const float d = most / 127.f, inv = d != 0.f ? 1.f / d : 0.f;
-        int q[8];
+        for (int b = 0; b < BATCH; b++) {
+            const int chunk = warp + WARPS * (j0 + b);
+            if (j0 + b < per_group && chunk < chunks) load_quarter(x, 0, k, chunk, lane, v[b]);
+        }
 #pragma unroll
-        for (int i = 0; i < 8; i++) q[i] = (int)roundf(v[i] * inv);
-        *reinterpret_cast<uint2 *>(xq + r * QG_XQ_STRIDE + 8 * lane) =
-            make_uint2(pack_s8(q[0], q[1], q[2], q[3]), pack_s8(q[4], q[5], q[6], q[7]));
-        if (lane % 4 == 0) scales[(lane / 4) * QG_COLS + r] = d;
+        for (int b = 0; b < BATCH; b++) {
+            const int j = j0 + b;
+            if (j >= per_group || warp + WARPS * j >= chunks) continue;
+            uint8_t *chunk_q = xq + j * xq_chunk_bytes(m);
+            float *scales = reinterpret_cast<float *>(chunk_q + m * QG_XQ_STRIDE);
+            zero_padding_scales(chunk_q, m, lane);
+            quantize_quarter(v[b], chunk_q, scales, lane);
+            for (uint32_t r = 1; r < (ONE ? 1 : m); r++) {
+                float w[8];
+                load_quarter(x, r, k, warp + WARPS * j, lane, w);
+                quantize_quarter(w, chunk_q + r * QG_XQ_STRIDE, scales + r, lane);
+            }
+        }
     }
 }
 
@@ -103,7 +143,11 @@ __device__ __forceinline__ void quantize_chunk(const float *__restrict__ x, uint
 // WARPS × 16 × 8 × 4, the warps' sums of `sum_buffers` groups: 2 let the warps start on the next
 // group while the last one is added up, 1 (one more barrier a group) is for where 2 do not fit; the
 // sums are the same either way.
-template <int WARPS, int DEPTH>
+// ONE: m is 1 (a single sequence's decode step). Its chunk of x then sits in registers across the
+// groups of rows (a warp with one chunk a group loads it once), and only the products' columns of
+// x's first row are computed (the others are padding): ~15% fewer instructions a chunk,
+// the same arithmetic for that row, so its products stay bitwise those of a batch (docs/perf.md).
+template <int WARPS, int DEPTH, bool ONE>
 __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restrict__ x, float *__restrict__ y,
                            uint32_t m, uint32_t n, uint32_t k, uint32_t sum_buffers) {
     extern __shared__ uint4 smem[];
@@ -146,13 +190,15 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
 #pragma unroll
     for (int i = 0; i < DEPTH; i++) issue(i);
     follow_previous_kernel();
-    for (int j = 0; j < per_group; j++)
-        if (warp + WARPS * j < chunks) quantize_chunk(x, m, k, warp + WARPS * j, xq + j * xq_chunk_bytes(m), lane);
+    quantize_x<WARPS, ONE>(x, m, k, chunks, per_group, xq, warp, lane);
     __syncwarp();
 
     const int x_row = min(g, (int)m - 1);  // columns past m repeat row m - 1; never written
     // acc[e]: row g + 8 (e / 2) of the group, row 2t + e % 2 of x.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    uint2 x_held[QG_CHUNK];  // ONE: chunk `held` of x's quants (the mma's B) and scales
+    float dx_held[QG_CHUNK];
+    int held = -1;
     for (int i = 0; i < items; i++) {
         wait_async<DEPTH - 1>();
         __syncwarp();
@@ -163,18 +209,28 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
             const uint8_t *xc = xq + j * xq_chunk_bytes(m);
             const uint8_t *x_quants = xc + x_row * QG_XQ_STRIDE + 8 * t;
             const float *x_scales = reinterpret_cast<const float *>(xc + m * QG_XQ_STRIDE) + 2 * t;
+            if (ONE && j != held) {
+#pragma unroll
+                for (int c = 0; c < QG_CHUNK; c++) {
+                    x_held[c] = *reinterpret_cast<const uint2 *>(x_quants + c * 32);
+                    dx_held[c] = x_scales[c * QG_COLS];
+                }
+                held = j;
+            }
 #pragma unroll
             for (int c = 0; c < QG_CHUNK; c++) {
                 const uint2 lo = load8(w_rows[0] + 8 * t, c * Q8_0_BYTES + 2);
                 const uint2 hi = load8(w_rows[1] + 8 * t, c * Q8_0_BYTES + 2);
                 const uint32_t a[4] = {lo.x, hi.x, lo.y, hi.y};
                 int dot[4];
-                mma_s8(dot, a, *reinterpret_cast<const uint2 *>(x_quants + c * 32));
-                const float2 dx = *reinterpret_cast<const float2 *>(x_scales + c * QG_COLS);
+                mma_s8(dot, a, ONE ? x_held[c] : *reinterpret_cast<const uint2 *>(x_quants + c * 32));
+                const float2 dx = ONE ? make_float2(dx_held[c], 0.f)
+                                      : *reinterpret_cast<const float2 *>(x_scales + c * QG_COLS);
                 const float dw[2] = {__half2float(*reinterpret_cast<const __half *>(w_rows[0] + c * Q8_0_BYTES)),
                                      __half2float(*reinterpret_cast<const __half *>(w_rows[1] + c * Q8_0_BYTES))};
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[e] = fmaf((float)dot[e], dw[e / 2] * (e % 2 ? dx.y : dx.x), acc[e]);
+                for (int e = 0; e < 4; e++)
+                    if (!ONE || e % 2 == 0) acc[e] = fmaf((float)dot[e], dw[e / 2] * (e % 2 ? dx.y : dx.x), acc[e]);
             }
         }
         __syncwarp();
@@ -187,7 +243,7 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
             float *buffer = sums + (group % sum_buffers) * WARPS * QG_ROWS * QG_COLS;
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                buffer[(warp * QG_ROWS + g + 8 * (e / 2)) * QG_COLS + 2 * t + e % 2] = acc[e];
+                if (!ONE || e % 2 == 0) buffer[(warp * QG_ROWS + g + 8 * (e / 2)) * QG_COLS + 2 * t + e % 2] = acc[e];
                 acc[e] = 0.f;
             }
             __syncthreads();
@@ -204,11 +260,13 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
     }
 }
 
-#define QGEMV(WARPS, DEPTH)                                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS) qgemv_q8_0_w##WARPS##_d##DEPTH(         \
+// qgemv_q8_0_wW_dD takes 1-8 rows of x, qgemv_q8_0_wW_dD_m1 exactly one.
+#define QGEMV_M(WARPS, DEPTH, ONE, SUFFIX)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) qgemv_q8_0_w##WARPS##_d##DEPTH##SUFFIX(     \
         const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k, uint32_t sums) { \
-        qgemv_q8_0<WARPS, DEPTH>(w, x, y, m, n, k, sums);                                             \
+        qgemv_q8_0<WARPS, DEPTH, ONE>(w, x, y, m, n, k, sums);                                          \
     }
+#define QGEMV(WARPS, DEPTH) QGEMV_M(WARPS, DEPTH, false, ) QGEMV_M(WARPS, DEPTH, true, _m1)
 QGEMV(4, 2)
 QGEMV(8, 2)
 QGEMV(16, 2)

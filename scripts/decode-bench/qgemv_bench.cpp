@@ -1,5 +1,6 @@
 // Times bodega's Q8_0 GEMV (kernels/cuda/qgemv.cu) outside the engine, in each launch shape the cubin
-// holds (`qgemv_q8_0_w{4,8,16}_d2`), on Llama-3.2-1B's and Llama-3.1-8B's decode matrices, so that
+// holds (`qgemv_q8_0_w{4,8,16}_d2`, and at one row of x its `_m1` variant where the cubin has one, as
+// the engine launches), on Llama-3.2-1B's and Llama-3.1-8B's decode matrices, so that
 // shapes and versions can be compared in one device call (scripts/decode-bench.sh qgemv). Each
 // call reads the next of >= 256 MiB of weight copies, as a decode step reads each matrix once from
 // memory, and launches as the engine launches it: a programmatic dependent, with the grid of
@@ -79,9 +80,11 @@ int main(int argc, char **argv) {
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
     for (unsigned warps : {4u, 8u, 16u}) {
         const std::string name = "qgemv_q8_0_w" + std::to_string(warps) + "_d2";
-        CUfunction f;
-        if (cuModuleGetFunction(&f, mod, name.c_str()) != CUDA_SUCCESS) continue;
-        CHECK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit));
+        CUfunction many, one;
+        if (cuModuleGetFunction(&many, mod, name.c_str()) != CUDA_SUCCESS) continue;
+        if (cuModuleGetFunction(&one, mod, (name + "_m1").c_str()) != CUDA_SUCCESS) one = many;
+        for (CUfunction f : {many, one})
+            CHECK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit));
         for (const Matrix &mat : matrices) {
             const size_t row_bytes = mat.k / 32 * 34, bytes = row_bytes * mat.n;
             std::vector<uint8_t> w(bytes);
@@ -107,6 +110,7 @@ int main(int argc, char **argv) {
                 const CUdeviceptr xd = upload(x.data(), x.size() * 4);
                 CUdeviceptr yd;
                 CHECK(cuMemAlloc(&yd, (size_t)m * n * 4));
+                const CUfunction f = m == 1 ? one : many;
                 int resident;
                 CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&resident, f, 32 * warps, smem));
                 const unsigned grid = std::min((n + 15) / 16, (unsigned)(std::max(resident, 1) * sms));

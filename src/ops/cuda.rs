@@ -302,9 +302,11 @@ struct QgemvShape {
 }
 
 impl QgemvShape {
-    /// The compiled kernel of this shape.
-    fn name(self) -> String {
-        format!("qgemv_q8_0_w{}_d{}", self.warps, self.depth)
+    /// The compiled kernel of this shape for `m` rows of x: `_m1`, the variant for exactly one (a
+    /// single sequence's step: x held in registers, only its column of the products computed; the
+    /// same arithmetic for that row as in a batch).
+    fn name(self, m: usize) -> String {
+        format!("qgemv_q8_0_w{}_d{}{}", self.warps, self.depth, if m == 1 { "_m1" } else { "" })
     }
 
     /// Threads per block.
@@ -401,7 +403,7 @@ pub fn q8_gemv(
     // SAFETY: the kernel writes every (row of x, row of W) sum.
     let out = unsafe { dev.alloc::<f32>(m * n)? };
     let (shape, sum_buffers, bytes) = qgemv_launch(&dev, m, k)?;
-    let name = shape.name();
+    let name = shape.name(m);
     let func = function(&dev, "qgemv", &name)?;
     // Raised once to all the device allows, so that no later launch (maybe inside a graph capture)
     // has to.
