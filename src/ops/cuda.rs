@@ -908,10 +908,8 @@ pub fn paged_attention(
     let [cu_at, ctx_at, work_at, decode_at, partials_at] = packed.at;
     let (items, decodes) = ((decode_at - work_at) / 3, (partials_at - decode_at) / DECODE_ENTRY);
     let reduce = (decodes > 0 && row_partials[0] > 0) || (items > 0 && row_partials[1] > 0);
-    let (acc_len, ml_len) = match reduce {
-        false => (1, 1),
-        true => (partitions * out_len, partitions * tokens * shape.num_heads * 2),
-    };
+    let (acc_len, ml_len) =
+        if reduce { (partitions * out_len, partitions * tokens * shape.num_heads * 2) } else { (1, 1) };
     // The partial results' sums, then their maxima and denominators, in one allocation (one node fewer
     // in a captured graph; a row writes at most `partitions`). SAFETY: every entry the reduction reads
     // (a row's first `row_partials`) is written by the attention kernels before it; a row with none
