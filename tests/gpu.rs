@@ -245,11 +245,14 @@ fn a_sequence_gets_bitwise_the_same_attention_alone_batched_or_chunked() {
     let mut seqs = mixed(&mut rng, 20, 30, 3000);
     seqs.insert(0, (1000, 100));
     seqs.insert(1, (2900, 1));
+    // A decode of more partitions (141) than the few-rows reduce loads in one round trip: alone it
+    // takes the widest reduce (`_c32`), batched the narrowest (`_c2`), which must sum alike.
+    seqs.insert(2, (36000, 1));
     let batched = Case { heads: 9, kv_heads: 3, dim: 64, seqs, window: 0 };
     let x = batched.inputs(&mut rng);
     let row = 9 * 64;
     // The first sequence alone, then as two chunks (37 + 63 queries), over the same cache; the second
-    // (one query: the decode kernel, 12 partitions) alone.
+    // and third (one query: the decode kernel, 12 and 141 partitions) alone.
     let alone_meta = |seq: usize, ctx: usize, q: std::ops::Range<usize>| AttentionMetadata {
         slot_mapping: x.meta.slot_mapping[q.clone()].to_vec(),
         block_tables: x.meta.block_table(seq).to_vec(),
@@ -277,6 +280,8 @@ fn a_sequence_gets_bitwise_the_same_attention_alone_batched_or_chunked() {
         assert_eq!(chunked, alone, "{dtype:?}: chunking changed a sequence's attention");
         let decoding = run(alone_meta(1, 2900, 100..101), 100..101);
         assert_eq!(decoding, all[100 * row..101 * row], "{dtype:?}: batch composition changed a decode's attention");
+        let long = run(alone_meta(2, 36000, 101..102), 101..102);
+        assert_eq!(long, all[101 * row..102 * row], "{dtype:?}: batch composition changed a long decode's attention");
     }
 }
 

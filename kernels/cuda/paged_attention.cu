@@ -447,8 +447,10 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
 // groups' sums are added in group order. A group loads CHUNK partitions at a time, the first chunk
 // before the row's maximum M is known, so that up to CHUNK × groups partitions cost one round trip to
 // memory (128 at head size 64, 32k keys, at CHUNK = 8). CHUNK is 2 (32 registers, 8 blocks per SM:
-// the many rows of a prefill or a large batch) or 8 (a few rows of long contexts, too few blocks for
-// occupancy to matter); it changes when loads are issued, never the order of the sums. The grouping
+// the many rows of a prefill or a large batch), 8 (a few rows of long contexts, too few blocks for
+// occupancy to matter) or 32 (226 registers, one block per SM: the rows of one or two sequences,
+// whose 128k keys are 512 partitions a row, one round trip instead of four); it changes when loads
+// are issued, never the order of the sums. The grouping
 // depends on the head size alone, and partitions past a sequence's context add exact zeros, so a
 // sequence's result depends neither on the table width nor on the batch.
 #define RED_THREADS 256
@@ -552,6 +554,7 @@ __device__ void paged_attention_reduce(const float *__restrict__ part_acc, const
     }
 PAGED_ATTENTION_REDUCE(2, 8)
 PAGED_ATTENTION_REDUCE(8, 1)
+PAGED_ATTENTION_REDUCE(32, 1)
 
 #define PAGED_ATTENTION(NAME, T, D)                                                                    \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \

@@ -33,9 +33,12 @@ struct AttnParams {
 static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule reduce_mod, int dyn_smem, uint32_t entry,
                         CUstream st, uint32_t seqs, uint32_t ctx, std::mt19937 &rng) {
     const uint32_t heads = 32, kv_heads = 8, block = 16;
+    // As src/ops/cuda.rs picks it; a reduction cubin from before `_c32` falls back to `_c8`.
+    const uint32_t rows = seqs * heads, partitions = ctx / 256;
     CUfunction reduce;
-    CHECK(cuModuleGetFunction(&reduce, reduce_mod,
-                              seqs * heads <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
+    if (rows > 64 || partitions <= 8 * 256 / (dim / 4) ||
+        cuModuleGetFunction(&reduce, reduce_mod, "paged_attention_reduce_c32") != CUDA_SUCCESS)
+        CHECK(cuModuleGetFunction(&reduce, reduce_mod, rows <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
     const uint32_t blocks_per_seq = ctx / block;
     const size_t cache_elems = (size_t)seqs * ctx * kv_heads * dim, bytes = 2 * cache_elems * 2;
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);

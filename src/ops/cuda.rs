@@ -28,8 +28,13 @@ const REDUCE_THREADS: u32 = 256;
 /// Rows (token, head) up to which the partition reduce loads 8 partitions a thread at a time
 /// (`paged_attention_reduce_c8`: one round trip to memory for a 32k context, 3 blocks per SM) rather
 /// than 2 (`_c2`: 8 blocks per SM, for the many rows of a prefill or a large batch). Up to 256 rows
-/// the wide kernel's blocks fit in one wave on an H100's 132 SMs. The two sum in the same order.
+/// the wide kernel's blocks fit in one wave on an H100's 132 SMs. The kernels sum in the same order.
 const REDUCE_FEW_ROWS: usize = 256;
+/// Rows up to which a reduce over more partitions than `_c8` loads in one round trip takes `_c32`
+/// (32 at a time, one block per SM: one round trip for a 128k context's 512 partitions at head size
+/// 64, where `_c8` takes four): one or two sequences of 32 query heads. Over fewer partitions `_c8`
+/// stays (`_c32` measured 1.2–1.8 µs slower there, docs/perf.md).
+const REDUCE_FEWEST_ROWS: usize = 64;
 /// Key of the slot mapping's upload in [`AttentionMetadata::uploads`].
 const SLOTS_UPLOAD: u32 = 0;
 /// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
@@ -969,7 +974,16 @@ pub fn paged_attention(
         unsafe { builder.launch(cfg) }?;
     }
     if reduce {
-        let chunk = if tokens * shape.num_heads <= REDUCE_FEW_ROWS { 8 } else { 2 };
+        let rows = tokens * shape.num_heads;
+        // `_c8`'s groups of `d / 4` threads take 8 partitions each per round trip.
+        let one_round_c8 = 8 * REDUCE_THREADS as usize / (d / 4);
+        let chunk = if rows <= REDUCE_FEWEST_ROWS && partitions > one_round_c8 {
+            32
+        } else if rows <= REDUCE_FEW_ROWS {
+            8
+        } else {
+            2
+        };
         let reduce = function(&dev, "paged_attention", &format!("paged_attention_reduce_c{chunk}"))?;
         let cfg = LaunchConfig {
             grid_dim: (tokens as u32, shape.num_heads as u32, 1),
