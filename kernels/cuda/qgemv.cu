@@ -85,7 +85,7 @@ __device__ __forceinline__ void quantize_quarter(const float (&v)[8], uint8_t *q
 __device__ __forceinline__ void load_quarter(const float *__restrict__ x, uint32_t r, uint32_t k, int chunk, int lane,
                                              float (&v)[8]) {
     const float4 *src = reinterpret_cast<const float4 *>(x + (size_t)r * k + chunk * QG_X_FLOATS) + 2 * lane;
-    const float4 lo = src[0], hi = src[1];
+    const float4 lo = __ldg(src), hi = __ldg(src + 1);  // the read-only path, as the kernel loaded x before
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
 }
 
