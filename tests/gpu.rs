@@ -21,6 +21,7 @@ use bodega::model::load::{LoadOptions, Matrix, ModelFiles, WeightSource};
 use bodega::model::Model;
 use bodega::ops::{kv_write, paged_attention, Activation, AttentionMetadata, PagedKvCache};
 use bodega::runner::{build_step, run_step, Executor, RowWant, SeqChunk, StepRow};
+use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use common::writes;
@@ -1019,16 +1020,11 @@ fn rope_kv_write_on_cuda_matches_the_cpu_rope_and_kv_write() {
 /// Seconds of GPU time per call of `f`: `iters` calls captured into one CUDA graph and replayed, so
 /// that the host's per-op cost (which `time_per_call` includes) drops out. `f` must not upload.
 fn gpu_time_per_call(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
-    use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-    let Device::Cuda(cuda) = dev else { panic!("gpu_time_per_call needs a CUDA device") };
-    f();
-    dev.synchronize().unwrap();
-    let stream = cuda.cuda_stream();
-    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
-    for _ in 0..iters {
-        f();
-    }
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("the capture recorded nothing");
+    let graph = capture(dev, || {
+        for _ in 0..iters {
+            f();
+        }
+    });
     graph.launch().unwrap();
     dev.synchronize().unwrap();
     let replays = 5;
@@ -1038,6 +1034,19 @@ fn gpu_time_per_call(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
     }
     dev.synchronize().unwrap();
     start.elapsed().as_secs_f64() / (replays * iters) as f64
+}
+
+/// A CUDA graph of what `record` submits, captured as the engine captures its decode steps, after one
+/// eager call of it (which loads the kernels).
+fn capture(dev: &Device, mut record: impl FnMut()) -> CudaGraph {
+    let Device::Cuda(cuda) = dev else { panic!("capture needs a CUDA device") };
+    record();
+    dev.synchronize().unwrap();
+    let recorded = bodega::ops::cuda_capture::capture(&cuda.cuda_stream(), || -> candle_core::Result<()> {
+        record();
+        Ok(())
+    });
+    recorded.unwrap().0.expect("the capture recorded nothing")
 }
 
 /// The GEMV kernel against the CPU reference op: f16 and bf16 weights, 1 to 8 rows, N not a multiple
@@ -1380,6 +1389,9 @@ fn decode_step_time_split() {
             let input = build_step(&chunks, BLOCK, &dev).unwrap();
             let forward = {
                 let _uploads = cuda_dev.enable_cuda_graph_htod_cache();
+                let one = capture(&dev, || drop(model.forward(&input, &cache).unwrap()));
+                let (programmatic, kernels) = bodega::ops::cuda_capture::programmatic_edges(&one).unwrap();
+                println!("{weights}, {seqs} sequences: a captured forward pass has {kernels} kernels, {programmatic} programmatic edges");
                 gpu_time_per_call(&dev, 20, || drop(model.forward(&input, &cache).unwrap()))
             };
             let logits = model.forward(&input, &cache).unwrap();
@@ -1461,4 +1473,31 @@ fn decode_step_time_split() {
         let secs = gpu_time_per_call(&dev, 50, || drop(paged_attention(&q, &k, &v, &inputs.meta, 0.125, 0).unwrap()));
         op(&format!("decode attention {seqs} × {ctx} keys, f16"), secs);
     }
+}
+
+/// Inside a captured graph each bodega kernel follows the kernel before it programmatically, although
+/// every op allocates its output and frees its input between them (memory nodes, which a plain
+/// capture puts on the chain: `ops::cuda_capture`). Prints the GPU time per op of a long chain.
+#[test]
+fn captured_bodega_kernels_follow_each_other_programmatically() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x = Tensor::from_vec(random(&mut rng, 2048), (1, 2048), &dev).unwrap();
+    let norm = Tensor::from_vec(random(&mut rng, 2048), 2048, &dev).unwrap();
+    let w = Tensor::from_vec(random(&mut rng, 2048 * 2048), (2048, 2048), &dev).unwrap().to_dtype(DType::F16).unwrap();
+    // Add + norm, then a product by the normed row: two kernels an op, each output freed at the next.
+    let chain = |ops: usize| {
+        let mut h = x.clone();
+        for _ in 0..ops {
+            let (sum, normed) = bodega::ops::add_rms_norm(&h, &x, &norm, 1e-5).unwrap();
+            drop(sum);
+            h = bodega::ops::dense_gemv(&normed, &w).unwrap();
+        }
+    };
+    let graph = capture(&dev, || chain(4));
+    let (programmatic, kernels) = bodega::ops::cuda_capture::programmatic_edges(&graph).unwrap();
+    println!("a captured chain of 4 add + norm and 4 products: {programmatic} programmatic edges, {kernels} kernels");
+    assert_eq!((programmatic, kernels), (7, 8), "every kernel but the first follows the one before programmatically");
+    let per_op = gpu_time_per_call(&dev, 1, || chain(100)) * 1e6 / 200.0;
+    println!("a captured chain of 100 add + norm and 100 products (2048 × 2048 f16): {per_op:.2} µs per kernel");
 }

@@ -6,6 +6,7 @@
 //! compiled architecture the GPU supports is loaded once per device (candle caches modules).
 
 use super::cpu::AttentionParams;
+use super::cuda_capture;
 use super::cuda_launch::KernelLaunch;
 use super::AttentionMetadata;
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -170,7 +171,7 @@ pub fn argmax_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: us
     let dev = logits.device.clone();
     let logits = f32_view(logits, layout, "argmax-rows logits")?;
     // SAFETY: the kernel writes one id per row, every row.
-    let out = unsafe { dev.alloc::<u32>(rows)? };
+    let out = unsafe { cuda_capture::alloc::<u32>(&dev, rows)? };
     let func = function(&dev, "argmax", "argmax_rows_f32")?;
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (ARGMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
     let stream = dev.cuda_stream();
@@ -207,7 +208,7 @@ pub fn top_k_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usi
     let dev = logits.device.clone();
     let logits = f32_view(logits, layout, "top-k logits")?;
     // SAFETY: the last kernel writes all 2k words of every row (k ≤ vocab: the k-th largest exists).
-    let out = unsafe { dev.alloc::<u32>(rows * 2 * k)? };
+    let out = unsafe { cuda_capture::alloc::<u32>(&dev, rows * 2 * k)? };
     let stream = dev.cuda_stream();
     let block =
         |x: u32, y: u32| LaunchConfig { grid_dim: (x, y, 1), block_dim: (TOPK_THREADS, 1, 1), shared_mem_bytes: 0 };
@@ -215,7 +216,7 @@ pub fn top_k_rows(logits: &CudaStorage, layout: &Layout, rows: usize, vocab: usi
     let slices = match top_k_slices(vocab, k) {
         Some((slices, len)) => {
             // SAFETY: every slice block writes its 2k words (each slice holds at least k).
-            let scratch = unsafe { dev.alloc::<u32>(rows * slices * 2 * k)? };
+            let scratch = unsafe { cuda_capture::alloc::<u32>(&dev, rows * slices * 2 * k)? };
             let func = function(&dev, "topk", "top_k_slices_f32")?;
             let mut builder = KernelLaunch::new(&stream, &func);
             let len = len as u32;
@@ -259,7 +260,7 @@ pub fn gemv(
     let dev = x.device.clone();
     let x = f32_view(x, x_l, "gemv x")?;
     // SAFETY: the kernel writes every (row of x, row of W) sum.
-    let out = unsafe { dev.alloc::<f32>(m * n)? };
+    let out = unsafe { cuda_capture::alloc::<f32>(&dev, m * n)? };
     let start = w_l.start_offset();
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(gemv_rows_per_block(m)) as u32, 1, 1),
@@ -406,7 +407,7 @@ pub fn q8_gemv(
     }
     let x = f32_view(x, x_l, "q8-gemv x")?;
     // SAFETY: the kernel writes every (row of x, row of W) sum.
-    let out = unsafe { dev.alloc::<f32>(m * n)? };
+    let out = unsafe { cuda_capture::alloc::<f32>(&dev, m * n)? };
     let (shape, sum_buffers, bytes) = qgemv_launch(&dev, m, k)?;
     let name = shape.name(m);
     let func = function(&dev, "qgemv", &name)?;
@@ -449,7 +450,7 @@ pub fn add_rms_norm(
     let (x, y) = (f32_view(x, x_l, "add-rms-norm x")?, f32_view(y, y_l, "add-rms-norm y")?);
     let w = f32_view(w, w_l, "add-rms-norm weight")?;
     // SAFETY: the kernel writes both halves of every row.
-    let out = unsafe { dev.alloc::<f32>(2 * rows * dim)? };
+    let out = unsafe { cuda_capture::alloc::<f32>(&dev, 2 * rows * dim)? };
     let func = function(&dev, "add_norm", "add_rms_norm_f32")?;
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
     let stream = dev.cuda_stream();
@@ -497,7 +498,7 @@ pub fn gated_activation(
     let (gate, gate_stride) = row_view(gate, gate_l, "gated-activation gate")?;
     let (up, up_stride) = row_view(up, up_l, "gated-activation up")?;
     // SAFETY: the kernel writes all `rows * n` values.
-    let out = unsafe { dev.alloc::<f32>(rows * n)? };
+    let out = unsafe { cuda_capture::alloc::<f32>(&dev, rows * n)? };
     let func = function(&dev, "gated", if gelu { "gated_gelu_f32" } else { "gated_silu_f32" })?;
     let cfg = LaunchConfig {
         grid_dim: ((n as u32).div_ceil(GATED_THREADS), rows as u32, 1),
@@ -546,7 +547,7 @@ pub fn rope_kv_write(
     }
     let slots = meta.uploads.get_or_upload(SLOTS_UPLOAD, || dev.cuda_stream().clone_htod(&meta.slot_mapping).w())?;
     // SAFETY: the kernel writes every (token, query head) row.
-    let out = unsafe { dev.alloc::<f32>(t * heads * d)? };
+    let out = unsafe { cuda_capture::alloc::<f32>(&dev, t * heads * d)? };
     let style = if interleaved { "interleaved" } else { "halves" };
     let func = function(&dev, "rope_kv", &format!("rope_kv_write_{}_{style}", cache_type(&k_cache.slice)?.0))?;
     let head_blocks = ((heads + 2 * kv_heads) as u32).div_ceil(ROPE_KV_WARPS);
@@ -895,7 +896,7 @@ pub fn paged_attention(
     // SAFETY: the kernels write every (token, head) row: the work items cover the queries of each
     // sequence with several and the chunks each group's heads; the decode blocks cover each decoding
     // sequence's query and its group's heads in chunks (`decode_launch`).
-    let out = unsafe { dev.alloc::<f32>(out_len)? };
+    let out = unsafe { cuda_capture::alloc::<f32>(&dev, out_len)? };
     let chunk_kernel = ChunkKernel::new(&k.slice, d);
     let tiling = Tiling::new(&shape, chunk_kernel.rows(d));
     // The partitions cover the block tables' width, not the longest context: a replayed graph's grid
@@ -919,7 +920,7 @@ pub fn paged_attention(
     // in a captured graph; a row writes at most `partitions`). SAFETY: every entry the reduction reads
     // (a row's first `row_partials`) is written by the attention kernels before it; a row with none
     // is written to `out` directly (so no memset launches for placeholders either).
-    let partials = unsafe { dev.alloc::<f32>(acc_len + ml_len)? };
+    let partials = unsafe { cuda_capture::alloc::<f32>(&dev, acc_len + ml_len)? };
     let (part_acc, part_ml) = (partials.slice(..acc_len), partials.slice(acc_len..));
     let params = KernelParams {
         num_heads: shape.num_heads as u32,

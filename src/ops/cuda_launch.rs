@@ -4,7 +4,8 @@
 //! it in `follow_previous_kernel` (`kernels/cuda/dependent_launch.cuh`) before touching memory. That
 //! hides ~1 µs of launch and ramp-up at each boundary between bodega's kernels (docs/perf.md), which
 //! a decode step of a small model has hundreds of. cudarc's launch builder only submits plain
-//! launches, so this one collects the arguments itself. `BODEGA_CUDA_PDL=0` launches plainly.
+//! launches, so this one collects the arguments itself. Inside a captured graph each launch first
+//! sets its own dependencies (`cuda_capture`), or candle's memory nodes would cut the overlap. `BODEGA_CUDA_PDL=0` launches plainly.
 
 use super::cuda::KernelParams;
 use candle_core::cuda_backend::cudarc::driver::sys::{
@@ -90,6 +91,9 @@ impl<'a> KernelLaunch<'a> {
         value.programmaticStreamSerializationAllowed = 1;
         attribute.value = value;
         let dependent = dependent_launches(self.stream)?;
+        if dependent {
+            super::cuda_capture::link_next_kernel(self.stream)?;
+        }
         let config = CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -114,7 +118,7 @@ impl<'a> KernelLaunch<'a> {
 
 /// Whether launches on `stream`'s GPU are programmatic dependents: compute capability 9.0 or newer
 /// (where `griddepcontrol` exists) unless `BODEGA_CUDA_PDL=0`.
-fn dependent_launches(stream: &CudaStream) -> Result<bool> {
+pub(super) fn dependent_launches(stream: &CudaStream) -> Result<bool> {
     static ALLOWED: OnceLock<bool> = OnceLock::new();
     let allowed = *ALLOWED.get_or_init(|| std::env::var("BODEGA_CUDA_PDL").map_or(true, |v| v != "0"));
     let (major, _) = stream.context().compute_capability().w()?;

@@ -18,6 +18,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cuda")]
+pub mod cuda_capture;
+#[cfg(feature = "cuda")]
 mod cuda_launch;
 mod gated;
 mod gemv;

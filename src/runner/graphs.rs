@@ -6,13 +6,13 @@
 //! to [`BATCH_BUCKETS`] with rows that write nothing, block tables to a power of two — so that a few
 //! graphs serve every step. A graph holds the addresses of everything its kernels touch; candle's
 //! quantized matmuls move their workspaces when a bigger product comes (`ops::candle_scratch`), so
-//! after that every graph is captured again.
+//! after that every graph is captured again. Captures go through `ops::cuda_capture`, which keeps
+//! bodega's kernels programmatic dependents of the kernel before them across candle's memory nodes.
 
 use super::HostStep;
 use crate::error::{Error, Result};
 use crate::model::{Model, StepInput};
 use crate::ops::{self, PagedKvCache};
-use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, DType, Device, InplaceOp1, Layout, Tensor};
@@ -167,17 +167,18 @@ impl Captured {
         let device = Device::Cuda(cuda.clone());
         let logits = Tensor::zeros(rows, DType::F32, &device)?;
         let ids = Tensor::zeros(rows.0, DType::U32, &device)?;
-        let stream = cuda.cuda_stream();
-        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).w()?;
         // Every tensor of the pass is freed inside the capture, so the graph owns no memory between
         // replays but its intermediates; the capture always ends, even when an op failed.
-        let recorded = model.forward(&input, cache).and_then(|out| {
+        let (graph, ()) = ops::cuda_capture::capture(&cuda.cuda_stream(), || -> Result<()> {
+            let out = model.forward(&input, cache)?;
             logits.slice_set(&out, 0, 0)?;
             Ok(ids.slice_set(&ops::argmax_ids(&out)?, 0, 0)?)
-        });
-        let graph = stream.end_capture(CUgraphInstantiate_flags(0)).w();
-        recorded?;
-        let graph = graph?.ok_or_else(|| Error::InvalidRequest("the decode step's capture recorded nothing".into()))?;
+        })?;
+        let graph = graph.ok_or_else(|| Error::InvalidRequest("the decode step's capture recorded nothing".into()))?;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let (programmatic, kernels) = ops::cuda_capture::programmatic_edges(&graph)?;
+            tracing::debug!("decode graph: {kernels} kernels, {programmatic} of them programmatic dependents");
+        }
         graph.upload().w()?;
         Ok(Self { graph: Graph(graph), input, logits, ids })
     }
