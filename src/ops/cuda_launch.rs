@@ -5,7 +5,8 @@
 //! hides ~1 µs of launch and ramp-up at each boundary between bodega's kernels (docs/perf.md), which
 //! a decode step of a small model has hundreds of. cudarc's launch builder only submits plain
 //! launches, so this one collects the arguments itself. Inside a captured graph each launch first
-//! sets its own dependencies (`cuda_capture`), or candle's memory nodes would cut the overlap. `BODEGA_CUDA_PDL=0` launches plainly.
+//! sets its own dependencies (`cuda_capture`), or candle's memory nodes would cut the overlap.
+//! `BODEGA_CUDA_PDL=0` launches plainly.
 
 use super::cuda::KernelParams;
 use candle_core::cuda_backend::cudarc::driver::sys::{
