@@ -452,7 +452,11 @@ __device__ void paged_decode(const float *__restrict__ q, const T *__restrict__ 
 // whose 128k keys are 512 partitions a row, one round trip instead of four); it changes when loads
 // are issued, never the order of the sums. The grouping
 // depends on the head size alone, and partitions past a sequence's context add exact zeros, so a
-// sequence's result depends neither on the table width nor on the batch.
+// sequence's result depends neither on the table width nor on the batch. SLICES = 4 splits a row's
+// columns over 4 blocks of RED_THREADS / 4 threads (the same groups, a quarter of the columns each,
+// every column summed exactly as before): the few rows of one or two sequences then read their
+// partitions on 4× as many SMs, 0.2–0.5 µs sooner up to 64 partitions a row, but 0.5–1.8 µs later
+// over 128 to 512 (each block also reads every partition's maximum; docs/perf.md).
 #define RED_THREADS 256
 template <int CHUNK> struct ReduceChunk {
     float m[CHUNK], l[CHUNK];
@@ -491,28 +495,31 @@ template <int CHUNK> struct ReduceChunk {
     }
 };
 
-template <int CHUNK>
+template <int CHUNK, int SLICES>
 __device__ void paged_attention_reduce(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
                                        float *__restrict__ out, uint32_t num_tokens, uint32_t num_heads,
                                        uint32_t head_dim, uint32_t num_partitions) {
-    __shared__ float4 num_s[RED_THREADS];
-    __shared__ float den_s[RED_THREADS];
-    __shared__ float max_s[RED_THREADS / 32];
+    constexpr int THREADS = RED_THREADS / SLICES;
+    __shared__ float4 num_s[THREADS];
+    __shared__ float den_s[THREADS];
+    __shared__ float max_s[THREADS / 32];
     const size_t o = (size_t)blockIdx.x * num_heads + blockIdx.y;
     const size_t stride = (size_t)num_tokens * num_heads;
     const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const uint32_t cols = head_dim / 4, groups = RED_THREADS / cols;
-    const uint32_t c = threadIdx.x % cols, group = threadIdx.x / cols;
+    // The groups of the whole row (RED_THREADS threads over all its columns); this block sums its
+    // slice's columns, `cols` of them.
+    const uint32_t groups = RED_THREADS / (head_dim / 4), cols = head_dim / 4 / SLICES;
+    const uint32_t c = blockIdx.z * cols + threadIdx.x % cols, group = threadIdx.x / cols;
     ReduceChunk<CHUNK> chunk;
     chunk.load(part_acc, part_ml, group, groups, num_partitions, stride, o, head_dim, c);
     float m = -INFINITY;
-    for (uint32_t z = threadIdx.x; z < num_partitions; z += RED_THREADS) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
+    for (uint32_t z = threadIdx.x; z < num_partitions; z += THREADS) m = fmaxf(m, part_ml[2 * (z * stride + o)]);
     for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, off));
     if (lane == 0) max_s[warp] = m;
     __syncthreads();
     m = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < RED_THREADS / 32; w++) m = fmaxf(m, max_s[w]);
+    for (int w = 0; w < THREADS / 32; w++) m = fmaxf(m, max_s[w]);
     float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
     float den = 0.f;
     chunk.add_to(num, den, m);
@@ -524,15 +531,15 @@ __device__ void paged_attention_reduce(const float *__restrict__ part_acc, const
     den_s[threadIdx.x] = den;
     __syncthreads();
     if (threadIdx.x < cols) {
-        float4 sum = num_s[c];
-        float total = den_s[c];
+        float4 sum = num_s[threadIdx.x];
+        float total = den_s[threadIdx.x];
         for (uint32_t k = 1; k < groups; k++) {
-            const float4 g = num_s[k * cols + c];
+            const float4 g = num_s[k * cols + threadIdx.x];
             sum.x += g.x;
             sum.y += g.y;
             sum.z += g.z;
             sum.w += g.w;
-            total += den_s[k * cols + c];
+            total += den_s[k * cols + threadIdx.x];
         }
         reinterpret_cast<float4 *>(out + o * head_dim)[c] =
             make_float4(sum.x / total, sum.y / total, sum.z / total, sum.w / total);
@@ -543,18 +550,20 @@ __device__ void paged_attention_reduce(const float *__restrict__ part_acc, const
 // The token's count of partial results is step metadata, read before the wait (dependent_launch.cuh);
 // a token with none was written by its kernel. A launch always has a token with some, so the grid
 // still completes only after the kernels before it.
-#define PAGED_ATTENTION_REDUCE(CHUNK, MINB)                                                            \
-    extern "C" __global__ void __launch_bounds__(RED_THREADS, MINB) paged_attention_reduce_c##CHUNK(   \
+#define PAGED_ATTENTION_REDUCE(NAME, CHUNK, SLICES, MINB)                                              \
+    extern "C" __global__ void __launch_bounds__(RED_THREADS / SLICES, MINB) NAME(                      \
         const float *part_acc, const float *part_ml, const uint32_t *row_partials, float *out,          \
         uint32_t num_tokens, uint32_t num_heads, uint32_t head_dim) {                                  \
         const uint32_t partials = row_partials[blockIdx.x];                                            \
         follow_previous_kernel();                                                                      \
         if (partials > 0)                                                                              \
-            paged_attention_reduce<CHUNK>(part_acc, part_ml, out, num_tokens, num_heads, head_dim, partials); \
+            paged_attention_reduce<CHUNK, SLICES>(part_acc, part_ml, out, num_tokens, num_heads, head_dim, \
+                                                  partials);                                           \
     }
-PAGED_ATTENTION_REDUCE(2, 8)
-PAGED_ATTENTION_REDUCE(8, 1)
-PAGED_ATTENTION_REDUCE(32, 1)
+PAGED_ATTENTION_REDUCE(paged_attention_reduce_c2, 2, 1, 8)
+PAGED_ATTENTION_REDUCE(paged_attention_reduce_c8, 8, 1, 1)
+PAGED_ATTENTION_REDUCE(paged_attention_reduce_c8_s4, 8, 4, 1)
+PAGED_ATTENTION_REDUCE(paged_attention_reduce_c32, 32, 1, 1)
 
 #define PAGED_ATTENTION(NAME, T, D)                                                                    \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                              \

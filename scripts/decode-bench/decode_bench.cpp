@@ -33,12 +33,18 @@ struct AttnParams {
 static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule reduce_mod, int dyn_smem, uint32_t entry,
                         CUstream st, uint32_t seqs, uint32_t ctx, std::mt19937 &rng) {
     const uint32_t heads = 32, kv_heads = 8, block = 16;
-    // As src/ops/cuda.rs picks it; a reduction cubin from before `_c32` falls back to `_c8`.
+    // As src/ops/cuda.rs picks it; where that is `_c8_s4` (a row's columns over 4 blocks), `_c8`'s
+    // time is printed beside.
     const uint32_t rows = seqs * heads, partitions = ctx / 256;
-    CUfunction reduce;
-    if (rows > 64 || partitions <= 8 * 256 / (dim / 4) ||
-        cuModuleGetFunction(&reduce, reduce_mod, "paged_attention_reduce_c32") != CUDA_SUCCESS)
-        CHECK(cuModuleGetFunction(&reduce, reduce_mod, rows <= 256 ? "paged_attention_reduce_c8" : "paged_attention_reduce_c2"));
+    const bool sliced = rows <= 64 && partitions <= 64, widest = rows <= 64 && partitions > 8 * 256 / (dim / 4);
+    CUfunction reduce, unsliced = nullptr;
+    const uint32_t slices = sliced ? 4 : 1;
+    CHECK(cuModuleGetFunction(&reduce, reduce_mod,
+                              sliced   ? "paged_attention_reduce_c8_s4"
+                              : widest ? "paged_attention_reduce_c32"
+                              : rows <= 256 ? "paged_attention_reduce_c8"
+                                            : "paged_attention_reduce_c2"));
+    if (sliced) CHECK(cuModuleGetFunction(&unsliced, reduce_mod, "paged_attention_reduce_c8"));
     const uint32_t blocks_per_seq = ctx / block;
     const size_t cache_elems = (size_t)seqs * ctx * kv_heads * dim, bytes = 2 * cache_elems * 2;
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -79,22 +85,36 @@ static void time_decode(CUfunction decode, uint32_t g, uint32_t dim, CUmodule re
     uint32_t tokens = seqs, num_heads = heads, head_dim = dim;
     const char *pdl = getenv("DECODE_BENCH_PDL");
     const bool dependent = pdl && std::string(pdl) == "1";
-    auto launch = [&](int i, bool with_reduce) {
+    // `red`: the reduction to launch after the decode kernel (none: the decode kernel alone).
+    auto launch = [&](int i, CUfunction red, uint32_t red_slices) {
         void *args[] = {&q_d, &k[i % copies], &v[i % copies], &table_d, &cu_d, &lens_d, &dec_d, &out, &part_acc, &part_ml, &p};
         launch_kernel(decode, seqs, kv_heads * ((heads / kv_heads + g - 1) / g), parts, 128, dyn_smem, st, args, dependent);
-        if (with_reduce && parts > 1) {
+        if (red && parts > 1) {
             void *rargs[] = {&part_acc, &part_ml, &partials_d, &out, &tokens, &num_heads, &head_dim};
-            launch_kernel(reduce, tokens, num_heads, 1, 256, 0, st, rargs, dependent);
+            launch_kernel(red, tokens, num_heads, red_slices, 256 / red_slices, 0, st, rargs, dependent);
         }
     };
-    const double alone = time_calls(st, [&](int i) { launch(i, false); });
-    const double both = time_calls(st, [&](int i) { launch(i, true); });
-    std::vector<float> result(q.size());
-    CHECK(cuMemcpyDtoH(result.data(), out, result.size() * 4));
-    double sum = 0, abs_sum = 0;
-    for (float x : result) sum += x, abs_sum += fabs(x);
-    printf("%3u x %5u keys (%2d copies): decode %7.1f us, + reduce %7.1f us = %5.0f GB/s  checksum %.6e %.6e\n", seqs,
-           ctx, copies, alone, both, bytes / both / 1e3, sum, abs_sum);
+    // The output's sum and absolute sum: equal checksums, equal outputs.
+    auto checksum = [&]() {
+        std::vector<float> result(q.size());
+        CHECK(cuMemcpyDtoH(result.data(), out, result.size() * 4));
+        double sum = 0, abs_sum = 0;
+        for (float x : result) sum += x, abs_sum += fabs(x);
+        return std::make_pair(sum, abs_sum);
+    };
+    const double alone = time_calls(st, [&](int i) { launch(i, nullptr, 1); });
+    std::string beside;
+    if (unsliced) {
+        const double t = time_calls(st, [&](int i) { launch(i, unsliced, 1); });
+        const auto [sum, abs_sum] = checksum();
+        char text[128];
+        snprintf(text, sizeof text, "  (unsliced %7.1f us, checksum %.6e %.6e)", t, sum, abs_sum);
+        beside = text;
+    }
+    const double both = time_calls(st, [&](int i) { launch(i, reduce, slices); });
+    const auto [sum, abs_sum] = checksum();
+    printf("%3u x %5u keys (%2d copies): decode %7.1f us, + reduce %7.1f us = %5.0f GB/s  checksum %.6e %.6e%s\n", seqs,
+           ctx, copies, alone, both, bytes / both / 1e3, sum, abs_sum, beside.c_str());
     for (int c = 0; c < copies; c++) {
         CHECK(cuMemFree(k[c]));
         CHECK(cuMemFree(v[c]));
@@ -160,7 +180,7 @@ int main(int argc, char **argv) {
            dyn_smem, per_sm);
     std::mt19937 rng(7);  // the same inputs for every cubin: equal checksums mean equal outputs
     const uint32_t shapes[][2] = {{1, 256},  {1, 1024}, {1, 4096},  {1, 16384}, {1, 32768},
-                                  {4, 4096}, {16, 4096}, {64, 4096}, {64, 1024}, {16, 8192}, {4, 32768}};
+                                  {1, 65536}, {1, 131072}, {4, 4096}, {16, 4096}, {64, 4096}, {64, 1024}, {16, 8192}, {4, 32768}};
     for (const auto &shape : shapes) time_decode(decode, g, dim, reduce_mod, dyn_smem, entry, st, shape[0], shape[1], rng);
     return 0;
 }

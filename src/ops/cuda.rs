@@ -31,11 +31,17 @@ const REDUCE_THREADS: u32 = 256;
 /// than 2 (`_c2`: 8 blocks per SM, for the many rows of a prefill or a large batch). Up to 256 rows
 /// the wide kernel's blocks fit in one wave on an H100's 132 SMs. The kernels sum in the same order.
 const REDUCE_FEW_ROWS: usize = 256;
-/// Rows up to which a reduce over more partitions than `_c8` loads in one round trip takes `_c32`
-/// (32 at a time, one block per SM: one round trip for a 128k context's 512 partitions at head size
-/// 64, where `_c8` takes four): one or two sequences of 32 query heads. Over fewer partitions `_c8`
-/// stays (`_c32` measured 1.2–1.8 µs slower there, docs/perf.md).
+/// Rows up to which the reduce takes `_c8_s4` over at most [`REDUCE_SLICED_PARTITIONS`] partitions
+/// (each row's columns split over [`REDUCE_SLICES`] blocks, so that the few rows of one or two
+/// sequences of 32 query heads read on more SMs), and `_c32` over more partitions than `_c8` loads in
+/// one round trip (32 at a time: one round trip for a 128k context's 512 partitions at head size 64,
+/// where `_c8` takes four). docs/perf.md has the measurements behind both limits.
 const REDUCE_FEWEST_ROWS: usize = 64;
+/// The most partitions a row may have for the sliced reduce (`_s4` measured 0.2–0.5 µs faster up
+/// to 64, slower over 128 and more).
+const REDUCE_SLICED_PARTITIONS: usize = 64;
+/// Blocks a row's columns are split over by the sliced reduce (`SLICES` in `paged_attention.cu`).
+const REDUCE_SLICES: u32 = 4;
 /// Key of the slot mapping's upload in [`AttentionMetadata::uploads`].
 const SLOTS_UPLOAD: u32 = 0;
 /// Key of the attention kernel's packed metadata for `tokens_per_item` (1 + that number).
@@ -978,17 +984,16 @@ pub fn paged_attention(
         let rows = tokens * shape.num_heads;
         // `_c8`'s groups of `d / 4` threads take 8 partitions each per round trip.
         let one_round_c8 = 8 * REDUCE_THREADS as usize / (d / 4);
-        let chunk = if rows <= REDUCE_FEWEST_ROWS && partitions > one_round_c8 {
-            32
-        } else if rows <= REDUCE_FEW_ROWS {
-            8
-        } else {
-            2
+        let (name, slices) = match rows {
+            r if r <= REDUCE_FEWEST_ROWS && partitions <= REDUCE_SLICED_PARTITIONS => ("c8_s4", REDUCE_SLICES),
+            r if r <= REDUCE_FEWEST_ROWS && partitions > one_round_c8 => ("c32", 1),
+            r if r <= REDUCE_FEW_ROWS => ("c8", 1),
+            _ => ("c2", 1),
         };
-        let reduce = function(&dev, "paged_attention", &format!("paged_attention_reduce_c{chunk}"))?;
+        let reduce = function(&dev, "paged_attention", &format!("paged_attention_reduce_{name}"))?;
         let cfg = LaunchConfig {
-            grid_dim: (tokens as u32, shape.num_heads as u32, 1),
-            block_dim: (REDUCE_THREADS, 1, 1),
+            grid_dim: (tokens as u32, shape.num_heads as u32, slices),
+            block_dim: (REDUCE_THREADS / slices, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut builder = KernelLaunch::new(&stream, &reduce);
