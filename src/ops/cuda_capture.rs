@@ -18,8 +18,9 @@
 //! kernel (`follow_previous_kernel`) before it reads or writes anything but the step's metadata, every
 //! allocation precedes the kernels that use it, and every free follows the last use of its buffer, so
 //! the graph's allocator only reuses memory as the graph orders it (a kernel or two later than in a
-//! plain capture). Allocations hung off earlier kernels instead made replays 10–40× slower on the
-//! H200 (docs/perf.md); off frees alone (or as roots) they cost nothing.
+//! plain capture). Allocations hung off earlier kernels instead made replays 6–8× (a chain of small
+//! kernels) to 40–54× (a decode step) slower on the H200 (docs/perf.md); off frees alone (or as
+//! roots) they cost nothing.
 
 use super::cuda_launch::dependent_launches;
 use candle_core::cuda_backend::cudarc::driver::sys::{
