@@ -26,25 +26,19 @@
 # accepted) and on the synthetic 1B (random weights: nothing is accepted, the cost alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bodega-benchmarks.sh
+source scripts/cuda-release-build.sh
 # BODEGA_DEVICE_DIR: another folder than .device/, so that two people can pack without clobbering.
 dev=${BODEGA_DEVICE_DIR:-.device}
 
 pack() {
   eval "$(../shared/tools/cuda-toolchain.sh)"
   export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-target-cuda}
-  # LTO off: the GPU does the work; a fat-LTO build of candle's CUDA backend takes far longer here.
-  export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
-  # One cargo invocation builds both: a separate `cargo build --bin bodega` resolves features without
-  # the dev-dependencies and rebuilds candle from scratch.
-  local test_bin
-  test_bin=$(cargo test --release --features cuda --locked --test gpu --no-run --message-format=json \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable"): print(m["executable"])')
+  local built
+  built=$(cuda_release_build)
   mkdir -p "$dev"
-  strip -o "$dev/bodega" "$CARGO_TARGET_DIR/release/bodega"
-  strip -o "$dev/gpu" "$test_bin"
+  strip -o "$dev/bodega" "$(sed -n 1p <<<"$built")"
+  strip -o "$dev/gpu" "$(sed -n 2p <<<"$built")"
   # -9: the binaries, the model and the tracked files must fit the 64 MiB carry together.
   xz -f -T2 -9 "$dev/bodega" "$dev/gpu"
   local model
@@ -101,24 +95,16 @@ PY
       decode_of_many_sequences mixed_batches a_sequence_gets_bitwise decode_graph_replays_match_eager_steps \
       engine_on_cuda_graph_replays_keep_the_outputs 2>&1 | tee "$out/gpu-tests-plain-launches.log" || true
   fi
-  local peak=${PEAK_GBS:-3350}
   # `eager`: the same benchmarks with --eager (every step op by op, no CUDA graphs), files *-eager.*;
   # `sampled`: with --temperature 0.8 (bench's top-k 40, top-p 0.95), files *-sampled.*
   local mode
   for mode in bench eager sampled; do
     [[ $phases == *$mode* ]] || continue
-    local flag=() tag=""
-    [ "$mode" = eager ] && flag=(--eager) tag=-eager
-    [ "$mode" = sampled ] && flag=(--temperature 0.8) tag=-sampled
-    for type in f16 q8_0; do
-      timeout 120 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --depth 0 --input-len 512 \
-        --output-len 128 --repeat 3 --warmup 1 --peak-bandwidth "$peak" --ctx-size 4096 --kv-memory 4G "${flag[@]}" \
-        --json "$out/bodega-$type-single$tag.json" 2>&1 | tee "$out/bodega-$type-single$tag.log" || true
-      # Rows of 10 × N requests each (bench's default), N in flight.
-      timeout 180 "$bin/bodega" --device cuda -q bench --synthetic "llama-3.2-1b:$type" --concurrency 1,4,16,64 \
-        --warmup 2 --input-len 128 --output-len 128 --max-seqs 64 --ctx-size 512 --kv-memory 4G "${flag[@]}" \
-        --peak-bandwidth "$peak" --json "$out/bodega-$type-sweep$tag.json" 2>&1 | tee "$out/bodega-$type-sweep$tag.log" || true
-    done
+    case $mode in
+      bench) bodega_benchmarks "$bin/bodega" "$out" "" ;;
+      eager) bodega_benchmarks "$bin/bodega" "$out" -eager --eager ;;
+      sampled) bodega_benchmarks "$bin/bodega" "$out" -sampled --temperature 0.8 ;;
+    esac
   done
   if [[ $phases == *spec* ]]; then
     local spec=(--config bench-configs/copy-edit.toml --speculative ngram --spec-compare --spec-max-batch 64

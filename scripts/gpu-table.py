@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Prints the table scripts/gpu-check.sh ends with, from the logs and reports it wrote in DIR:
-test results, attention kernel throughput, and bodega vs llama.cpp on a synthetic Llama-3.2-1B."""
+test results, attention kernel throughput, and bodega vs llama.cpp on a synthetic Llama-3.2-1B.
+With `--ab DIR ROUNDS LABEL...`, the table scripts/gpu-ab.sh ends with: each revision's figures per
+round (reports tagged `-LABEL-rROUND`) and their ratios to the first revision's."""
 import json
 import os
 import re
@@ -132,7 +134,34 @@ def depth_table(d):
             print(f"| {t} prompt pp512 @ d{depth} (tok/s) | {fmt(bp)} | {fmt(lp)} | {ratio(bp, lp)} |")
 
 
+def ab_table(d, rounds, labels):
+    """Each revision's figures per round, then each later revision's ratio to the first, per round."""
+    tags = {label: [f"-{label}-r{r}" for r in range(1, rounds + 1)] for label in labels}
+    base = labels[0]
+    header = labels + [f"{label} / {base}" for label in labels[1:]]
+    order = " / ".join(str(r) for r in range(1, rounds + 1))
+    print(f"| synthetic Llama-3.2-1B, rounds {order} | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
+    cell = lambda xs: " / ".join(fmt(x) for x in xs)
+    ratios = lambda xs, ys: " / ".join(ratio(x, y) for x, y in zip(xs, ys))
+    for t in ["f16", "q8_0"]:
+        rows = [(f"{t} decode tg128 (tok/s)", lambda tag: bodega_single(d, t, tag)[1]),
+                (f"{t} prompt pp512 (tok/s)", lambda tag: bodega_single(d, t, tag)[0])]
+        rows += [(f"{t} aggregate decode, {n} seqs (tok/s)", lambda tag, n=n: bodega_batch(d, t, n, tag))
+                 for n in [1, 4, 16, 64]]
+        for name, value in rows:
+            figures = {label: [value(tag) for tag in tags[label]] for label in labels}
+            if all(x is None for xs in figures.values() for x in xs):
+                continue
+            cells = [cell(figures[label]) for label in labels]
+            cells += [ratios(figures[label], figures[base]) for label in labels[1:]]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main():
+    if sys.argv[1] == "--ab":
+        ab_table(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+        return
     d = sys.argv[1]
     print(f"device: {read(os.path.join(d, 'device.txt')).strip()}")
     tests = read(os.path.join(d, "gpu-tests.log"))
