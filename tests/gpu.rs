@@ -1017,6 +1017,76 @@ fn rope_kv_write_on_cuda_matches_the_cpu_rope_and_kv_write() {
     }
 }
 
+/// The tensor-core decode kernel starts reading a sequence's older keys while the kernel before it
+/// still runs (`kernels/cuda/dependent_launch.cuh`), never its newest key and value: here, as in a
+/// decode step, the fused RoPE + cache write writes every newest key and value (their slots poisoned
+/// before) right before the attention op, whose metadata is already uploaded so that no copy
+/// separates the two kernels. Against the same two ops on the CPU. Newest keys in a warp's first
+/// tiles (held back from the early copies and copied after the wait: left out or misplaced, the
+/// row would hold another key) and in later ones, in short and full partitions; head sizes 64 and
+/// 128 (two tiles in flight a warp, and one). Whether a read of the newest key before the wait would
+/// see its poison depends on timing: a build that read it early passed on an H200 (docs/perf.md).
+#[test]
+fn decode_reads_the_newest_keys_the_kernel_before_wrote() {
+    let dev = cuda();
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let contexts = [1, 17, 100, 300, 1000, 4097, 4200, 4351, 5000, 8192];
+    for dim in [64, 128] {
+        let case = Case { heads: 32, kv_heads: 8, dim, seqs: contexts.map(|ctx| (ctx, 1)).to_vec(), window: 0 };
+        let mut x = case.inputs(&mut rng);
+        // Cached keys and values the f16 cache holds exactly, so that both sides start equal.
+        for cache in [&mut x.k_cache, &mut x.v_cache] {
+            *cache = Tensor::from_slice(cache, cache.len(), &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F16)?.to_dtype(DType::F32)?.to_vec1())
+                .unwrap();
+        }
+        let t = contexts.len();
+        let (heads, kv_heads) = (case.heads, case.kv_heads);
+        let new_k = random(&mut rng, t * kv_heads * dim);
+        let new_v = random(&mut rng, t * kv_heads * dim);
+        let angles = random(&mut rng, t * dim / 2);
+        let shape = case.cache_shape(x.num_blocks);
+        let scale = 1.0 / (dim as f32).sqrt();
+        // RoPE + cache write, then attention, on `device` over caches of `dtype` made from `k`, `v`.
+        let step = |device: &Device, dtype: DType, k: &[f32], v: &[f32], warm_up: bool| -> Vec<f32> {
+            let tensor = |data: &[f32], shape: &[usize]| Tensor::from_slice(data, shape, device).unwrap();
+            let (q, kt, vt) = (
+                tensor(&x.q, &[t, heads, dim]),
+                tensor(&new_k, &[t, kv_heads, dim]),
+                tensor(&new_v, &[t, kv_heads, dim]),
+            );
+            let angles = (tensor(&angles, &[t, 1, dim / 2]) * 3.0).unwrap();
+            let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+            let tables = bodega::ops::RopeTables { cos: &cos, sin: &sin, interleaved: true };
+            let caches = || {
+                let cache = |c: &[f32]| Tensor::from_slice(c, shape, device).unwrap().to_dtype(dtype).unwrap();
+                (cache(k), cache(v))
+            };
+            if warm_up {
+                let (k_cache, v_cache) = caches();
+                let q = bodega::ops::rope_kv_write(&q, &kt, &vt, tables, &x.meta, (&k_cache, &v_cache)).unwrap();
+                drop(paged_attention(&q, &k_cache, &v_cache, &x.meta, scale, 0).unwrap());
+            }
+            let (k_cache, v_cache) = caches();
+            let q = bodega::ops::rope_kv_write(&q, &kt, &vt, tables, &x.meta, (&k_cache, &v_cache)).unwrap();
+            let out = paged_attention(&q, &k_cache, &v_cache, &x.meta, scale, 0).unwrap();
+            out.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let want = step(&Device::Cpu, DType::F32, &x.k_cache, &x.v_cache, false);
+        let row = kv_heads * dim;
+        for &slot in &x.meta.slot_mapping {
+            for cache in [&mut x.k_cache, &mut x.v_cache] {
+                cache[slot as usize * row..(slot as usize + 1) * row].fill(POISON);
+            }
+        }
+        let got = step(&dev, DType::F16, &x.k_cache, &x.v_cache, true);
+        assert!(got.iter().all(|v| v.is_finite()), "head size {dim}: a poisoned newest key or value was read");
+        let err = relative_error(&got, &want);
+        println!("newest keys written right before the decode, head size {dim}: relative error {err:.2e}");
+        assert!(err < tolerance(&case, DType::F16), "head size {dim}: relative error {err:e}");
+    }
+}
+
 /// Seconds of GPU time per call of `f`: `iters` calls captured into one CUDA graph and replayed, so
 /// that the host's per-op cost (which `time_per_call` includes) drops out. `f` must not upload.
 fn gpu_time_per_call(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {

@@ -94,6 +94,7 @@ struct DecodeBlock {
     uint32_t part_lo;         // the partition's first position
     uint32_t lo, hi;          // the keys the query sees in it, [lo, hi) (lo ≥ hi: none)
     uint32_t n;               // keys [0, n) relative to part_lo may be live
+    uint32_t newest;          // the sequence's newest key relative to part_lo (≥ n: not in the partition)
 };
 
 // A short context (PART < ctx <= SHORT_CTX) is cut finer, SHORT_PART keys: a single sequence of a
@@ -127,5 +128,6 @@ __device__ __forceinline__ DecodeBlock decode_block(const uint32_t *__restrict__
     b.lo = max(win_lo, b.part_lo);
     b.hi = min(ctx, b.part_lo + part_keys);
     b.n = b.lo < b.hi ? b.hi - b.part_lo : 0;
+    b.newest = pos - b.part_lo;  // wraps past n when the partition starts after it
     return b;
 }

@@ -3,7 +3,10 @@
 // while the kernel before it in the stream finishes, hiding ~1 µs of launch and ramp-up at each
 // boundary between them (docs/perf.md). The contract: every kernel calls `follow_previous_kernel`
 // before it reads or writes any memory but the step's attention metadata (block tables, lengths:
-// uploaded before the step's first kernel), which the decode kernels read first.
+// uploaded before the step's first kernel), which the decode kernels read first, and, in the
+// tensor-core decode kernel, a decoding sequence's keys and values before its newest: the engine
+// wrote those in earlier steps, and this step's cache write (the kernel before) only the newest.
+// Whatever runs `paged_attention` must keep that: no kernel right before it writes older keys.
 #pragma once
 
 // Waits until the previous kernel in the stream has completed and its writes are visible (at once

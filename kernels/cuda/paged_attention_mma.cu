@@ -57,6 +57,8 @@ template <bool trans> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[
 
 // A position outside [lo, hi) in a tile's slots: nothing is read.
 #define NO_SLOT 0xffffffffu
+// No key held back from a decode tile's copies (`WarpTiles::issue`).
+#define NO_KEY 0xffffffffu
 
 // Thread i copies 16-byte chunk i % CH of tile positions i / CH, + THREADS / CH, ...: the cache
 // slots of those positions in the tile at tile_start (keys and values share them).
@@ -370,8 +372,9 @@ template <typename T, int D> struct WarpTiles {
         __syncwarp();
     }
     // Starts tile s's copies, keys and values (keys outside [first, n) become zeros; nothing past the
-    // stream's end), and commits them as one group.
-    __device__ __forceinline__ void issue(int s) const {
+    // stream's end), and commits them as one group. Key `held` (partition-relative) is left out: the
+    // newest key, while the kernel before may still be writing it (`copy_newest`).
+    __device__ __forceinline__ void issue(int s, uint32_t held = NO_KEY) const {
         if (s < tiles) {
             T *slot = stage + (s % C::DEPTH) * C::STAGE;
 #pragma unroll
@@ -380,11 +383,29 @@ template <typename T, int D> struct WarpTiles {
                 const uint32_t j = key0(s) + r;
                 const bool live = j >= first && j < n;
                 const size_t at = live ? ((size_t)slots[s * C::KEYS + r] * num_kv_heads + kv_head) * D + c * 8 : 0;
+                if (j == held) continue;
                 copy16_async(slot + staged_at<D>(r, c), k_cache + at, live);
                 copy16_async(slot + C::KEYS * C::S + staged_at<D>(r, c), v_cache + at, live);
             }
         }
         commit_async();
+    }
+    // Copies key `newest` (partition-relative) and its value into their staged rows when `issue` left
+    // them out (a tile among the first DEPTH), with plain loads once the kernel before has finished.
+    __device__ __forceinline__ void copy_newest(uint32_t newest) const {
+#pragma unroll
+        for (int s = 0; s < C::DEPTH; s++) {
+            if (s >= tiles || newest - key0(s) >= (uint32_t)C::KEYS) continue;
+            T *slot = stage + s * C::STAGE;
+            const int r = (int)(newest - key0(s));
+            for (int c = lane; c < C::CHUNKS; c += 32) {
+                const size_t at = ((size_t)slots[s * C::KEYS + r] * num_kv_heads + kv_head) * D + c * 8;
+                const uint4 key = __ldcg(reinterpret_cast<const uint4 *>(k_cache + at));
+                const uint4 value = __ldcg(reinterpret_cast<const uint4 *>(v_cache + at));
+                *reinterpret_cast<uint4 *>(slot + staged_at<D>(r, c)) = key;
+                *reinterpret_cast<uint4 *>(slot + C::KEYS * C::S + staged_at<D>(r, c)) = value;
+            }
+        }
     }
     // Waits for tile s (the oldest of DEPTH groups in flight) and every lane's copies of it.
     __device__ __forceinline__ const T *take(int s) const {
@@ -425,11 +446,13 @@ __device__ void paged_decode_mma(const float *__restrict__ q, const T *__restric
                              n, lo < hi ? lo - part_lo : 0, kv_head, p.num_kv_heads,
                              tiles > warp ? (tiles - warp + WARPS - 1) / WARPS : 0, warp, lane};
     wt.look_up(blk, p.block_size);
-    // Only the step's metadata was read so far (uploaded before the step's first kernel): this much
-    // overlaps the kernel before, which wrote the queries and the new keys (dependent_launch.cuh).
-    follow_previous_kernel();
+    // The step's metadata (uploaded before the step's first kernel) and the keys and values before the
+    // sequence's newest (written in earlier steps) are read while the kernel before finishes: it wrote
+    // the queries and the newest key and value, which are read after it (dependent_launch.cuh).
 #pragma unroll
-    for (int s = 0; s < C::DEPTH; s++) wt.issue(s);
+    for (int s = 0; s < C::DEPTH; s++) wt.issue(s, blk.newest);
+    follow_previous_kernel();
+    wt.copy_newest(blk.newest);
 
     // Qᵀ's fragments (the mma's B): head g of the block, dims kk·16 + 2t, + 1 (b0) and + 8, + 9 (b1).
     uint32_t qb[D / 16][2];

@@ -8,7 +8,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Attention output `[T, num_heads, head_dim]` for queries `q` (same shape) over the paged caches
 /// `[num_blocks, block_size, num_kv_heads, head_dim]`, as laid out by `meta`. `window` limits each
-/// query to the last `window` keys (0: no limit).
+/// query to the last `window` keys (0: no limit). On CUDA the decode kernel starts reading a decoding
+/// sequence's keys before its newest while the kernel before it still runs (the engine writes them in
+/// earlier steps): a caller must not write those with the kernel right before this op.
 pub fn paged_attention(
     q: &Tensor,
     k_cache: &Tensor,
