@@ -42,12 +42,12 @@ struct WorkItem {
 };
 
 // Reads the block's work item (`work`: sequence, first query row, token count) from the step's
-// metadata, with the key range it sees in partition `part`.
+// metadata, with the key range it sees in partitions `part` .. `part + parts - 1`.
 __device__ __forceinline__ WorkItem work_item(const uint32_t *__restrict__ block_tables,
                                               const uint32_t *__restrict__ cu_query_lens,
                                               const uint32_t *__restrict__ context_lens,
                                               const uint32_t *__restrict__ work, const AttnParams &p,
-                                              uint32_t part) {
+                                              uint32_t part, uint32_t parts = 1) {
     WorkItem w;
     const uint32_t seq = work[3 * blockIdx.x], n_tok = work[3 * blockIdx.x + 2];
     w.row0 = work[3 * blockIdx.x + 1];
@@ -65,7 +65,7 @@ __device__ __forceinline__ WorkItem work_item(const uint32_t *__restrict__ block
     w.pos_first = ctx - q_len + (w.row0 - q_start);
     const uint32_t pos_last = w.pos_first + n_tok - 1;
     const uint32_t win_lo = (p.window == 0 || w.pos_first + 1 < p.window) ? 0 : w.pos_first + 1 - p.window;
-    const uint32_t part_lo = part * PART, part_hi = part_lo + PART;
+    const uint32_t part_lo = part * PART, part_hi = (part + parts) * PART;
     w.lo = max(win_lo, part_lo);
     w.hi = min(pos_last + 1, part_hi);
     return w;

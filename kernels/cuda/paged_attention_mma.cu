@@ -5,7 +5,7 @@
 //
 // One thread block (W warps, MmaShape below) = one work item (up to R = 16·W query rows: consecutive
 // tokens of one sequence × the query heads of one KV head's group) × one KV head × P consecutive
-// partitions of PART keys, taken one after another into one online softmax and written as one
+// partitions of PART keys, walked as one stream of tiles into one online softmax and written as one
 // partial result (slot blockIdx.z; the output itself when the grid has one block along the context):
 // a long prompt chunk's partial results were a quarter of its attention's time when each partition
 // was written and read back by the reduction (docs/perf.md). Each warp
@@ -110,14 +110,13 @@ __device__ __forceinline__ void stage_queries(T *q_s, const float *__restrict__ 
     }
 }
 
-// One partition of the block's rows added to the online softmax state: the unnormalised output o, the
-// max m (log2 units) and each lane's part of the denominator l, over keys [w.lo, w.hi). The queries
-// are staged on the first call that has keys (`staged`); shared tiles are free again when it returns.
+// The block's rows over keys [w.lo, w.hi) (all of its partitions: one stream of tiles, so that the
+// next tile is in flight at every partition boundary too) into the online softmax state: the
+// unnormalised output o, the max m (log2 units) and each lane's part of the denominator l.
 template <typename T, int D, int W>
-__device__ __forceinline__ void attend_partition(float (&o)[D / 8][4], float (&m)[2], float (&l)[2], T *q_s, T *k_s,
-                                                 T *v_s, bool &staged, const float *__restrict__ q,
-                                                 const T *__restrict__ k_cache, const T *__restrict__ v_cache,
-                                                 const WorkItem &w, const AttnParams &p) {
+__device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2], float (&l)[2], T *q_s, T *k_s, T *v_s,
+                                            const float *__restrict__ q, const T *__restrict__ k_cache,
+                                            const T *__restrict__ v_cache, const WorkItem &w, const AttnParams &p) {
     using C = MmaTile<D, W>;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int t = lane % 4;  // column pair t of rows lane / 4 and lane / 4 + 8 of the warp's 16
@@ -135,8 +134,7 @@ __device__ __forceinline__ void attend_partition(float (&o)[D / 8][4], float (&m
     commit_async();
     copy_tile_async<T, D, W>(v_s, v_cache, slots, w.kv_head, p);
     commit_async();
-    if (!staged) stage_queries<T, D, W>(q_s, q, w, p);  // while the first tile loads
-    staged = true;
+    stage_queries<T, D, W>(q_s, q, w, p);  // while the first tile loads
     for (; tile_start < w.hi; tile_start += C::KT) {
         wait_async<1>();  // this tile's keys (its values may still be in flight)
         __syncthreads();
@@ -272,9 +270,9 @@ __device__ __forceinline__ void write_partition(const float (&o)[D / 8][4], cons
     }
 }
 
-// Partitions blockIdx.z · P .. + P - 1 of one work item, one after another into one online softmax
-// (the queries staged once), written as partial result blockIdx.z; its arithmetic is the same
-// whichever work item takes those rows.
+// Partitions blockIdx.z · P .. + P - 1 of one work item, one stream of tiles into one online softmax,
+// written as partial result blockIdx.z; its arithmetic is the same whichever work item takes those
+// rows.
 template <typename T, int D, int W, int P>
 __device__ void paged_attention_mma(const float *__restrict__ q, const T *__restrict__ k_cache,
                                     const T *__restrict__ v_cache, const uint32_t *__restrict__ block_tables,
@@ -287,19 +285,14 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
     T *q_s = reinterpret_cast<T *>(smem);
     T *k_s = q_s + C::R * C::S;
     T *v_s = k_s + C::KT * C::S;
-    bool staged = false;
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < D / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[n][e] = 0.f;
-    const uint32_t end = min((blockIdx.z + 1) * P, p.num_partitions);
-    for (uint32_t part = blockIdx.z * P; part < end; part++) {
-        const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, part);
-        attend_partition<T, D, W>(o, m, l, q_s, k_s, v_s, staged, q, k_cache, v_cache, w, p);
-    }
-    // The rows and heads of a work item do not depend on the partition.
-    const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, blockIdx.z * P);
+    const uint32_t first = blockIdx.z * P, parts = min(first + P, p.num_partitions) - first;
+    const WorkItem w = work_item(block_tables, cu_query_lens, context_lens, work, p, first, parts);
+    attend_keys<T, D, W>(o, m, l, q_s, k_s, v_s, q, k_cache, v_cache, w, p);
     write_partition<D>(o, m, l, w, p, blockIdx.z, out, part_acc, part_ml);
 }
 
