@@ -12,8 +12,8 @@
 // owns 16 rows (a warp with only padding rows computes nothing). The queries are staged once in
 // shared memory as the cache's type (pre-scaled by scale·log2 e, so the softmax is exp2), the SMEM
 // bytes below being launched as dynamic shared memory; keys and values are walked in tiles of KT
-// positions at absolute multiples of KT, copied into padded shared tiles with cp.async (the next
-// tile's keys load during this tile's P·V, its values during the next tile's Q·Kᵀ). Per tile and
+// positions at absolute multiples of KT, copied into padded shared tiles with cp.async, two tiles
+// in flight (the next tile's keys and values load during this whole tile). Per tile and
 // warp: S = Q·Kᵀ with mma.sync m16n8k16 (f16/bf16 in, f32 accumulation), masking and an online
 // softmax on the accumulator fragments, P rounded to the cache type, O += P·V with mma.sync.
 //
@@ -34,7 +34,8 @@ template <int D, int W> struct MmaTile {
     static constexpr int KT = D == 256 ? 32 : 64;     // keys per tile (fewer at 256: registers)
     static constexpr int S = D + 8;                   // padded row, in elements
     static constexpr int CH = D / 8;                  // 16-byte chunks per row
-    static constexpr int SMEM = (R + 2 * KT) * S * 2; // bytes of dynamic shared memory
+    static constexpr int TILE = KT * S;               // elements of one staged tile of keys or values
+    static constexpr int SMEM = (R + 4 * KT) * S * 2; // bytes of dynamic shared memory: two stages
     static constexpr int LOADS = KT * CH / THREADS;   // 16-byte copies per thread per tile
 };
 
@@ -127,17 +128,25 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
     for (int h = 0; h < 2; h++) row_range(w, p, warp * 16 + lane / 4 + 8 * h, first[h], last[h]);
     if (w.lo >= w.hi) return;
 
+    // Two tiles in flight: stage i holds the keys and values of tiles i, i + 2, ... (one copy group
+    // a tile), so that each tile has a whole tile's work to land in.
     uint32_t tile_start = w.lo / C::KT * C::KT;
     uint32_t slots[C::LOADS];
-    tile_slots<D, W>(slots, w, tile_start, p);
-    copy_tile_async<T, D, W>(k_s, k_cache, slots, w.kv_head, p);
-    commit_async();
-    copy_tile_async<T, D, W>(v_s, v_cache, slots, w.kv_head, p);
-    commit_async();
-    stage_queries<T, D, W>(q_s, q, w, p);  // while the first tile loads
-    for (; tile_start < w.hi; tile_start += C::KT) {
-        wait_async<1>();  // this tile's keys (its values may still be in flight)
+    const auto issue = [&](uint32_t at, int stage) {
+        if (at < w.hi) {
+            tile_slots<D, W>(slots, w, at, p);
+            copy_tile_async<T, D, W>(k_s + stage * C::TILE, k_cache, slots, w.kv_head, p);
+            copy_tile_async<T, D, W>(v_s + stage * C::TILE, v_cache, slots, w.kv_head, p);
+        }
+        commit_async();
+    };
+    issue(tile_start, 0);
+    issue(tile_start + C::KT, 1);
+    stage_queries<T, D, W>(q_s, q, w, p);  // while the first tiles load
+    for (int stage = 0; tile_start < w.hi; tile_start += C::KT, stage ^= 1) {
+        wait_async<1>();  // this tile (the next may still be in flight)
         __syncthreads();
+        const T *keys = k_s + stage * C::TILE, *values = v_s + stage * C::TILE;
         // S = Q·Kᵀ: 16 rows × KT keys per warp, fragment s[n] = keys n·8 .. n·8 + 7.
         float s[C::KT / 8][4];
         if (live) {
@@ -152,7 +161,7 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
 #pragma unroll
                 for (int n2 = 0; n2 < C::KT / 16; n2++) {
                     uint32_t b[4];
-                    ldmatrix_x4<false>(b, k_s + (n2 * 16 + lane / 16 * 8 + lane % 8) * C::S + kk * 16 + (lane / 8 % 2) * 8);
+                    ldmatrix_x4<false>(b, keys + (n2 * 16 + lane / 16 * 8 + lane % 8) * C::S + kk * 16 + (lane / 8 % 2) * 8);
                     Mma<T>::mma(s[2 * n2], a, b[0], b[1]);
                     Mma<T>::mma(s[2 * n2 + 1], a, b[2], b[3]);
                 }
@@ -200,14 +209,6 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
                 for (int e = 0; e < 4; e++) o[n][e] *= alpha[e / 2];
         }
 
-        wait_async<0>();  // this tile's values
-        __syncthreads();  // ... for every warp, and every warp is done with the keys
-        const uint32_t next = tile_start + C::KT;
-        if (next < w.hi) {
-            tile_slots<D, W>(slots, w, next, p);
-            copy_tile_async<T, D, W>(k_s, k_cache, slots, w.kv_head, p);
-        }
-        commit_async();
         // O += P·V: P's accumulator fragments are the A fragments of 16 keys (two n-tiles).
         if (live) {
 #pragma unroll
@@ -218,15 +219,14 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
 #pragma unroll
                 for (int n2 = 0; n2 < D / 16; n2++) {
                     uint32_t b[4];
-                    ldmatrix_x4<true>(b, v_s + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * C::S + n2 * 16 + lane / 16 * 8);
+                    ldmatrix_x4<true>(b, values + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * C::S + n2 * 16 + lane / 16 * 8);
                     Mma<T>::mma(o[2 * n2], a, b[0], b[1]);
                     Mma<T>::mma(o[2 * n2 + 1], a, b[2], b[3]);
                 }
             }
         }
-        __syncthreads();  // every warp is done with the values
-        if (next < w.hi) copy_tile_async<T, D, W>(v_s, v_cache, slots, w.kv_head, p);
-        commit_async();
+        __syncthreads();  // every warp is done with this stage
+        issue(tile_start + 2 * C::KT, stage);
     }
 }
 
@@ -284,7 +284,7 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
     extern __shared__ uint4 smem[];
     T *q_s = reinterpret_cast<T *>(smem);
     T *k_s = q_s + C::R * C::S;
-    T *v_s = k_s + C::KT * C::S;
+    T *v_s = k_s + 2 * C::TILE;
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < D / 8; n++)
