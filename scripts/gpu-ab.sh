@@ -7,6 +7,11 @@
 #   scripts/gpu-ab.sh run [ROUNDS]  # there, from the repo root: each revision's benchmarks in turn,
 #                                   # ROUNDS times (default 2), a table last; reports packed into
 #                                   # $OUT/gpu-ab.tgz beside $OUT/ab.md when $OUT is set
+#   scripts/gpu-ab.sh tests ROUNDS TEST...  # there: those GPU tests (tests/gpu.rs, --exact) of each
+#                                   # revision in turn, ROUNDS times: their printed measurements
+#
+# With AB_GPU_TESTS=1, pack also keeps each revision's GPU test binary (~8 MB more a revision), for
+# `tests` (kernel measurements such as attention_kernel_throughput, revision against revision).
 #
 # pack builds each revision in a git worktree with scripts/gpu-check.sh's cargo invocation and
 # target folder (CUDA_TARGET_DIR, default target-cuda), so only bodega itself recompiles: ~2–3 min
@@ -35,6 +40,10 @@ pack() {
     built=$(cd "$src" && cuda_release_build)
     strip -o "$dir/bodega-$label" "$(sed -n 1p <<<"$built")"
     xz -T2 -9 "$dir/bodega-$label"
+    if [[ ${AB_GPU_TESTS:-0} == 1 ]]; then
+      strip -o "$dir/gpu-$label" "$(sed -n 2p <<<"$built")"
+      xz -T2 -9 "$dir/gpu-$label"
+    fi
     echo "$label" >>"$dir/revisions.txt"
     [[ $rev == now ]] || git worktree remove --force "$src"
   done
@@ -65,8 +74,27 @@ run() {
   fi
 }
 
+tests() {
+  local rounds=$1 label round
+  shift
+  export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/nvidia/lib64
+  local labels
+  mapfile -t labels <"$dir/revisions.txt"
+  for label in "${labels[@]}"; do
+    xz -dc "$dir/gpu-$label.xz" >"/tmp/gpu-$label"
+    chmod +x "/tmp/gpu-$label"
+  done
+  for round in $(seq "$rounds"); do
+    for label in "${labels[@]}"; do
+      echo "== round $round, $label"
+      "/tmp/gpu-$label" --test-threads=1 --nocapture --exact "$@" 2>&1 | grep -v '^$'
+    done
+  done
+}
+
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   run) shift; run "$@" ;;
+  tests) shift; tests "$@" ;;
   *) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 2 ;;
 esac

@@ -12,8 +12,9 @@
 // owns 16 rows (a warp with only padding rows computes nothing). The queries are staged once in
 // shared memory as the cache's type (pre-scaled by scale·log2 e, so the softmax is exp2), the SMEM
 // bytes below being launched as dynamic shared memory; keys and values are walked in tiles of KT
-// positions at absolute multiples of KT, copied into padded shared tiles with cp.async, two tiles
-// in flight (the next tile's keys and values load during this whole tile). Per tile and
+// positions at absolute multiples of KT, copied into padded shared tiles with cp.async (the next
+// tile's keys and values in flight during this whole tile at head size 64; elsewhere its keys load
+// during this tile's P·V, its values during its own Q·Kᵀ). Per tile and
 // warp: S = Q·Kᵀ with mma.sync m16n8k16 (f16/bf16 in, f32 accumulation), masking and an online
 // softmax on the accumulator fragments, P rounded to the cache type, O += P·V with mma.sync.
 //
@@ -35,7 +36,10 @@ template <int D, int W> struct MmaTile {
     static constexpr int S = D + 8;                   // padded row, in elements
     static constexpr int CH = D / 8;                  // 16-byte chunks per row
     static constexpr int TILE = KT * S;               // elements of one staged tile of keys or values
-    static constexpr int SMEM = (R + 4 * KT) * S * 2; // bytes of dynamic shared memory: two stages
+    // Tiles of keys and values in shared memory: two (the next in flight during a whole tile) at head
+    // size 64; one at 128 (the shared memory of two would cost a block per SM: docs/perf.md) and 256.
+    static constexpr int STAGES = D == 64 ? 2 : 1;
+    static constexpr int SMEM = (R + 2 * STAGES * KT) * S * 2;  // bytes of dynamic shared memory
     static constexpr int LOADS = KT * CH / THREADS;   // 16-byte copies per thread per tile
 };
 
@@ -128,23 +132,27 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
     for (int h = 0; h < 2; h++) row_range(w, p, warp * 16 + lane / 4 + 8 * h, first[h], last[h]);
     if (w.lo >= w.hi) return;
 
-    // Two tiles in flight: stage i holds the keys and values of tiles i, i + 2, ... (one copy group
-    // a tile), so that each tile has a whole tile's work to land in.
+    // Copies of the tile at `at` into `stage` as one group: its keys (looking up their slots), its
+    // values (at the slots the keys looked up), or both.
     uint32_t tile_start = w.lo / C::KT * C::KT;
     uint32_t slots[C::LOADS];
-    const auto issue = [&](uint32_t at, int stage) {
+    const auto copy = [&](uint32_t at, int stage, bool keys, bool values) {
         if (at < w.hi) {
-            tile_slots<D, W>(slots, w, at, p);
-            copy_tile_async<T, D, W>(k_s + stage * C::TILE, k_cache, slots, w.kv_head, p);
-            copy_tile_async<T, D, W>(v_s + stage * C::TILE, v_cache, slots, w.kv_head, p);
+            if (keys) {
+                tile_slots<D, W>(slots, w, at, p);
+                copy_tile_async<T, D, W>(k_s + stage * C::TILE, k_cache, slots, w.kv_head, p);
+            }
+            if (values) copy_tile_async<T, D, W>(v_s + stage * C::TILE, v_cache, slots, w.kv_head, p);
         }
         commit_async();
     };
-    issue(tile_start, 0);
-    issue(tile_start + C::KT, 1);
+    // Two stages: stage i % 2 holds tile i, whose group is in flight during all of tile i - 1. One:
+    // a tile's keys load during the P·V before it, its values during its own Q·Kᵀ.
+    copy(tile_start, 0, true, C::STAGES == 2);
+    copy(tile_start + (C::STAGES - 1) * C::KT, C::STAGES - 1, C::STAGES == 2, true);
     stage_queries<T, D, W>(q_s, q, w, p);  // while the first tiles load
-    for (int stage = 0; tile_start < w.hi; tile_start += C::KT, stage ^= 1) {
-        wait_async<1>();  // this tile (the next may still be in flight)
+    for (int stage = 0; tile_start < w.hi; tile_start += C::KT, stage = (stage + 1) % C::STAGES) {
+        wait_async<1>();  // this tile's keys (two stages: and values; the next tile may be in flight)
         __syncthreads();
         const T *keys = k_s + stage * C::TILE, *values = v_s + stage * C::TILE;
         // S = Q·Kᵀ: 16 rows × KT keys per warp, fragment s[n] = keys n·8 .. n·8 + 7.
@@ -209,6 +217,11 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
                 for (int e = 0; e < 4; e++) o[n][e] *= alpha[e / 2];
         }
 
+        if constexpr (C::STAGES == 1) {
+            wait_async<0>();  // this tile's values
+            __syncthreads();  // ... for every warp, and every warp is done with the keys
+            copy(tile_start + C::KT, 0, true, false);
+        }
         // O += P·V: P's accumulator fragments are the A fragments of 16 keys (two n-tiles).
         if (live) {
 #pragma unroll
@@ -226,7 +239,8 @@ __device__ __forceinline__ void attend_keys(float (&o)[D / 8][4], float (&m)[2],
             }
         }
         __syncthreads();  // every warp is done with this stage
-        issue(tile_start + 2 * C::KT, stage);
+        if constexpr (C::STAGES == 2) copy(tile_start + 2 * C::KT, stage, true, true);
+        else copy(tile_start + C::KT, 0, false, true);
     }
 }
 
@@ -284,7 +298,7 @@ __device__ void paged_attention_mma(const float *__restrict__ q, const T *__rest
     extern __shared__ uint4 smem[];
     T *q_s = reinterpret_cast<T *>(smem);
     T *k_s = q_s + C::R * C::S;
-    T *v_s = k_s + 2 * C::TILE;
+    T *v_s = k_s + C::STAGES * C::TILE;
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < D / 8; n++)

@@ -737,15 +737,16 @@ impl ChunkKernel {
     fn launch(self, suffix: &str, head_dim: usize, items: usize, y: usize) -> Launch {
         match self {
             Self::TensorCores { warps, parts } => {
-                // `MmaTile::SMEM`: the query rows and two stages of a tile of keys and one of values
-                // (32 keys at head size 256, else 64), rows padded by 8 two-byte elements.
+                // `MmaTile::SMEM`: the query rows and `stages` tiles of keys and of values (32 keys
+                // at head size 256, else 64), rows padded by 8 two-byte elements.
                 let keys = if head_dim == 256 { 32 } else { 64 };
+                let stages = if head_dim == 64 { 2 } else { 1 };
                 Launch {
                     family: "paged_attention_mma",
                     name: format!("paged_attention_mma_{suffix}"),
                     threads: 32 * warps as u32,
                     parts_per_block: parts,
-                    shared_bytes: ((16 * warps + 4 * keys) * (head_dim + 8) * 2) as u32,
+                    shared_bytes: ((16 * warps + 2 * stages * keys) * (head_dim + 8) * 2) as u32,
                     blocks: (items, y),
                 }
             }
