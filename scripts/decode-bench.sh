@@ -21,8 +21,9 @@
 #
 # pack-qgemv: qgemv_bench (scripts/decode-bench/qgemv_bench.cpp) and kernels/cuda/qgemv.cu of each
 # REV (default `now`; revisions from the integer tensor-core kernel on, whose launch shapes are
-# `qgemv_q8_0_w{4,8,16}_d2`): each launch shape on Llama-3.2-1B's and 8B's decode matrices at 1–8
-# rows, weights read from memory, results checked against a CPU reference.
+# `qgemv_q8_0_w{4,8,16}_d2`): each launch shape on Llama-3.2-1B's and 8B's decode matrices at 1–16
+# rows (16: the two-tile `_n16` variant where the revision has it, and launches of 8), weights read
+# from memory, results checked against a CPU reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.device-decode

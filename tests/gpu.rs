@@ -1205,14 +1205,16 @@ fn q8_0_weights(rng: &mut ChaCha8Rng, n: usize, k: usize) -> QTensor {
 }
 
 /// The Q8_0 GEMV kernel against the CPU reference op on the same blocks (made by candle's quantizer):
-/// 1 to 8 rows, N not a multiple of a block's 16 rows, K from one staged chunk of 256 weights to 17
-/// (an odd count: a block's warps take different numbers of chunks), and N of up to 1,025 groups of
-/// 16 rows (more than a grid of resident blocks: each block takes several). Before each call a
-/// poisoned tensor of the output's size is freed, so that the op's allocation gets poison back and a
-/// sum the kernel skips shows up. A row's sums do not depend on the other rows: every row of an 8-row
-/// product equals, bitwise, that row alone. `QWeights::forward` runs the kernel at `QGEMV_ROWS` rows
-/// and candle's `QMatMul` elsewhere; a K that is not a multiple of `QGEMV_K_MULTIPLE` is refused by
-/// the kernel with an error and left to candle. Thresholds: max |error| ≤ 1e-5 × max |reference|
+/// 1 to 16 rows (one tile of 8 rows of x, two tiles from 9 wherever they fit a block's shared memory:
+/// not at K = 8,192 on an H100), N not a multiple of a block's 16 rows, K from one staged chunk of
+/// 256 weights to 17 (an odd count: a block's warps take different numbers of chunks), and N of up to
+/// 1,025 groups of 16 rows (more than a grid of resident blocks: each block takes several). Before
+/// each call a poisoned tensor of the output's size is freed, so that the op's allocation gets poison
+/// back and a sum the kernel skips shows up. A row's sums do not depend on the other rows: every row
+/// of the largest product the kernel takes equals, bitwise, that row alone and in every smaller batch.
+/// `QWeights::forward` runs the kernel at `QGEMV_ROWS` rows where a launch fits and candle's `QMatMul`
+/// elsewhere (17 rows; 9 to 16 where two tiles do not fit); a K that is not a multiple of
+/// `QGEMV_K_MULTIPLE` is refused by the kernel with an error and left to candle. Thresholds: max |error| ≤ 1e-5 × max |reference|
 /// against the CPU reference (both quantize x the same way, the block products are exact integers,
 /// only the order of the f32 sums differs); ≤ 1e-3 against candle's `QMatMul` on the GPU (it keeps
 /// x's scales in f16: 2⁻¹¹ of each block's scale).
@@ -1226,38 +1228,45 @@ fn q8_gemv_on_cuda_matches_the_cpu_reference() {
         let storage = QStorage::from_data(w.data().unwrap(), &dev, GgmlDType::Q8_0).unwrap();
         Arc::new(QTensor::new(storage, w.shape().clone()).unwrap())
     };
+    let mut two_tiles = 0;
     for (n, k) in [(1001, 256), (37, 4352), (3, 2304), (130, 512), (16387, 256), (2050, 8192)] {
         let w = q8_0_weights(&mut rng, n, k);
         let w_gpu = on_device(&w);
-        let x = Tensor::from_vec(random(&mut rng, 8 * k), (8, k), &Device::Cpu).unwrap();
+        let most = *QGEMV_ROWS.end();
+        let x = Tensor::from_vec(random(&mut rng, (most + 1) * k), (most + 1, k), &Device::Cpu).unwrap();
         let x_gpu = x.to_device(&dev).unwrap();
         let on_gpu = |x: &Tensor| {
             drop(Tensor::full(POISON, (x.dim(0).unwrap(), n), &dev).unwrap());
             host(q8_gemv(x, &w_gpu).unwrap())
         };
-        let all = on_gpu(&x_gpu);
+        let rows = |t: &Tensor, m: usize| t.narrow(0, 0, m).unwrap();
+        let largest = (1..=most).rev().find(|&m| qgemv_takes(&rows(&x_gpu, m), &w_gpu)).unwrap();
+        assert!(largest >= 8, "{n}×{k}: the kernel must take 8 rows");
+        let all = on_gpu(&rows(&x_gpu, largest));
         let weights = QWeights::new(w_gpu.clone()).unwrap();
         let candle = candle_core::quantized::QMatMul::from_arc(w_gpu.clone()).unwrap();
-        for m in 1..=8 {
-            let rows = |t: &Tensor| t.narrow(0, 0, m).unwrap();
-            let takes = QGEMV_ROWS.contains(&m);
-            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), takes);
+        for m in 1..=most + 1 {
+            let rows = |t: &Tensor| rows(t, m);
+            let takes = m <= largest;
+            assert_eq!(qgemv_takes(&rows(&x_gpu), &w_gpu), takes, "{m} rows of {n}×{k}");
+            two_tiles += usize::from(takes && m > 8);
+            let candle = host(candle_core::Module::forward(&candle, &rows(&x_gpu)).unwrap());
+            let routed = host(weights.forward(&rows(&x_gpu)).unwrap());
+            if !takes {
+                assert_eq!(routed, candle, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
+                continue;
+            }
             let cpu = host(q8_gemv(&rows(&x), &w).unwrap());
             let gpu = on_gpu(&rows(&x_gpu));
-            let candle = host(candle_core::Module::forward(&candle, &rows(&x_gpu)).unwrap());
             let (err, err_candle) = (relative_error(&gpu, &cpu), relative_error(&gpu, &candle));
             println!("q8_gemv {m}×{k} by {n}×{k}: relative error {err:.2e}, against candle's QMatMul {err_candle:.2e}");
             assert!(err <= 1e-5, "{m}×{k} by {n}×{k}: relative error {err}");
             assert!(err_candle <= 1e-3, "{m}×{k} by {n}×{k}: relative error {err_candle} against candle");
-            assert_eq!(gpu, all[..m * n], "{n}×{k}: the first {m} rows differ from the 8-row product's");
-            let routed = host(weights.forward(&rows(&x_gpu)).unwrap());
-            let expected = match takes {
-                true => gpu,
-                false => candle,
-            };
-            assert_eq!(routed, expected, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
+            assert_eq!(gpu, all[..m * n], "{n}×{k}: the first {m} rows differ from the {largest}-row product's");
+            assert_eq!(routed, gpu, "{m} rows of {n}×{k}: QWeights::forward took the wrong path");
         }
     }
+    assert!(two_tiles > 0, "the two-tile kernel (9 to 16 rows) never ran");
     // K = 96: not the kernel's; QWeights::forward takes candle's QMatMul.
     let (n, k) = (40usize, 96usize);
     assert!(!k.is_multiple_of(QGEMV_K_MULTIPLE));
@@ -1270,8 +1279,9 @@ fn q8_gemv_on_cuda_matches_the_cpu_reference() {
     assert_eq!(host(QWeights::new(w_gpu).unwrap().forward(&x_gpu).unwrap()), expected);
 }
 
-/// The Q8_0 GEMV kernel against candle's `QMatMul::forward` (its MMVQ kernel, after quantizing the
-/// activations in a launch of its own) on Llama-3.2-1B's decode matrices, GPU time only, as GB/s of
+/// The Q8_0 GEMV kernel against candle's `QMatMul::forward` (after quantizing the activations in a
+/// launch of its own: its MMVQ kernel up to 8 rows, MMQ above) at 1 to 16 rows of Llama-3.2-1B's
+/// decode matrices, GPU time only, as GB/s of
 /// weight bytes read. Consecutive calls read different copies of the weights, at least 256 MiB in
 /// all, as a decode step reads each matrix once from memory (the H100's L2 holds 50 MB: a matrix
 /// read over and over would be timed from L2). Printed for docs/perf.md; asserts only that they ran.
@@ -1292,8 +1302,12 @@ fn q8_gemv_throughput() {
             .collect();
         let candle: Vec<_> =
             copies.iter().map(|w| candle_core::quantized::QMatMul::from_arc(w.clone()).unwrap()).collect();
-        for m in [1, 2, 4, 8] {
+        for m in [1, 2, 4, 8, 16] {
             let x = Tensor::from_vec(random(&mut rng, m * k), (m, k), &dev).unwrap();
+            if !bodega::ops::qgemv_takes(&x, &copies[0]) {
+                println!("q8_gemv {name}, {m} rows: no launch fits; left to candle's QMatMul");
+                continue;
+            }
             let mut call = 0;
             let kernel = gpu_time_per_call(&dev, 50, || {
                 drop(bodega::ops::q8_gemv(&x, &copies[call % copies.len()]).unwrap());

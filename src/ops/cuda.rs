@@ -304,6 +304,8 @@ fn launch_gemv<T: DeviceRepr>(
 const QGEMV_WEIGHT_ROWS: usize = 16;
 /// Weights of a row per staged `qgemv` chunk (`QG_CHUNK` Q8_0 blocks of 32).
 const QGEMV_CHUNK_WEIGHTS: usize = 256;
+/// Rows of x one `qgemv` tile takes (`QG_COLS`: the mma's n); the `_n16` kernels take two tiles.
+const QGEMV_TILE_ROWS: usize = 8;
 
 /// A `qgemv` launch shape: warps per block (a group of 16 rows of W is split between them, a chunk
 /// of 256 columns at a time) and chunks each warp keeps in flight (the kernel's `WARPS`, `DEPTH`).
@@ -316,9 +318,14 @@ struct QgemvShape {
 impl QgemvShape {
     /// The compiled kernel of this shape for `m` rows of x: `_m1`, the variant for exactly one (a
     /// single sequence's step: x held in registers, only its column of the products computed; the
-    /// same arithmetic for that row as in a batch).
+    /// same arithmetic for that row as in a batch), `_n16` the one for two tiles (9 to 16 rows).
     fn name(self, m: usize) -> String {
-        format!("qgemv_q8_0_w{}_d{}{}", self.warps, self.depth, if m == 1 { "_m1" } else { "" })
+        let variant = match m {
+            1 => "_m1",
+            ..=QGEMV_TILE_ROWS => "",
+            _ => "_n16",
+        };
+        format!("qgemv_q8_0_w{}_d{}{variant}", self.warps, self.depth)
     }
 
     /// Threads per block.
@@ -328,40 +335,47 @@ impl QgemvShape {
 
     /// Dynamic shared memory for `m` rows of x, rows of `k` weights and the warps' sums of
     /// `sum_buffers` groups (`qgemv_q8_0`): each warp's staged chunks of 16 rows of W (272 bytes a
-    /// row), its quantized chunks of x (`m` rows of 288 bytes and 256 bytes of scales each), and the
-    /// sums (16 × 8 f32 a warp and group).
+    /// row), its quantized chunks of x (`m` rows of 288 bytes and 8 f32 scales a computed row of x),
+    /// and the sums (16 f32 a computed row of x, warp and group). A tile computes 8 rows of x.
     fn shared_bytes(self, m: usize, k: usize, sum_buffers: usize) -> u32 {
+        let cols = m.div_ceil(QGEMV_TILE_ROWS) * QGEMV_TILE_ROWS;
         let chunks_per_group = (k / QGEMV_CHUNK_WEIGHTS).div_ceil(self.warps);
-        let per_warp = self.depth * QGEMV_WEIGHT_ROWS * 272 + chunks_per_group * (m * 288 + 256);
-        (self.warps * (per_warp + sum_buffers * QGEMV_WEIGHT_ROWS * 8 * 4)) as u32
+        let per_warp = self.depth * QGEMV_WEIGHT_ROWS * 272 + chunks_per_group * (m * 288 + 32 * cols);
+        (self.warps * (per_warp + sum_buffers * QGEMV_WEIGHT_ROWS * cols * 4)) as u32
     }
 }
 
 /// The `qgemv` launch for `m` rows of x and rows of `k` weights: its shape, sum buffers and dynamic
-/// shared memory. As measured on an H200 (docs/perf.md): 8 warps with 2 chunks in flight each, or
-/// 16 for rows of 8,192 weights and more (a down projection's: 10–17% faster there, slower on the
-/// shorter rows); the first smaller shape that fits where the device cannot give a block that much
-/// shared memory. The shape depends on K and the device only, never on M, because the warps' sums are
-/// added in warp order: a sequence's products stay bitwise the same in any batch. Two sum buffers
-/// where they fit, else one (the sums are the same).
-fn qgemv_launch(dev: &CudaDevice, m: usize, k: usize) -> Result<(QgemvShape, usize, u32)> {
+/// shared memory, or `None` for 9 to 16 rows where two tiles do not fit (long rows: candle's
+/// `QMatMul` then runs, faster there than two launches of 8 rows, docs/perf.md). As measured on an H200 (docs/perf.md): 8 warps with 2 chunks in flight
+/// each, or 16 for rows of 8,192 weights and more (a down projection's: 10–17% faster there, slower
+/// on the shorter rows); the first smaller shape that fits 8 rows where the device cannot give a
+/// block that much shared memory. The shape depends on K and the device only, never on M, because
+/// the warps' sums are added in warp order: a sequence's products stay bitwise the same in any batch
+/// (the two-tile kernel sums each row as the one-tile kernel does). Two sum buffers where they fit,
+/// else one (the sums are the same).
+fn qgemv_launch(dev: &CudaDevice, m: usize, k: usize) -> Result<Option<(QgemvShape, usize, u32)>> {
     let limit = shared_bytes_limit(dev)?;
     let shapes = [16, 8, 4].map(|warps| QgemvShape { warps, depth: 2 });
     let shape = shapes
         .into_iter()
         .skip(usize::from(k < 8192))
-        .find(|shape| shape.shared_bytes(*super::QGEMV_ROWS.end(), k, 1) <= limit)
+        .find(|shape| shape.shared_bytes(QGEMV_TILE_ROWS, k, 1) <= limit)
         .ok_or_else(|| {
             candle_core::Error::Msg(format!("q8-gemv: {limit} bytes of shared memory a block are too few"))
         })?;
+    if shape.shared_bytes(m, k, 1) > limit {
+        return Ok(None);
+    }
     let sum_buffers = if shape.shared_bytes(m, k, 2) <= limit { 2 } else { 1 };
-    Ok((shape, sum_buffers, shape.shared_bytes(m, k, sum_buffers)))
+    Ok(Some((shape, sum_buffers, shape.shared_bytes(m, k, sum_buffers))))
 }
 
-/// Whether `qgemv` has a launch for rows of `k` weights on `dev` (it keeps each warp's chunks of x in
-/// shared memory: very long rows, or a device with little shared memory, leave it to candle).
-pub fn qgemv_fits(dev: &CudaDevice, k: usize) -> bool {
-    qgemv_launch(dev, *super::QGEMV_ROWS.end(), k).is_ok()
+/// Whether `qgemv` has a launch for `m` rows of x and rows of `k` weights on `dev` (it keeps each
+/// warp's chunks of x in shared memory: very long rows, or a device with little shared memory, leave
+/// them to candle).
+pub fn qgemv_fits(dev: &CudaDevice, m: usize, k: usize) -> bool {
+    matches!(qgemv_launch(dev, m, k), Ok(Some(_)))
 }
 
 /// Blocks of kernel `name` (`func`) that `dev` holds at once with `threads` a block and `bytes` of
@@ -396,9 +410,10 @@ fn shared_bytes_limit(dev: &CudaDevice) -> Result<u32> {
     Ok(limit)
 }
 
-/// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 8, 16-byte aligned) and Q8_0 `w`
+/// `x · Wᵀ`, `[M, N]` f32, for contiguous f32 `x` `[M, K]` (1 ≤ M ≤ 16, 16-byte aligned) and Q8_0 `w`
 /// `[N, K]` read in place, with `dims` = (M, N, K) checked by the caller; K must be a multiple of 256
-/// (`qgemv.cu` stages rows in aligned chunks of 8 blocks).
+/// (`qgemv.cu` stages rows in aligned chunks of 8 blocks), and 9 to 16 rows need a launch that fits
+/// ([`qgemv_fits`]).
 pub fn q8_gemv(
     (x, x_l): (&CudaStorage, &Layout),
     w: &candle_core::quantized::QTensor,
@@ -411,10 +426,12 @@ pub fn q8_gemv(
     if !k.is_multiple_of(super::QGEMV_K_MULTIPLE) {
         candle_core::bail!("q8-gemv on CUDA takes rows of a multiple of {} weights, not {k}", super::QGEMV_K_MULTIPLE);
     }
+    let Some((shape, sum_buffers, bytes)) = qgemv_launch(&dev, m, k)? else {
+        candle_core::bail!("q8-gemv: {m} rows of {k} weights do not fit a block's shared memory");
+    };
     let x = f32_view(x, x_l, "q8-gemv x")?;
     // SAFETY: the kernel writes every (row of x, row of W) sum.
     let out = unsafe { cuda_capture::alloc::<f32>(&dev, m * n)? };
-    let (shape, sum_buffers, bytes) = qgemv_launch(&dev, m, k)?;
     let name = shape.name(m);
     let func = function(&dev, "qgemv", &name)?;
     // Raised once to all the device allows, so that no later launch (maybe inside a graph capture)

@@ -12,14 +12,15 @@ use half::f16;
 
 /// Rows of `x` the kernel takes in production (all it can); elsewhere candle's `QMatMul` runs.
 /// Measured on an H200 against `QMatMul` (same call, docs/perf.md): faster on every Llama-3.2-1B
-/// decode matrix at 1, 2, 4 and 8 rows.
+/// decode matrix at 1, 2, 4 and 8 rows, and at 16 on every one where two tiles of x fit a block (the
+/// down projection's rows of 8,192 weights do not: [`qgemv_takes`] leaves those to candle).
 pub const QGEMV_ROWS: std::ops::RangeInclusive<usize> = 1..=KERNEL_MAX_ROWS;
 /// The CUDA kernel stages rows in 16-byte-aligned chunks of 8 Q8_0 blocks: K must be a multiple of
 /// this (every Llama-shaped hidden and feed-forward size is).
 pub const QGEMV_K_MULTIPLE: usize = 256;
 
-/// Most rows of `x` the kernel takes: the mma's n.
-const KERNEL_MAX_ROWS: usize = 8;
+/// Most rows of `x` the kernel takes: two tiles of the mma's n (8).
+const KERNEL_MAX_ROWS: usize = 16;
 
 /// Weights in a Q8_0 block, and its bytes: an f16 scale, then one int8 per weight.
 const Q8_0_WEIGHTS: usize = 32;
@@ -32,7 +33,7 @@ const Q8_0_BYTES: usize = 2 + Q8_0_WEIGHTS;
 pub fn qgemv_takes(x: &Tensor, w: &QTensor) -> bool {
     let fits = match (x.dims2(), w.shape().dims2()) {
         (Ok((m, k)), Ok((_, wk))) => {
-            QGEMV_ROWS.contains(&m) && k == wk && k.is_multiple_of(QGEMV_K_MULTIPLE) && launch_fits(x.device(), k)
+            QGEMV_ROWS.contains(&m) && k == wk && k.is_multiple_of(QGEMV_K_MULTIPLE) && launch_fits(x.device(), m, k)
         }
         _ => false,
     };
@@ -45,19 +46,19 @@ pub fn qgemv_takes(x: &Tensor, w: &QTensor) -> bool {
         && aligned
 }
 
-/// Whether the CUDA kernel has a launch for rows of `k` weights on `device`.
+/// Whether the CUDA kernel has a launch for `m` rows of x and rows of `k` weights on `device`.
 #[cfg(feature = "cuda")]
-fn launch_fits(device: &candle_core::Device, k: usize) -> bool {
-    matches!(device, candle_core::Device::Cuda(dev) if super::cuda::qgemv_fits(dev, k))
+fn launch_fits(device: &candle_core::Device, m: usize, k: usize) -> bool {
+    matches!(device, candle_core::Device::Cuda(dev) if super::cuda::qgemv_fits(dev, m, k))
 }
 
 /// Without the `cuda` feature there is no kernel to launch.
 #[cfg(not(feature = "cuda"))]
-fn launch_fits(_: &candle_core::Device, _: usize) -> bool {
+fn launch_fits(_: &candle_core::Device, _: usize, _: usize) -> bool {
     false
 }
 
-/// `x · Wᵀ` as `[M, N]` f32, for f32 `x` `[M, K]` (1 ≤ M ≤ 8) and Q8_0 `w` `[N, K]` on the same device.
+/// `x · Wᵀ` as `[M, N]` f32, for f32 `x` `[M, K]` (1 ≤ M ≤ 16) and Q8_0 `w` `[N, K]` on the same device.
 pub fn q8_gemv(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Q8Gemv(w))
 }
