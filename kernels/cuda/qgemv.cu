@@ -278,14 +278,17 @@ __device__ void qgemv_q8_0(const uint8_t *__restrict__ w, const float *__restric
     }
 }
 
-// qgemv_q8_0_wW_dD takes 1-8 rows of x, qgemv_q8_0_wW_dD_m1 exactly one, qgemv_q8_0_wW_dD_n16 9-16.
+// qgemv_q8_0_wW_dD takes 1-8 rows of x, qgemv_q8_0_wW_dD_m1 exactly one, qgemv_q8_0_wW_dD_n16 9-16;
+// at 9-16 rows also one chunk in flight a warp, where that fits more blocks on a multiprocessor
+// (`qgemv_launch` in src/ops/cuda.rs).
 #define QGEMV_M(WARPS, DEPTH, ONE, NT, SUFFIX)                                                            \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) qgemv_q8_0_w##WARPS##_d##DEPTH##SUFFIX(     \
         const uint8_t *w, const float *x, float *y, uint32_t m, uint32_t n, uint32_t k, uint32_t sums) { \
         qgemv_q8_0<WARPS, DEPTH, ONE, NT>(w, x, y, m, n, k, sums);                                      \
     }
-#define QGEMV(WARPS, DEPTH) \
-    QGEMV_M(WARPS, DEPTH, false, 1, ) QGEMV_M(WARPS, DEPTH, true, 1, _m1) QGEMV_M(WARPS, DEPTH, false, 2, _n16)
-QGEMV(4, 2)
-QGEMV(8, 2)
-QGEMV(16, 2)
+#define QGEMV(WARPS) \
+    QGEMV_M(WARPS, 2, false, 1, ) QGEMV_M(WARPS, 2, true, 1, _m1) QGEMV_M(WARPS, 2, false, 2, _n16) \
+    QGEMV_M(WARPS, 1, false, 2, _n16)
+QGEMV(4)
+QGEMV(8)
+QGEMV(16)

@@ -1,7 +1,8 @@
 // Times bodega's Q8_0 GEMV (kernels/cuda/qgemv.cu) outside the engine, in each launch shape the cubin
 // holds (`qgemv_q8_0_w{4,8,16}_d2`, and at one row of x its `_m1` variant where the cubin has one, as
-// the engine launches; at 16 rows its `_n16` variant where the cubin has one and it fits, and two
-// launches of 8 rows beside), on Llama-3.2-1B's and Llama-3.1-8B's decode matrices, so that
+// the engine launches; at 16 rows its `_n16` variants where the cubin has them and they fit, two
+// chunks in flight a warp and one (`_d1_n16`), and two launches of 8 rows beside), on
+// Llama-3.2-1B's and Llama-3.1-8B's decode matrices, so that
 // shapes and versions can be compared in one device call (scripts/decode-bench.sh qgemv). Each
 // call reads the next of >= 256 MiB of weight copies, as a decode step reads each matrix once from
 // memory, and launches as the engine launches it: a programmatic dependent, with the grid of
@@ -22,9 +23,9 @@ struct Matrix {
 };
 
 // Shared memory of a launch (src/ops/cuda.rs, `QgemvShape::shared_bytes`).
-static unsigned shared_bytes(unsigned warps, unsigned m, unsigned k, unsigned sum_buffers) {
+static unsigned shared_bytes(unsigned warps, unsigned depth, unsigned m, unsigned k, unsigned sum_buffers) {
     const unsigned chunks_per_group = (k / 256 + warps - 1) / warps, cols = (m + 7) / 8 * 8;
-    return warps * (2 * 16 * 272 + chunks_per_group * (m * 288 + 32 * cols) + sum_buffers * 16 * cols * 4);
+    return warps * (depth * 16 * 272 + chunks_per_group * (m * 288 + 32 * cols) + sum_buffers * 16 * cols * 4);
 }
 
 // y[c][r] for Q8_0 rows `w` and x quantized 32 at a time (scale max |x| / 127, round half away from
@@ -81,11 +82,13 @@ int main(int argc, char **argv) {
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
     for (unsigned warps : {4u, 8u, 16u}) {
         const std::string name = "qgemv_q8_0_w" + std::to_string(warps) + "_d2";
-        CUfunction many, one, two_tiles;
+        const std::string shallow_name = "qgemv_q8_0_w" + std::to_string(warps) + "_d1_n16";
+        CUfunction many, one, two_tiles, shallow;  // shallow: two tiles, one chunk in flight a warp
         if (cuModuleGetFunction(&many, mod, name.c_str()) != CUDA_SUCCESS) continue;
         if (cuModuleGetFunction(&one, mod, (name + "_m1").c_str()) != CUDA_SUCCESS) one = many;
         if (cuModuleGetFunction(&two_tiles, mod, (name + "_n16").c_str()) != CUDA_SUCCESS) two_tiles = nullptr;
-        for (CUfunction f : {many, one, two_tiles})
+        if (cuModuleGetFunction(&shallow, mod, shallow_name.c_str()) != CUDA_SUCCESS) shallow = nullptr;
+        for (CUfunction f : {many, one, two_tiles, shallow})
             if (f) CHECK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit));
         for (const Matrix &mat : matrices) {
             const size_t row_bytes = mat.k / 32 * 34, bytes = row_bytes * mat.n;
@@ -98,16 +101,22 @@ int main(int argc, char **argv) {
             const int copies = (int)(ROTATION_BYTES / bytes + 1);
             std::vector<CUdeviceptr> wd(copies);
             for (auto &p : wd) p = upload(w.data(), bytes);
-            // m rows of x in launches of `per_launch` rows (16 rows: one two-tile launch, or two of 8).
-            for (auto [m, per_launch] : {std::pair{1u, 1u}, {2u, 2u}, {4u, 4u}, {8u, 8u}, {16u, 16u}, {16u, 8u}}) {
+            // m rows of x in launches of `per_launch` rows (16 rows: one two-tile launch, 2 or 1 chunks
+            // in flight a warp, or two launches of 8).
+            struct Run {
+                uint32_t m, per_launch, depth;
+            };
+            for (auto [m, per_launch, depth] :
+                 {Run{1, 1, 2}, {2, 2, 2}, {4, 4, 2}, {8, 8, 2}, {16, 16, 2}, {16, 16, 1}, {16, 8, 2}}) {
                 if (!mat.all_rows && m != 1 && m < 8) continue;
-                const CUfunction f = per_launch == 1 ? one : per_launch <= 8 ? many : two_tiles;
+                const CUfunction f = per_launch == 1 ? one : per_launch <= 8 ? many : depth == 2 ? two_tiles : shallow;
                 if (!f) continue;
+                const std::string label = depth == 2 ? name : shallow_name;
                 uint32_t sum_buffers = 2, n = mat.n, k = mat.k;
-                if (shared_bytes(warps, per_launch, k, 2) > (unsigned)limit) sum_buffers = 1;
-                const unsigned smem = shared_bytes(warps, per_launch, k, sum_buffers);
+                if (shared_bytes(warps, depth, per_launch, k, 2) > (unsigned)limit) sum_buffers = 1;
+                const unsigned smem = shared_bytes(warps, depth, per_launch, k, sum_buffers);
                 if (smem > (unsigned)limit) {
-                    printf("%-20s %-10s %u rows: %u bytes of shared memory do not fit\n", name.c_str(), mat.name, m, smem);
+                    printf("%-21s %-10s %u rows: %u bytes of shared memory do not fit\n", label.c_str(), mat.name, m, smem);
                     continue;
                 }
                 std::vector<float> x(m * k);
@@ -128,9 +137,9 @@ int main(int argc, char **argv) {
                 });
                 std::vector<float> y((size_t)m * n);
                 CHECK(cuMemcpyDtoH(y.data(), yd, y.size() * 4));
-                printf("%-20s %-10s %2u rows%s: %7.1f us %5.0f GB/s  (%2d copies, %d blocks per SM, %u sum buffers)  "
+                printf("%-21s %-10s %2u rows%s: %7.1f us %5.0f GB/s  (%2d copies, %d blocks per SM, %u sum buffers)  "
                        "error %.1e\n",
-                       name.c_str(), mat.name, m, per_launch < m ? " (launches of 8)" : "", us, bytes / us / 1e3,
+                       label.c_str(), mat.name, m, per_launch < m ? " (launches of 8)" : "", us, bytes / us / 1e3,
                        copies, resident, sum_buffers, check(w, x, y, m, n, k, 2048));
                 CHECK(cuMemFree(xd));
                 CHECK(cuMemFree(yd));

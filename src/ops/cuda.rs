@@ -345,16 +345,21 @@ impl QgemvShape {
     }
 }
 
-/// The `qgemv` launch for `m` rows of x and rows of `k` weights: its shape, sum buffers and dynamic
-/// shared memory, or `None` for 9 to 16 rows where two tiles do not fit (long rows: candle's
-/// `QMatMul` then runs, faster there than two launches of 8 rows, docs/perf.md). As measured on an H200 (docs/perf.md): 8 warps with 2 chunks in flight
+/// A `qgemv` launch: its shape, sum buffers and dynamic shared memory.
+type QgemvLaunch = (QgemvShape, usize, u32);
+
+/// The `qgemv` launch for `m` rows of x and rows of `k` weights, or `None` for 9 to 16 rows where
+/// two tiles do not fit (long rows: candle's `QMatMul` then runs, faster there than two launches of
+/// 8 rows, docs/perf.md). As measured on an H200 (docs/perf.md): 8 warps with 2 chunks in flight
 /// each, or 16 for rows of 8,192 weights and more (a down projection's: 10–17% faster there, slower
 /// on the shorter rows); the first smaller shape that fits 8 rows where the device cannot give a
-/// block that much shared memory. The shape depends on K and the device only, never on M, because
+/// block that much shared memory. The warps depend on K and the device only, never on M, because
 /// the warps' sums are added in warp order: a sequence's products stay bitwise the same in any batch
-/// (the two-tile kernel sums each row as the one-tile kernel does). Two sum buffers where they fit,
-/// else one (the sums are the same).
-fn qgemv_launch(dev: &CudaDevice, m: usize, k: usize) -> Result<Option<(QgemvShape, usize, u32)>> {
+/// (the two-tile kernel sums each row as the one-tile kernel does, at any depth). Two tiles take
+/// one chunk in flight a warp instead of two where that lets more blocks share a multiprocessor
+/// (1.18–1.28× on Llama-3.2-1B's gate/up and output matrices, whose two-tile blocks otherwise run
+/// one a multiprocessor). Two sum buffers where they fit, else one (the sums are the same).
+fn qgemv_launch(dev: &CudaDevice, m: usize, k: usize) -> Result<Option<QgemvLaunch>> {
     let limit = shared_bytes_limit(dev)?;
     let shapes = [16, 8, 4].map(|warps| QgemvShape { warps, depth: 2 });
     let shape = shapes
@@ -364,11 +369,27 @@ fn qgemv_launch(dev: &CudaDevice, m: usize, k: usize) -> Result<Option<(QgemvSha
         .ok_or_else(|| {
             candle_core::Error::Msg(format!("q8-gemv: {limit} bytes of shared memory a block are too few"))
         })?;
-    if shape.shared_bytes(m, k, 1) > limit {
-        return Ok(None);
+    let depths: &[usize] = if m > QGEMV_TILE_ROWS { &[2, 1] } else { &[2] };
+    // The fitting depth with the most blocks resident at once (the deeper on a tie).
+    let mut best: Option<(QgemvLaunch, u32)> = None;
+    for &depth in depths {
+        let shape = QgemvShape { depth, ..shape };
+        if shape.shared_bytes(m, k, 1) > limit {
+            continue;
+        }
+        let sum_buffers = if shape.shared_bytes(m, k, 2) <= limit { 2 } else { 1 };
+        let bytes = shape.shared_bytes(m, k, sum_buffers);
+        let name = shape.name(m);
+        let func = function(dev, "qgemv", &name)?;
+        // Raised once to all the device allows, so that no later launch (maybe inside a graph
+        // capture) has to; before the occupancy query, which counts on it.
+        allow_shared_bytes(dev, &name, &func, limit)?;
+        let resident = resident_blocks(dev, &name, &func, shape.threads(), bytes)?;
+        if best.is_none_or(|(_, most)| resident > most) {
+            best = Some(((shape, sum_buffers, bytes), resident));
+        }
     }
-    let sum_buffers = if shape.shared_bytes(m, k, 2) <= limit { 2 } else { 1 };
-    Ok(Some((shape, sum_buffers, shape.shared_bytes(m, k, sum_buffers))))
+    Ok(best.map(|(launch, _)| launch))
 }
 
 /// Whether `qgemv` has a launch for `m` rows of x and rows of `k` weights on `dev` (it keeps each
@@ -434,9 +455,6 @@ pub fn q8_gemv(
     let out = unsafe { cuda_capture::alloc::<f32>(&dev, m * n)? };
     let name = shape.name(m);
     let func = function(&dev, "qgemv", &name)?;
-    // Raised once to all the device allows, so that no later launch (maybe inside a graph capture)
-    // has to.
-    allow_shared_bytes(&dev, &name, &func, shared_bytes_limit(&dev)?)?;
     // As many blocks as fit on the device at once (each takes every gridDim-th group of 16 rows), or
     // one per group when there are fewer.
     let resident = resident_blocks(&dev, &name, &func, shape.threads(), bytes)?;
