@@ -11,9 +11,10 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::f16;
 
 /// Rows of `x` the kernel takes in production (all it can); elsewhere candle's `QMatMul` runs.
-/// Measured on an H200 against `QMatMul` (same call, docs/perf.md): faster on every Llama-3.2-1B
-/// decode matrix at 1, 2, 4 and 8 rows, and at 16 on every one where two tiles of x fit a block (the
-/// down projection's rows of 8,192 weights do not: [`qgemv_takes`] leaves those to candle).
+/// Measured on an H200 against `QMatMul` (same call, docs/perf.md): 1.01–2.8× on every
+/// Llama-3.2-1B decode matrix at 1, 4 and 8 rows, and at 2 but on the down projection (0.95×, one
+/// launch instead of candle's two); 1.43–1.71× at 16 on every one where two tiles of x fit a block
+/// (the down projection's rows of 8,192 weights do not: [`qgemv_takes`] leaves those to candle).
 pub const QGEMV_ROWS: std::ops::RangeInclusive<usize> = 1..=KERNEL_MAX_ROWS;
 /// The CUDA kernel stages rows in 16-byte-aligned chunks of 8 Q8_0 blocks: K must be a multiple of
 /// this (every Llama-shaped hidden and feed-forward size is).
